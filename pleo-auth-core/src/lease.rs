@@ -1,0 +1,284 @@
+//! Leases: at most one holder of a key at a time, across tasks or processes, with fencing.
+//!
+//! A lease only saves work (one refresh instead of many). Correctness comes from the store's
+//! compare-and-swap: a holder paused past its lease can still try to write, and the version
+//! check rejects it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{DynClock, SystemClock};
+use crate::error::Result;
+use crate::key::StoreKey;
+use crate::record::{Record, Timestamp};
+use crate::secret::random_urlsafe;
+use crate::store::{Precondition, RecordStoreExt, SecretStore, is_conflict};
+
+/// Grants a time-limited, exclusive hold on a key.
+#[async_trait]
+pub trait Lease: Send + Sync + fmt::Debug + 'static {
+    /// Takes the lease on `key` for `ttl`, or returns `None` at once if someone else holds it.
+    async fn acquire(&self, key: &StoreKey, ttl: Duration) -> Result<Option<LeaseGuard>>;
+}
+
+/// A shared, type-erased lease.
+pub type DynLease = Arc<dyn Lease>;
+
+#[async_trait]
+impl<T: Lease + ?Sized> Lease for Arc<T> {
+    async fn acquire(&self, key: &StoreKey, ttl: Duration) -> Result<Option<LeaseGuard>> {
+        (**self).acquire(key, ttl).await
+    }
+}
+
+/// How a lease implementation gives a lease back; called once, by [`LeaseGuard`].
+#[async_trait]
+pub trait LeaseRelease: Send + Sync + 'static {
+    /// Releases the lease if it is still held by this holder.
+    async fn release(&self) -> Result<()>;
+}
+
+/// Proof of holding a lease. Released by [`LeaseGuard::release`], or in the background when
+/// dropped inside a Tokio runtime; otherwise the lease expires after its TTL.
+#[must_use = "a lease is released when its guard is dropped"]
+pub struct LeaseGuard {
+    key: StoreKey,
+    fencing: u64,
+    release: Option<Box<dyn LeaseRelease>>,
+}
+
+impl LeaseGuard {
+    /// A guard for `key` with a fencing number that increases with every acquisition.
+    pub fn new(key: StoreKey, fencing: u64, release: impl LeaseRelease) -> Self {
+        Self {
+            key,
+            fencing,
+            release: Some(Box::new(release)),
+        }
+    }
+
+    /// The leased key.
+    pub fn key(&self) -> &StoreKey {
+        &self.key
+    }
+
+    /// The fencing number: greater than that of every earlier holder of this key.
+    pub fn fencing(&self) -> u64 {
+        self.fencing
+    }
+
+    /// Releases the lease now.
+    pub async fn release(mut self) -> Result<()> {
+        match self.release.take() {
+            Some(r) => r.release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let Some(r) = self.release.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                if let Err(e) = r.release().await {
+                    tracing::debug!(error = %e, "lease release on drop failed; it expires by TTL");
+                }
+            });
+        }
+    }
+}
+
+impl fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("key", &self.key)
+            .field("fencing", &self.fencing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lease within one process.
+#[derive(Debug, Clone)]
+pub struct InProcessLease {
+    state: Arc<Mutex<HashMap<StoreKey, Held>>>,
+    clock: DynClock,
+}
+
+#[derive(Debug)]
+struct Held {
+    holder: u64,
+    fencing: u64,
+    expires: Option<Instant>,
+}
+
+impl InProcessLease {
+    /// A lease on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// A lease on an injected clock.
+    pub fn with_clock(clock: DynClock) -> Self {
+        Self {
+            state: Arc::default(),
+            clock,
+        }
+    }
+}
+
+impl Default for InProcessLease {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Lease for InProcessLease {
+    async fn acquire(&self, key: &StoreKey, ttl: Duration) -> Result<Option<LeaseGuard>> {
+        let now = self.clock.instant();
+        let mut state = self.state.lock().expect("lease lock");
+        let held = state.entry(key.clone()).or_insert(Held {
+            holder: 0,
+            fencing: 0,
+            expires: None,
+        });
+        if held.expires.is_some_and(|e| e > now) {
+            return Ok(None);
+        }
+        held.fencing += 1;
+        held.holder = held.fencing;
+        held.expires = Some(now + ttl);
+        let release = InProcessRelease {
+            state: self.state.clone(),
+            key: key.clone(),
+            holder: held.holder,
+        };
+        Ok(Some(LeaseGuard::new(key.clone(), held.fencing, release)))
+    }
+}
+
+struct InProcessRelease {
+    state: Arc<Mutex<HashMap<StoreKey, Held>>>,
+    key: StoreKey,
+    holder: u64,
+}
+
+#[async_trait]
+impl LeaseRelease for InProcessRelease {
+    async fn release(&self) -> Result<()> {
+        let mut state = self.state.lock().expect("lease lock");
+        if let Some(held) = state.get_mut(&self.key)
+            && held.holder == self.holder
+        {
+            held.expires = None;
+        }
+        Ok(())
+    }
+}
+
+/// A lease on top of any [`SecretStore`], using compare-and-swap on a lease record.
+///
+/// Works across processes on every backend whose store passes the conformance suite (file,
+/// Vault, AWS Secrets Manager). Expiry uses wall-clock time, so hosts sharing a lease need
+/// synchronised clocks (NTP); the store's version check keeps writes correct regardless.
+#[derive(Debug, Clone)]
+pub struct StoreLease<S: ?Sized> {
+    store: Arc<S>,
+    clock: DynClock,
+}
+
+impl<S: SecretStore + ?Sized> StoreLease<S> {
+    /// A lease kept in `store`, on the system clock.
+    pub fn new(store: Arc<S>) -> Self {
+        Self::with_clock(store, Arc::new(SystemClock))
+    }
+
+    /// A lease kept in `store`, on an injected clock.
+    pub fn with_clock(store: Arc<S>, clock: DynClock) -> Self {
+        Self { store, clock }
+    }
+}
+
+/// The stored state of a [`StoreLease`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    fencing: u64,
+    expires_at: Timestamp,
+}
+
+impl Record for LeaseRecord {
+    const KIND: &'static str = "lease";
+    const SCHEMA: u32 = 1;
+}
+
+#[async_trait]
+impl<S: SecretStore + ?Sized> Lease for StoreLease<S> {
+    async fn acquire(&self, key: &StoreKey, ttl: Duration) -> Result<Option<LeaseGuard>> {
+        let now = self.clock.timestamp();
+        let current = self.store.get_record::<LeaseRecord>(key).await?;
+        let (fencing, precondition) = match current {
+            Some((rec, _)) if !rec.holder.is_empty() && rec.expires_at > now => return Ok(None),
+            Some((rec, version)) => (rec.fencing + 1, Precondition::Version(version)),
+            None => (1, Precondition::Absent),
+        };
+        let holder = random_urlsafe(16);
+        let record = LeaseRecord {
+            holder: holder.clone(),
+            fencing,
+            expires_at: now.saturating_add(ttl),
+        };
+        match self.store.put_record(key, &record, precondition).await {
+            Ok(_) => Ok(Some(LeaseGuard::new(
+                key.clone(),
+                fencing,
+                StoreRelease {
+                    store: self.store.clone(),
+                    key: key.clone(),
+                    holder,
+                },
+            ))),
+            Err(e) if is_conflict(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+struct StoreRelease<S: ?Sized> {
+    store: Arc<S>,
+    key: StoreKey,
+    holder: String,
+}
+
+#[async_trait]
+impl<S: SecretStore + ?Sized> LeaseRelease for StoreRelease<S> {
+    async fn release(&self) -> Result<()> {
+        let Some((rec, version)) = self.store.get_record::<LeaseRecord>(&self.key).await? else {
+            return Ok(());
+        };
+        if rec.holder != self.holder {
+            return Ok(());
+        }
+        let released = LeaseRecord {
+            holder: String::new(),
+            fencing: rec.fencing,
+            expires_at: Timestamp::from_millis(0),
+        };
+        match self
+            .store
+            .put_record(&self.key, &released, Precondition::Version(version))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod clock;
+mod environment;
+mod error;
+mod key;
+mod lease;
+mod memory;
+mod provider;
+mod record;
+mod scope;
+mod secret;
+mod store;
+mod subject;
+mod tenant;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use clock::{Clock, DynClock, ManualClock, SystemClock};
+pub use environment::{
+    Environment, EnvironmentName, check_transport_security, is_loopback, parse_base_url,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use key::{ClientId, CredentialKey, MAX_KEY_LEN, MAX_SEGMENT_LEN, StoreKey, TenantId, layout};
+pub use lease::{DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease};
+pub use memory::MemoryStore;
+pub use provider::{Credential, CredentialId, CredentialProvider, DynCredentialProvider};
+pub use record::{
+    ApiKeyCredential, ApiKeyKind, CredentialKind, CredentialStatus, LinkStatus, OAuthGrant,
+    PendingAuthorization, Record, TenantLink, Timestamp,
+};
+pub use scope::{Scope, ScopeSet};
+pub use secret::{
+    AccessToken, ApiKey, AuthorizationCode, AuthorizationHeader, ClientSecret, PkceVerifier,
+    RefreshToken, SecretBytes, random_urlsafe,
+};
+pub use store::{
+    DynSecretStore, Precondition, RecordStoreExt, SecretStore, Version, Versioned,
+    check_precondition, is_conflict,
+};
+pub use subject::{CompanyId, OrganisationId, Subject};
+pub use tenant::{LinkOutcome, LinkRequest, PENDING_LINK_TIMEOUT, TenantLinks};

@@ -1,0 +1,230 @@
+//! Newtypes for secret values: redacted `Debug`, no `Display`, zeroized on drop.
+//!
+//! Each type has one accessor, `expose_secret()`, so every place that reads a secret is easy to
+//! find. Only the types that a stored record must hold implement `Serialize`.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+macro_rules! secret_string {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(Zeroizing<String>);
+
+        impl $name {
+            /// Wraps a secret value.
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(Zeroizing::new(value.into()))
+            }
+
+            /// The secret value. Every call site is a place where the secret leaves its wrapper.
+            pub fn expose_secret(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "([redacted])"))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(value: String) -> Self {
+                Self::new(value)
+            }
+        }
+    };
+}
+
+macro_rules! stored_secret_string {
+    ($(#[$doc:meta])* $name:ident) => {
+        secret_string!($(#[$doc])* $name);
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.expose_secret())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer).map(Self::new)
+            }
+        }
+    };
+}
+
+stored_secret_string!(
+    /// An OAuth access token, sent as `Authorization: Bearer <token>`. Opaque: never parsed.
+    AccessToken
+);
+stored_secret_string!(
+    /// An OAuth refresh token. Pleo rotates it on every use and revokes the grant if an old one
+    /// is presented again.
+    RefreshToken
+);
+stored_secret_string!(
+    /// A Pleo API key (Integrated or Standalone), sent as `Authorization: Basic base64(key + ":")`.
+    ApiKey
+);
+stored_secret_string!(
+    /// A PKCE code verifier (RFC 7636), kept server-side until the code exchange.
+    PkceVerifier
+);
+secret_string!(
+    /// The OAuth client secret. Used only to authenticate at the token endpoint, never as an API
+    /// credential.
+    ClientSecret
+);
+secret_string!(
+    /// A one-time authorization code from the OAuth callback.
+    AuthorizationCode
+);
+secret_string!(
+    /// A complete `Authorization` header value (`Bearer ...` or `Basic ...`).
+    AuthorizationHeader
+);
+
+impl AuthorizationHeader {
+    /// `Bearer <access token>`.
+    pub fn bearer(token: &AccessToken) -> Self {
+        let mut value = String::with_capacity(7 + token.expose_secret().len());
+        value.push_str("Bearer ");
+        value.push_str(token.expose_secret());
+        Self::new(value)
+    }
+
+    /// `Basic base64(<api key> + ":")`: the key as user name, an empty password.
+    pub fn basic_api_key(key: &ApiKey) -> Self {
+        let mut plain = Zeroizing::new(String::with_capacity(key.expose_secret().len() + 1));
+        plain.push_str(key.expose_secret());
+        plain.push(':');
+        let mut value = String::from("Basic ");
+        STANDARD.encode_string(plain.as_bytes(), &mut value);
+        Self::new(value)
+    }
+}
+
+/// Secret bytes: a stored value as the [`SecretStore`](crate::SecretStore) sees it.
+#[derive(Clone, Default)]
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    /// Wraps bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The bytes.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(value: Vec<u8>) -> Self {
+        Self::new(value)
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes([redacted; {} bytes])", self.0.len())
+    }
+}
+
+/// `n` bytes from the operating system's CSPRNG, base64url-encoded without padding.
+///
+/// Used for OAuth `state`, PKCE verifiers and lease tokens.
+pub fn random_urlsafe(n: usize) -> String {
+    let mut buf = Zeroizing::new(vec![0u8; n]);
+    getrandom::getrandom(&mut buf).expect("the operating system's random source is available");
+    URL_SAFE_NO_PAD.encode(&*buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted_exactly() {
+        assert_eq!(
+            format!("{:?}", AccessToken::new("CANARY-a")),
+            "AccessToken([redacted])"
+        );
+        assert_eq!(
+            format!("{:?}", RefreshToken::new("CANARY-b")),
+            "RefreshToken([redacted])"
+        );
+        assert_eq!(
+            format!("{:?}", ApiKey::new("CANARY-c")),
+            "ApiKey([redacted])"
+        );
+        assert_eq!(
+            format!("{:?}", PkceVerifier::new("CANARY-d")),
+            "PkceVerifier([redacted])"
+        );
+        assert_eq!(
+            format!("{:?}", ClientSecret::new("CANARY-e")),
+            "ClientSecret([redacted])"
+        );
+        assert_eq!(
+            format!("{:?}", AuthorizationCode::new("CANARY-f")),
+            "AuthorizationCode([redacted])"
+        );
+        assert_eq!(
+            format!("{:#?}", AuthorizationHeader::new("Bearer CANARY-g")),
+            "AuthorizationHeader([redacted])"
+        );
+        assert_eq!(
+            format!("{:?}", SecretBytes::new(b"CANARY-h".to_vec())),
+            "SecretBytes([redacted; 8 bytes])"
+        );
+    }
+
+    #[test]
+    fn stored_secrets_serialize_as_plain_strings() {
+        let token = RefreshToken::new("rt-1");
+        let json = serde_json::to_string(&token).unwrap();
+        assert_eq!(json, "\"rt-1\"");
+        let back: RefreshToken = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.expose_secret(), "rt-1");
+    }
+
+    #[test]
+    fn authorization_headers() {
+        let bearer = AuthorizationHeader::bearer(&AccessToken::new("abc"));
+        assert_eq!(bearer.expose_secret(), "Bearer abc");
+        // base64("key-1:") == "a2V5LTE6"
+        let basic = AuthorizationHeader::basic_api_key(&ApiKey::new("key-1"));
+        assert_eq!(basic.expose_secret(), "Basic a2V5LTE6");
+    }
+
+    #[test]
+    fn random_values_are_distinct_and_url_safe() {
+        let a = random_urlsafe(32);
+        let b = random_urlsafe(32);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The `SecretStore` trait: a small, versioned key-value interface every backend implements.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::StoreKey;
+use crate::record::Record;
+use crate::secret::SecretBytes;
+
+/// The version of a stored value, as the backend names it (a counter, a Vault version, an AWS
+/// version id). Opaque: compare for equality only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(Arc<str>);
+
+impl Version {
+    /// A version from the backend's own representation.
+    pub fn new(v: impl Into<Arc<str>>) -> Self {
+        Self(v.into())
+    }
+
+    /// A version from a counter.
+    pub fn from_u64(v: u64) -> Self {
+        Self(v.to_string().into())
+    }
+
+    /// The backend's representation.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The version as a counter, when the backend uses counters.
+    pub fn as_u64(&self) -> Option<u64> {
+        self.0.parse().ok()
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A stored value with its version.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    /// The value.
+    pub value: SecretBytes,
+    /// The version to name in a later [`Precondition::Version`].
+    pub version: Version,
+}
+
+/// What must be true of a key for a write or delete to go ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Nothing: write or delete unconditionally.
+    None,
+    /// The key must not exist (create only).
+    Absent,
+    /// The key must exist at exactly this version (compare-and-swap).
+    Version(Version),
+}
+
+/// A versioned key-value store for secrets, implemented by every backend (memory, file, Vault,
+/// AWS Secrets Manager, Redis, or a user's own).
+///
+/// Contract (checked by [`testing::conformance`](crate::testing::conformance)):
+/// - `put` with a failed precondition returns an error of kind [`ErrorKind::Conflict`] and
+///   changes nothing; exactly one of several concurrent writers naming the same version wins.
+/// - Every successful `put` returns a version different from all earlier versions of that key.
+/// - `get` of a missing key is `Ok(None)`; bytes that cannot be read are an error, never `None`.
+/// - `delete` with [`Precondition::None`] of a missing key succeeds; with a version that does not
+///   match it is a `Conflict`. [`Precondition::Absent`] makes no sense for delete and is
+///   `InvalidInput`.
+/// - `list(prefix)` returns every key that [`StoreKey::starts_with`] `prefix` (not the prefix
+///   itself), and nothing else.
+/// - Errors carry the backend's name and never a secret value.
+#[async_trait]
+pub trait SecretStore: Send + Sync + fmt::Debug + 'static {
+    /// Reads a value and its version.
+    async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>>;
+
+    /// Writes a value if the precondition holds, returning its new version.
+    async fn put(
+        &self,
+        key: &StoreKey,
+        value: SecretBytes,
+        precondition: Precondition,
+    ) -> Result<Version>;
+
+    /// Deletes a value (all of its versions) if the precondition holds.
+    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()>;
+
+    /// Lists the keys below `prefix`.
+    async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>>;
+}
+
+/// A shared, type-erased store.
+pub type DynSecretStore = Arc<dyn SecretStore>;
+
+#[async_trait]
+impl<T: SecretStore + ?Sized> SecretStore for Arc<T> {
+    async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
+        (**self).get(key).await
+    }
+
+    async fn put(
+        &self,
+        key: &StoreKey,
+        value: SecretBytes,
+        precondition: Precondition,
+    ) -> Result<Version> {
+        (**self).put(key, value, precondition).await
+    }
+
+    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()> {
+        (**self).delete(key, precondition).await
+    }
+
+    async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
+        (**self).list(prefix).await
+    }
+}
+
+/// Typed access to [`Record`]s on any [`SecretStore`].
+#[async_trait]
+pub trait RecordStoreExt: SecretStore {
+    /// Reads and decodes a record; bytes that do not decode are an error, never `None`.
+    async fn get_record<R: Record>(&self, key: &StoreKey) -> Result<Option<(R, Version)>> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(v) => Ok(Some((R::decode(v.value.expose_secret())?, v.version))),
+        }
+    }
+
+    /// Encodes and writes a record if the precondition holds.
+    async fn put_record<R: Record>(
+        &self,
+        key: &StoreKey,
+        record: &R,
+        precondition: Precondition,
+    ) -> Result<Version> {
+        let bytes = record.encode()?;
+        self.put(key, bytes, precondition).await
+    }
+}
+
+impl<S: SecretStore + ?Sized> RecordStoreExt for S {}
+
+/// Checks `precondition` against the current version of a key (`None` when absent), returning
+/// the `Conflict` error a backend should report. For backends that compare versions themselves.
+pub fn check_precondition(
+    current: Option<&Version>,
+    precondition: &Precondition,
+    backend: &'static str,
+) -> Result<()> {
+    match (precondition, current) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(_)) => {
+            Err(Error::conflict("key already exists").with_backend(backend))
+        }
+        (Precondition::Version(want), Some(have)) if want == have => Ok(()),
+        (Precondition::Version(_), _) => {
+            Err(Error::conflict("version does not match").with_backend(backend))
+        }
+    }
+}
+
+/// Whether an error means a precondition failed.
+pub fn is_conflict(err: &Error) -> bool {
+    err.kind() == ErrorKind::Conflict
+}

@@ -1,0 +1,428 @@
+//! Conformance suites that every [`SecretStore`] and [`Lease`] must pass, ours or a user's, and
+//! helpers for tests that need live services. Enabled by the `testing` feature.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pleo_auth_core::{MemoryStore, testing};
+//!
+//! # async fn run() {
+//! testing::conformance(Arc::new(MemoryStore::new())).await;
+//! # }
+//! ```
+//!
+//! Each suite uses a fresh random prefix, so it can run against a shared live server. The
+//! suites panic with a message naming the failed check.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ErrorKind;
+use crate::key::StoreKey;
+use crate::lease::DynLease;
+use crate::secret::{SecretBytes, random_urlsafe};
+use crate::store::{DynSecretStore, Precondition, Version};
+
+fn bytes(s: &str) -> SecretBytes {
+    SecretBytes::new(s.as_bytes().to_vec())
+}
+
+async fn read(store: &DynSecretStore, key: &StoreKey) -> Option<(Vec<u8>, Version)> {
+    store
+        .get(key)
+        .await
+        .unwrap_or_else(|e| panic!("get {key} failed: {e:?}"))
+        .map(|v| (v.value.expose_secret().to_vec(), v.version))
+}
+
+/// A fresh prefix for one run of a suite.
+pub fn unique_prefix(suite: &str) -> StoreKey {
+    StoreKey::from_parts(["conformance", suite, &random_urlsafe(9)]).expect("valid prefix")
+}
+
+/// Runs every store check against `store`.
+pub async fn conformance(store: DynSecretStore) {
+    let root = unique_prefix("store");
+    round_trip_and_versions(&store, &root).await;
+    preconditions(&store, &root).await;
+    delete_rules(&store, &root).await;
+    list_isolation(&store, &root).await;
+    concurrent_compare_and_swap(&store, &root).await;
+    large_and_binary_values(&store, &root).await;
+    hostile_key_parts(&store, &root).await;
+}
+
+async fn round_trip_and_versions(store: &DynSecretStore, root: &StoreKey) {
+    let key = root.child("round-trip").unwrap();
+    assert!(
+        read(store, &key).await.is_none(),
+        "a missing key reads as None"
+    );
+    let mut seen = HashSet::new();
+    let mut version = store
+        .put(&key, bytes("v1"), Precondition::Absent)
+        .await
+        .expect("create with Absent");
+    seen.insert(version.clone());
+    for i in 2..=5 {
+        let value = format!("v{i}");
+        version = store
+            .put(&key, bytes(&value), Precondition::Version(version))
+            .await
+            .expect("compare-and-swap on the current version");
+        assert!(
+            seen.insert(version.clone()),
+            "every put returns a new version"
+        );
+        let (got, got_version) = read(store, &key).await.expect("value present");
+        assert_eq!(got, value.as_bytes(), "get returns the last value");
+        assert_eq!(got_version, version, "get returns the last version");
+    }
+    let unconditional = store
+        .put(&key, bytes("v6"), Precondition::None)
+        .await
+        .expect("unconditional put");
+    assert!(
+        seen.insert(unconditional),
+        "unconditional put returns a new version"
+    );
+}
+
+async fn preconditions(store: &DynSecretStore, root: &StoreKey) {
+    let key = root.child("preconditions").unwrap();
+    let v1 = store
+        .put(&key, bytes("a"), Precondition::Absent)
+        .await
+        .unwrap();
+    let err = store
+        .put(&key, bytes("b"), Precondition::Absent)
+        .await
+        .expect_err("Absent on an existing key must fail");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Conflict,
+        "Absent conflict kind: {err:?}"
+    );
+    let v2 = store
+        .put(&key, bytes("c"), Precondition::Version(v1.clone()))
+        .await
+        .unwrap();
+    let err = store
+        .put(&key, bytes("d"), Precondition::Version(v1))
+        .await
+        .expect_err("a stale version must fail");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Conflict,
+        "stale version kind: {err:?}"
+    );
+    assert_eq!(
+        read(store, &key).await.unwrap().0,
+        b"c",
+        "a failed put changes nothing"
+    );
+    let missing = root.child("preconditions-missing").unwrap();
+    let err = store
+        .put(&missing, bytes("e"), Precondition::Version(v2))
+        .await
+        .expect_err("a version precondition on a missing key must fail");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(
+        read(store, &missing).await.is_none(),
+        "the failed put created nothing"
+    );
+}
+
+async fn delete_rules(store: &DynSecretStore, root: &StoreKey) {
+    let key = root.child("delete").unwrap();
+    let v1 = store
+        .put(&key, bytes("a"), Precondition::Absent)
+        .await
+        .unwrap();
+    let v2 = store
+        .put(&key, bytes("b"), Precondition::Version(v1.clone()))
+        .await
+        .unwrap();
+    let err = store
+        .delete(&key, Precondition::Version(v1))
+        .await
+        .expect_err("delete with a stale version must fail");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let err = store
+        .delete(&key, Precondition::Absent)
+        .await
+        .expect_err("delete cannot require absence");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    store
+        .delete(&key, Precondition::Version(v2.clone()))
+        .await
+        .expect("delete with the current version");
+    assert!(
+        read(store, &key).await.is_none(),
+        "deleted key reads as None"
+    );
+    store
+        .delete(&key, Precondition::None)
+        .await
+        .expect("unconditional delete of a missing key succeeds");
+    let err = store
+        .delete(&key, Precondition::Version(v2))
+        .await
+        .expect_err("delete with a version of a missing key must fail");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let again = store
+        .put(&key, bytes("c"), Precondition::Absent)
+        .await
+        .expect("a deleted key can be created again");
+    assert_eq!(read(store, &key).await.unwrap(), (b"c".to_vec(), again));
+}
+
+async fn list_isolation(store: &DynSecretStore, root: &StoreKey) {
+    let base = root.child("list").unwrap();
+    let a = base.child("a").unwrap();
+    let a_b = a.child("b").unwrap();
+    let a_b_c = a_b.child("c").unwrap();
+    let ab = base.child("ab").unwrap();
+    let other = root.child("list-other").unwrap().child("a").unwrap();
+    for key in [&a, &a_b, &a_b_c, &ab, &other] {
+        store
+            .put(key, bytes("x"), Precondition::None)
+            .await
+            .unwrap();
+    }
+    let sorted = |mut v: Vec<StoreKey>| {
+        v.sort();
+        v
+    };
+    let under_a = sorted(store.list(&a).await.expect("list"));
+    assert_eq!(under_a, sorted(vec![a_b.clone(), a_b_c.clone()]), "list(a)");
+    let under_base = sorted(store.list(&base).await.expect("list"));
+    assert_eq!(
+        under_base,
+        sorted(vec![a.clone(), a_b.clone(), a_b_c.clone(), ab.clone()]),
+        "list(base) holds every key below it and nothing else"
+    );
+    let empty = base.child("nothing-here").unwrap();
+    assert!(
+        store.list(&empty).await.unwrap().is_empty(),
+        "list of an empty prefix"
+    );
+}
+
+async fn concurrent_compare_and_swap(store: &DynSecretStore, root: &StoreKey) {
+    let key = root.child("cas-race").unwrap();
+    let mut version = store
+        .put(&key, bytes("0"), Precondition::Absent)
+        .await
+        .unwrap();
+    for round in 1..=3 {
+        let mut tasks = Vec::new();
+        for writer in 0..16 {
+            let store = store.clone();
+            let key = key.clone();
+            let version = version.clone();
+            tasks.push(tokio::spawn(async move {
+                let value = format!("round{round}-writer{writer}");
+                let result = store
+                    .put(&key, bytes(&value), Precondition::Version(version))
+                    .await;
+                (value, result)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            let (value, result) = task.await.expect("writer task");
+            match result {
+                Ok(v) => winners.push((value, v)),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "losers see Conflict: {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one writer wins round {round}");
+        let (value, new_version) = winners.pop().unwrap();
+        let (stored, stored_version) = read(store, &key).await.unwrap();
+        assert_eq!(stored, value.as_bytes(), "the winner's value is stored");
+        assert_eq!(stored_version, new_version);
+        version = new_version;
+    }
+}
+
+async fn large_and_binary_values(store: &DynSecretStore, root: &StoreKey) {
+    let large: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let key = root.child("large").unwrap();
+    store
+        .put(&key, SecretBytes::new(large.clone()), Precondition::None)
+        .await
+        .expect("64 KiB value");
+    assert_eq!(
+        read(store, &key).await.unwrap().0,
+        large,
+        "64 KiB round trip"
+    );
+
+    let binary: Vec<u8> = (0..=255u8).chain([0, 0, b'\n', 0xff]).collect();
+    let key = root.child("binary").unwrap();
+    store
+        .put(&key, SecretBytes::new(binary.clone()), Precondition::None)
+        .await
+        .expect("binary value");
+    assert_eq!(
+        read(store, &key).await.unwrap().0,
+        binary,
+        "binary round trip"
+    );
+}
+
+async fn hostile_key_parts(store: &DynSecretStore, root: &StoreKey) {
+    let base = root.child("hostile").unwrap();
+    let long = "L".repeat(1000);
+    let parts = [
+        "..",
+        ".",
+        "a/b",
+        "a",
+        "b",
+        "%2F",
+        "a%2Fb",
+        "a:b",
+        "a\0b",
+        "ünïcødé",
+        "+",
+        "%",
+        &long,
+    ];
+    let mut keys = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let key = base.child(part).unwrap();
+        store
+            .put(&key, bytes(&format!("value-{i}")), Precondition::None)
+            .await
+            .unwrap_or_else(|e| panic!("put hostile part {part:?}: {e:?}"));
+        keys.push(key);
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let (got, _) = read(store, key).await.expect("hostile key present");
+        assert_eq!(
+            got,
+            format!("value-{i}").as_bytes(),
+            "no cross-talk for {:?}",
+            parts[i]
+        );
+    }
+    let mut listed = store.list(&base).await.unwrap();
+    listed.sort();
+    keys.sort();
+    assert_eq!(listed, keys, "hostile keys list exactly under their prefix");
+}
+
+/// Runs every lease check against `lease`.
+pub async fn lease_conformance(lease: DynLease) {
+    let root = unique_prefix("lease");
+    let key = root.child("exclusive").unwrap();
+    let ttl = Duration::from_secs(30);
+
+    let first = lease
+        .acquire(&key, ttl)
+        .await
+        .expect("acquire")
+        .expect("a free lease is granted");
+    assert!(
+        lease.acquire(&key, ttl).await.expect("acquire").is_none(),
+        "a held lease is not granted again"
+    );
+    let f1 = first.fencing();
+    first.release().await.expect("release");
+    let second = lease
+        .acquire(&key, ttl)
+        .await
+        .expect("acquire")
+        .expect("a released lease is granted");
+    assert!(second.fencing() > f1, "fencing numbers increase");
+    let f2 = second.fencing();
+    second.release().await.expect("release");
+
+    let contended = root.child("contended").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let lease = lease.clone();
+        let key = contended.clone();
+        tasks.push(tokio::spawn(async move { lease.acquire(&key, ttl).await }));
+    }
+    let mut holders = Vec::new();
+    for task in tasks {
+        if let Some(guard) = task.await.expect("contender task").expect("acquire") {
+            holders.push(guard);
+        }
+    }
+    assert_eq!(
+        holders.len(),
+        1,
+        "exactly one of 16 contenders holds the lease"
+    );
+    holders.pop().unwrap().release().await.expect("release");
+
+    let short = Duration::from_millis(400);
+    let expiring = lease
+        .acquire(&key, short)
+        .await
+        .expect("acquire")
+        .expect("granted");
+    let f3 = expiring.fencing();
+    assert!(f3 > f2, "fencing numbers increase");
+    // Simulate a holder that stops without releasing: the guard is never dropped.
+    std::mem::forget(expiring);
+    assert!(
+        lease.acquire(&key, ttl).await.expect("acquire").is_none(),
+        "held until expiry"
+    );
+    tokio::time::sleep(short + Duration::from_millis(400)).await;
+    let after = lease
+        .acquire(&key, ttl)
+        .await
+        .expect("acquire")
+        .expect("an expired lease is granted to the next holder");
+    assert!(
+        after.fencing() > f3,
+        "the next holder gets a larger fencing number"
+    );
+    after.release().await.expect("release");
+}
+
+/// The value of a live-service setting such as `PLEO_AUTH_TEST_REDIS_URL`, from the environment
+/// or from the `.services/env` file that `cargo xtask services up` writes at the workspace root.
+///
+/// # Panics
+///
+/// When the setting is missing: a test that needs a server fails, it never skips.
+pub fn service_env(var: &str) -> String {
+    if let Ok(value) = std::env::var(var)
+        && !value.is_empty()
+    {
+        return value;
+    }
+    if let Some(value) = services_env_file().and_then(|text| {
+        text.lines()
+            .filter_map(|line| line.split_once('='))
+            .find(|(k, _)| k.trim() == var)
+            .map(|(_, v)| v.trim().to_owned())
+    }) {
+        return value;
+    }
+    panic!("{var} is not set and .services/env does not name it: run `cargo xtask services up`");
+}
+
+fn services_env_file() -> Option<String> {
+    let start: PathBuf = std::env::current_dir().ok()?;
+    start
+        .ancestors()
+        .map(|dir| dir.join(".services").join("env"))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::read_to_string(p).ok())
+}
+
+/// Wraps a concrete store for the suites.
+pub fn dyn_store<S: crate::SecretStore>(store: S) -> DynSecretStore {
+    Arc::new(store)
+}
