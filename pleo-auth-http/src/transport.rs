@@ -1,0 +1,181 @@
+//! The one way pleo-auth talks HTTP: no redirects, bounded time, capped bodies.
+//!
+//! The OAuth and API key crates use [`http_client`] for token, introspection and installation
+//! calls, and [`PleoClient`](crate) builds on it for API requests.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use pleo_auth_core::{Error, ErrorKind, Result};
+use reqwest::StatusCode;
+
+/// Largest response body read from Pleo for token, introspection and error responses.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Settings of the HTTP client shared by every pleo-auth call.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Time allowed for a whole request, from connect to the last body byte.
+    pub timeout: Duration,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            user_agent: concat!("pleo-auth/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// A reqwest client that never follows redirects (so no credential or body reaches a second
+/// listener), uses rustls, and applies the configured timeouts.
+pub fn http_client(config: &TransportConfig) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(config.timeout)
+        .connect_timeout(config.connect_timeout)
+        .user_agent(config.user_agent.clone())
+        .https_only(false)
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Config, "building the HTTP client failed").with_source(e))
+}
+
+/// Reads a response body, refusing bodies larger than `limit` bytes without reading them whole.
+pub async fn read_body_capped(mut response: reqwest::Response, limit: usize) -> Result<Bytes> {
+    if response.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(body_too_large(limit));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > limit {
+            return Err(body_too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn body_too_large(limit: usize) -> Error {
+    Error::new(
+        ErrorKind::Unexpected,
+        format!("response body is larger than {limit} bytes"),
+    )
+}
+
+/// Converts a reqwest error into a core error without the URL (which may carry a query).
+pub fn transport_error(err: reqwest::Error) -> Error {
+    let kind = if err.is_timeout() || err.is_connect() || err.is_request() || err.is_body() {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Unexpected
+    };
+    let message = if err.is_timeout() {
+        "request timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    Error::new(kind, message).with_source(err.without_url())
+}
+
+/// The error kind that an unexpected HTTP status maps to.
+pub fn status_kind(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        401 => ErrorKind::Unauthenticated,
+        403 => ErrorKind::PermissionDenied,
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        429 => ErrorKind::RateLimited,
+        408 | 500..=599 => ErrorKind::Unavailable,
+        _ => ErrorKind::Unexpected,
+    }
+}
+
+/// Parses a `Retry-After` header value: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+/// Returns `None` for anything else; dates in the past give zero.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let date = parse_http_date(value)?;
+    Some(date.duration_since(now).unwrap_or_default())
+}
+
+/// Parses the IMF-fixdate form `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 29 || &s[3..5] != ", " || &s[25..] != " GMT" {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let t = s.get(r)?;
+        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+    };
+    let day = num(5..7)?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == &s[8..11])? as u64
+        + 1;
+    let year = num(12..16)?;
+    let (h, m, sec) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || year < 1970 {
+        return None;
+    }
+    // Days since the epoch (civil-from-days inverse, Howard Hinnant's algorithm).
+    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now), Some(Duration::ZERO));
+        for bad in ["", "-1", "1.5", "soon", "99999999999", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        assert_eq!(status_kind(StatusCode::UNAUTHORIZED), ErrorKind::Unauthenticated);
+        assert_eq!(status_kind(StatusCode::FORBIDDEN), ErrorKind::PermissionDenied);
+        assert_eq!(status_kind(StatusCode::TOO_MANY_REQUESTS), ErrorKind::RateLimited);
+        assert_eq!(status_kind(StatusCode::BAD_GATEWAY), ErrorKind::Unavailable);
+        assert_eq!(status_kind(StatusCode::BAD_REQUEST), ErrorKind::Unexpected);
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_retry_after(&s, SystemTime::now());
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Secret stores for pleo-auth, each behind its own feature.
+//!
+//! Every store implements [`pleo_auth_core::SecretStore`] and passes
+//! `pleo_auth_core::testing::conformance`. Errors are [`pleo_auth_core::Error`]s tagged with the
+//! backend's name; no error carries a secret value.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub mod file;
