@@ -13,6 +13,10 @@
 //! Each suite uses a fresh random prefix, so it can run against a shared live server. The
 //! suites panic with a message naming the failed check.
 
+mod fault_proxy;
+
+pub use fault_proxy::{FaultProxy, ProxyFault};
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
