@@ -1,0 +1,181 @@
+//! Fault injection: the next N requests to an endpoint class fail in a chosen way.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::state::Shared;
+
+/// A class of endpoints that faults can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `POST /oauth/token`.
+    Token,
+    /// `POST /oauth/token/introspect`.
+    Introspect,
+    /// The External API: every path under `/v1/` and `/v2/` (including `/v1/introspect`).
+    Api,
+    /// `GET` and `POST /oauth/authorize`.
+    Authorize,
+    /// Every path except the `/_sandbox/` administration paths. Endpoint-specific faults are
+    /// served first; `Any` faults apply when none is queued for the request's endpoint.
+    Any,
+}
+
+impl Endpoint {
+    /// The class of a request path; `None` for `/_sandbox/` paths, which are never faulted.
+    pub(crate) fn classify(path: &str) -> Option<Self> {
+        match path {
+            "/oauth/token" => Some(Self::Token),
+            "/oauth/token/introspect" => Some(Self::Introspect),
+            "/oauth/authorize" => Some(Self::Authorize),
+            p if p == "/_sandbox" || p.starts_with("/_sandbox/") => None,
+            p if p.starts_with("/v1/") || p.starts_with("/v2/") => Some(Self::Api),
+            _ => Some(Self::Any),
+        }
+    }
+}
+
+/// A failure to serve instead of (or before) the real answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 429 with `Retry-After: <retry_after_secs>`.
+    TooManyRequests {
+        /// The `Retry-After` value, in seconds.
+        retry_after_secs: u64,
+    },
+    /// An HTTP 5xx status (500 to 599).
+    ServerError(u16),
+    /// Wait this long (real time), then answer normally.
+    Delay(Duration),
+    /// Close the connection without sending any response.
+    DropConnection,
+}
+
+/// Queued faults per endpoint class.
+#[derive(Debug, Default)]
+pub(crate) struct FaultQueue(HashMap<Endpoint, VecDeque<(Fault, u32)>>);
+
+impl FaultQueue {
+    pub(crate) fn push(&mut self, endpoint: Endpoint, fault: Fault, count: u32) {
+        if count > 0 {
+            self.0
+                .entry(endpoint)
+                .or_default()
+                .push_back((fault, count));
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Takes one fault for a request of class `endpoint`.
+    pub(crate) fn take(&mut self, endpoint: Endpoint) -> Option<Fault> {
+        self.take_from(endpoint)
+            .or_else(|| self.take_from(Endpoint::Any))
+    }
+
+    fn take_from(&mut self, endpoint: Endpoint) -> Option<Fault> {
+        let queue = self.0.get_mut(&endpoint)?;
+        let (fault, remaining) = queue.front_mut()?;
+        let fault = *fault;
+        *remaining -= 1;
+        if *remaining == 0 {
+            queue.pop_front();
+        }
+        Some(fault)
+    }
+}
+
+/// A response extension telling the connection loop to drop the connection unanswered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DropConnectionMarker;
+
+/// Middleware that counts endpoint hits and serves queued faults.
+pub(crate) async fn middleware(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(endpoint) = Endpoint::classify(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let fault = shared.take_fault(endpoint);
+    match fault {
+        None => next.run(request).await,
+        Some(Fault::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            next.run(request).await
+        }
+        Some(Fault::TooManyRequests { retry_after_secs }) => {
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(serde_json::json!({
+                    "error": "temporarily_unavailable",
+                    "error_description": "too many requests (injected fault)",
+                })),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response
+        }
+        Some(Fault::ServerError(status)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(serde_json::json!({
+                "error": "server_error",
+                "error_description": "server error (injected fault)",
+            })),
+        )
+            .into_response(),
+        Some(Fault::DropConnection) => {
+            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            response.extensions_mut().insert(DropConnectionMarker);
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_classified() {
+        assert_eq!(Endpoint::classify("/oauth/token"), Some(Endpoint::Token));
+        assert_eq!(
+            Endpoint::classify("/oauth/token/introspect"),
+            Some(Endpoint::Introspect)
+        );
+        assert_eq!(Endpoint::classify("/v1/introspect"), Some(Endpoint::Api));
+        assert_eq!(Endpoint::classify("/v2/employees"), Some(Endpoint::Api));
+        assert_eq!(
+            Endpoint::classify("/oauth/authorize"),
+            Some(Endpoint::Authorize)
+        );
+        assert_eq!(Endpoint::classify("/_sandbox/stats"), None);
+        assert_eq!(Endpoint::classify("/"), Some(Endpoint::Any));
+    }
+
+    #[test]
+    fn queue_serves_specific_faults_before_any_and_counts_down() {
+        let mut q = FaultQueue::default();
+        q.push(Endpoint::Any, Fault::DropConnection, 1);
+        q.push(Endpoint::Token, Fault::ServerError(503), 2);
+        q.push(Endpoint::Token, Fault::ServerError(0), 0);
+        assert_eq!(q.take(Endpoint::Token), Some(Fault::ServerError(503)));
+        assert_eq!(q.take(Endpoint::Token), Some(Fault::ServerError(503)));
+        assert_eq!(q.take(Endpoint::Token), Some(Fault::DropConnection));
+        assert_eq!(q.take(Endpoint::Token), None);
+        assert_eq!(q.take(Endpoint::Api), None);
+    }
+}

@@ -1,0 +1,422 @@
+//! The HTTP server, its connection loop and the handle tests hold.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::server::conn::http1;
+use hyper::service::{Service as _, service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use url::Url;
+use uuid::Uuid;
+
+use crate::admin::RevokeTarget;
+use crate::config::Config;
+use crate::faults::DropConnectionMarker;
+use crate::state::Shared;
+use crate::{
+    ApiRequestRecord, ClientRegistration, Endpoint, Fault, SandboxError, Stats, admin_http, api,
+    faults, oauth,
+};
+
+/// Binds the socket and spawns the server on the current Tokio runtime.
+pub(crate) async fn start(
+    config: Config,
+    clients: Vec<ClientRegistration>,
+    auto_approve: Option<Uuid>,
+    bind: SocketAddr,
+    max_body_bytes: usize,
+) -> Result<SandboxHandle, SandboxError> {
+    let bind_error = |source| SandboxError::Bind { addr: bind, source };
+    let socket = if bind.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(bind).map_err(bind_error)?;
+    let listener = socket.listen(4096).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let base_url = Url::parse(&format!("http://{addr}/"))
+        .map_err(|e| SandboxError::InvalidConfig(format!("cannot form a base URL: {e}")))?;
+    let environment = config.environment_name.clone();
+    let shared = Arc::new(Shared::new(config, base_url, clients, auto_approve));
+    let router = router(Arc::clone(&shared), max_body_bytes);
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(serve(listener, router, rx));
+    tracing::info!(%addr, %environment, "pleo sandbox listening");
+    Ok(SandboxHandle {
+        shared,
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+fn router(shared: Arc<Shared>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(
+            "/oauth/authorize",
+            get(oauth::authorize_get).post(oauth::authorize_post),
+        )
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/token/introspect", post(oauth::introspect))
+        .route("/v1/introspect", get(api::introspect))
+        .route(
+            "/v1/installations/me",
+            get(api::installation)
+                .post(api::installation)
+                .put(api::installation)
+                .delete(api::installation),
+        )
+        .route(
+            "/v1/installations/me:activate",
+            post(api::activate_installation),
+        )
+        .route("/v2/employees", get(api::employees))
+        .route("/v1/vendors", get(api::vendors))
+        .route(
+            "/v1/export-jobs",
+            get(api::list_export_jobs).post(api::create_export_job),
+        )
+        .route("/_sandbox/stats", get(admin_http::stats))
+        .route("/_sandbox/stats/reset", post(admin_http::reset_stats))
+        .route(
+            "/_sandbox/requests",
+            get(admin_http::requests).delete(admin_http::clear_requests),
+        )
+        .route("/_sandbox/api-keys", post(admin_http::mint_api_key))
+        .route(
+            "/_sandbox/api-keys/revoke",
+            post(admin_http::revoke_api_key),
+        )
+        .route(
+            "/_sandbox/faults",
+            post(admin_http::inject_fault).delete(admin_http::clear_faults),
+        )
+        .route("/_sandbox/clock", get(admin_http::clock))
+        .route("/_sandbox/clock/advance", post(admin_http::advance_clock))
+        .route("/_sandbox/revoke", post(admin_http::revoke))
+        .route("/_sandbox/grant-id", post(admin_http::grant_id))
+        .route(
+            "/_sandbox/auto-approve",
+            axum::routing::put(admin_http::auto_approve),
+        )
+        .route("/_sandbox/clients", post(admin_http::register_client))
+        .route("/_sandbox/seed", get(admin_http::seed))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            faults::middleware,
+        ))
+        .with_state(shared)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "status": 404, "error": "not_found", "message": "no such endpoint" })),
+    )
+        .into_response()
+}
+
+/// Accepts connections until shutdown, then lets open requests finish (at most 5 seconds).
+async fn serve(listener: TcpListener, router: Router, mut shutdown: oneshot::Receiver<()>) {
+    let graceful = GracefulShutdown::new();
+    let service = TowerToHyperService::new(router);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Best effort: Nagle's algorithm only adds latency on loopback.
+        stream.set_nodelay(true).ok();
+        let service = service.clone();
+        let per_request = service_fn(move |request| {
+            let call = service.call(request);
+            async move {
+                let response = match call.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                if response
+                    .extensions()
+                    .get::<DropConnectionMarker>()
+                    .is_some()
+                {
+                    return Err(std::io::Error::other(
+                        "connection dropped by an injected fault",
+                    ));
+                }
+                Ok(response)
+            }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), per_request);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::trace!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("connections still open after 5 seconds; closing them");
+    }
+}
+
+/// A running sandbox. Dropping it shuts the server down (use [`Self::shutdown`] to wait for it).
+///
+/// One server serves the authorization-server paths (`/oauth/...`), the External API paths
+/// (`/v1/...`, `/v2/...`) and the administration paths (`/_sandbox/...`).
+pub struct SandboxHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for SandboxHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxHandle")
+            .field("base_url", &self.shared.base_url.as_str())
+            .field("environment_name", &self.shared.config.environment_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            // The server may already have stopped; nothing to do then.
+            tx.send(()).ok();
+        }
+    }
+}
+
+impl SandboxHandle {
+    /// The server's base URL, e.g. `http://127.0.0.1:41234/` (with a trailing slash).
+    pub fn base_url(&self) -> Url {
+        self.shared.base_url.clone()
+    }
+
+    /// The authorization server's base URL (the same server as [`Self::base_url`]):
+    /// `/oauth/authorize`, `/oauth/token` and `/oauth/token/introspect` live under it.
+    pub fn auth_url(&self) -> Url {
+        self.base_url()
+    }
+
+    /// The External API's base URL (the same server as [`Self::base_url`]).
+    pub fn api_url(&self) -> Url {
+        self.base_url()
+    }
+
+    /// The socket address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The environment name.
+    pub fn environment_name(&self) -> &str {
+        &self.shared.config.environment_name
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Sets every counter back to zero (grants stay as they are).
+    pub fn reset_stats(&self) {
+        self.shared.reset_stats();
+    }
+
+    /// Every External API request so far, oldest first.
+    pub fn request_log(&self) -> Vec<ApiRequestRecord> {
+        self.shared.request_log()
+    }
+
+    /// Empties the request log.
+    pub fn clear_request_log(&self) {
+        self.shared.clear_request_log();
+    }
+
+    /// Mints an Integrated API key for the installation of `client_id` in `company`, with the
+    /// client's registered scopes. Creates the installation (status `AUTHORIZED`) if needed and
+    /// revokes the installation's previous Integrated key.
+    ///
+    /// # Panics
+    ///
+    /// If the client or company is unknown; [`Self::try_mint_integrated_key`] returns an error
+    /// instead.
+    pub fn mint_integrated_key(&self, client_id: &str, company: Uuid) -> String {
+        match self.try_mint_integrated_key(client_id, company) {
+            Ok(key) => key,
+            Err(e) => panic!("cannot mint an Integrated API key: {e}"),
+        }
+    }
+
+    /// Like [`Self::mint_integrated_key`], returning an error for an unknown client or company.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::UnknownClient`], [`SandboxError::UnknownSubject`],
+    /// [`SandboxError::NotACompany`], or [`SandboxError::Random`].
+    pub fn try_mint_integrated_key(
+        &self,
+        client_id: &str,
+        company: Uuid,
+    ) -> Result<String, SandboxError> {
+        self.shared.mint_integrated_key(client_id, company)
+    }
+
+    /// Mints a Standalone API key for a company or (covering all its companies) an
+    /// organisation, with the chosen scopes and an optional lifetime.
+    ///
+    /// # Panics
+    ///
+    /// If the subject is unknown or a scope is empty or contains whitespace;
+    /// [`Self::try_mint_standalone_key`] returns an error instead.
+    pub fn mint_standalone_key(
+        &self,
+        subject: Uuid,
+        scopes: &[&str],
+        expires_in: Option<Duration>,
+    ) -> String {
+        match self.try_mint_standalone_key(subject, scopes, expires_in) {
+            Ok(key) => key,
+            Err(e) => panic!("cannot mint a Standalone API key: {e}"),
+        }
+    }
+
+    /// Like [`Self::mint_standalone_key`], returning an error instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::UnknownSubject`], [`SandboxError::InvalidConfig`] for a bad scope, or
+    /// [`SandboxError::Random`].
+    pub fn try_mint_standalone_key(
+        &self,
+        subject: Uuid,
+        scopes: &[&str],
+        expires_in: Option<Duration>,
+    ) -> Result<String, SandboxError> {
+        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self.shared
+            .mint_standalone_key(subject, scopes, expires_in, None)
+    }
+
+    /// Revokes an API key; returns whether it was live.
+    pub fn revoke_api_key(&self, api_key: &str) -> bool {
+        self.shared.revoke_api_key(api_key)
+    }
+
+    /// Revokes the current access tokens of the targeted grants; their refresh tokens stay
+    /// valid. Returns how many live grants were affected. A token converts into a target:
+    /// `handle.revoke_access_tokens(&access_token)`.
+    pub fn revoke_access_tokens(&self, target: impl Into<RevokeTarget>) -> usize {
+        self.shared.revoke_access_tokens(&target.into())
+    }
+
+    /// Revokes the targeted grants entirely (cause [`RevocationCause::Admin`](crate::RevocationCause::Admin)).
+    /// Returns how many were live.
+    pub fn revoke_grant(&self, target: impl Into<RevokeTarget>) -> usize {
+        self.shared.revoke_grants(&target.into())
+    }
+
+    /// The ID of the grant an access or refresh token (current or old) belongs to, as used in
+    /// [`Stats::grants`] and [`ApiRequestRecord::credential_id`].
+    pub fn grant_id(&self, token: &str) -> Option<String> {
+        self.shared.grant_id(token)
+    }
+
+    /// Moves the sandbox's clock forward. Every expiry check (codes, tokens, keys, consent
+    /// pages) and every issued timestamp uses this clock.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.advance_clock(by);
+    }
+
+    /// The sandbox's current time (wall clock plus every [`Self::advance_clock`]).
+    pub fn now(&self) -> SystemTime {
+        self.shared.clock().0
+    }
+
+    /// Makes the next `count` requests to `endpoint` fail with `fault`. Faults queue in order;
+    /// endpoint-specific faults are served before [`Endpoint::Any`] faults.
+    ///
+    /// # Panics
+    ///
+    /// If a [`Fault::ServerError`] status is not 500 to 599.
+    pub fn inject_fault(&self, endpoint: Endpoint, fault: Fault, count: u32) {
+        if let Fault::ServerError(status) = fault {
+            assert!(
+                (500..=599).contains(&status),
+                "Fault::ServerError needs a 5xx status, got {status}"
+            );
+        }
+        self.shared.inject_fault(endpoint, fault, count);
+    }
+
+    /// Removes every queued fault.
+    pub fn clear_faults(&self) {
+        self.shared.clear_faults();
+    }
+
+    /// Turns auto-approve on (for a company or organisation) or off at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::UnknownSubject`] if no company or organisation has the ID.
+    pub fn set_auto_approve(&self, subject: Option<Uuid>) -> Result<(), SandboxError> {
+        self.shared.set_auto_approve(subject)
+    }
+
+    /// Registers (or replaces) an OAuth client at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] if the registration is unusable.
+    pub fn register_client(&self, client: ClientRegistration) -> Result<(), SandboxError> {
+        self.shared.register_client(client)
+    }
+
+    /// Stops accepting connections, lets requests in progress finish (at most 5 seconds) and
+    /// waits for the server to stop.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::debug!(%error, "sandbox server task failed");
+        }
+    }
+}
