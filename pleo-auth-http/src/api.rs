@@ -56,8 +56,9 @@ struct IntrospectData {
 
 /// The `Authorization` header as a sensitive header value (hidden from reqwest's `Debug`).
 pub fn sensitive_header(auth: &AuthorizationHeader) -> Result<HeaderValue> {
-    let mut value = HeaderValue::from_str(auth.expose_secret())
-        .map_err(|_| Error::invalid_input("credential contains characters not allowed in a header"))?;
+    let mut value = HeaderValue::from_str(auth.expose_secret()).map_err(|_| {
+        Error::invalid_input("credential contains characters not allowed in a header")
+    })?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -83,8 +84,12 @@ pub async fn introspect(
             format!("introspection answered HTTP {}", status.as_u16()),
         ));
     }
-    let parsed: IntrospectBody = serde_json::from_slice(&body)
-        .map_err(|_| Error::new(ErrorKind::Unexpected, "introspection response is not the documented JSON"))?;
+    let parsed: IntrospectBody = serde_json::from_slice(&body).map_err(|_| {
+        Error::new(
+            ErrorKind::Unexpected,
+            "introspection response is not the documented JSON",
+        )
+    })?;
     let data = parsed.data;
     let auth_method = match data.auth_method.as_str() {
         "OAUTH2" => AuthMethod::OAuth2,
@@ -98,7 +103,12 @@ pub async fn introspect(
     };
     let subject = data
         .subject_urn
-        .ok_or_else(|| Error::new(ErrorKind::Unexpected, "introspection response has no subjectURN"))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unexpected,
+                "introspection response has no subjectURN",
+            )
+        })?
         .parse::<Subject>()?;
     let scopes = data.scope.as_deref().unwrap_or("").parse::<ScopeSet>()?;
     Ok(Introspection {
@@ -132,7 +142,10 @@ pub async fn create_installation(
     }
     Err(Error::new(
         status_kind(status),
-        format!("creating the installation answered HTTP {}", status.as_u16()),
+        format!(
+            "creating the installation answered HTTP {}",
+            status.as_u16()
+        ),
     ))
 }
 
@@ -158,7 +171,10 @@ pub async fn delete_installation(
     }
     Err(Error::new(
         status_kind(status),
-        format!("deleting the installation answered HTTP {}", status.as_u16()),
+        format!(
+            "deleting the installation answered HTTP {}",
+            status.as_u16()
+        ),
     ))
 }
 

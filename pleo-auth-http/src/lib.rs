@@ -1,12 +1,31 @@
-//! An authenticated HTTP client for the Pleo External API that never sends one company's
-//! credential with another company's request.
-//!
-//! - [`transport`]: the shared reqwest client (no redirects, timeouts, capped bodies) and
-//!   `Retry-After` parsing.
-//! - [`api`]: raw calls the connect flows need (`/v1/introspect`, `/v1/installations/me`).
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod api;
+mod callback;
+mod client;
+mod connect;
+mod engine;
+mod error;
+mod middleware;
+mod pages;
+mod retry;
+mod status;
+mod target;
 pub mod transport;
+
+pub use callback::LoopbackCallback;
+pub use client::{
+    DEFAULT_MAX_RESPONSE_BYTES, PleoClient, PleoClientBuilder, RequestBuilder, Response,
+};
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use connect::router::connect_router;
+pub use connect::{ConnectFlow, DynConnectFlow};
+pub use error::{Error, MAX_SERVER_MESSAGE_BYTES, Result};
+pub use middleware::PleoAuthMiddleware;
+pub use retry::RetryPolicy;
+pub use status::error_for_status;
+pub use target::{RequestOptions, Target};

@@ -1,7 +1,7 @@
 //! The one way pleo-auth talks HTTP: no redirects, bounded time, capped bodies.
 //!
 //! The OAuth and API key crates use [`http_client`] for token, introspection and installation
-//! calls, and [`PleoClient`](crate) builds on it for API requests.
+//! calls, and [`PleoClient`](crate::PleoClient) builds on it for API requests.
 
 use std::time::{Duration, SystemTime};
 
@@ -43,12 +43,17 @@ pub fn http_client(config: &TransportConfig) -> Result<reqwest::Client> {
         .user_agent(config.user_agent.clone())
         .https_only(false)
         .build()
-        .map_err(|e| Error::new(ErrorKind::Config, "building the HTTP client failed").with_source(e))
+        .map_err(|e| {
+            Error::new(ErrorKind::Config, "building the HTTP client failed").with_source(e)
+        })
 }
 
 /// Reads a response body, refusing bodies larger than `limit` bytes without reading them whole.
 pub async fn read_body_capped(mut response: reqwest::Response, limit: usize) -> Result<Bytes> {
-    if response.content_length().is_some_and(|len| len > limit as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
         return Err(body_too_large(limit));
     }
     let mut body = BytesMut::new();
@@ -70,11 +75,7 @@ fn body_too_large(limit: usize) -> Error {
 
 /// Converts a reqwest error into a core error without the URL (which may carry a query).
 pub fn transport_error(err: reqwest::Error) -> Error {
-    let kind = if err.is_timeout() || err.is_connect() || err.is_request() || err.is_body() {
-        ErrorKind::Unavailable
-    } else {
-        ErrorKind::Unexpected
-    };
+    let kind = transport_error_kind(&err);
     let message = if err.is_timeout() {
         "request timed out"
     } else if err.is_connect() {
@@ -83,6 +84,16 @@ pub fn transport_error(err: reqwest::Error) -> Error {
         "request failed"
     };
     Error::new(kind, message).with_source(err.without_url())
+}
+
+/// The error kind of a reqwest error: [`ErrorKind::Unavailable`] for timeouts, connection,
+/// request and body failures, [`ErrorKind::Unexpected`] for anything else.
+pub fn transport_error_kind(err: &reqwest::Error) -> ErrorKind {
+    if err.is_timeout() || err.is_connect() || err.is_request() || err.is_body() {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Unexpected
+    }
 }
 
 /// The error kind that an unexpected HTTP status maps to.
@@ -111,13 +122,14 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// Parses the IMF-fixdate form `Sun, 06 Nov 1994 08:49:37 GMT`.
 fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() != 29 || &s[3..5] != ", " || &s[25..] != " GMT" {
+    if s.len() != 29 || !s.is_ascii() || &s[3..5] != ", " || &s[25..] != " GMT" {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u64> {
         let t = s.get(r)?;
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
     };
     let day = num(5..7)?;
     let month = [
@@ -132,7 +144,11 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
         return None;
     }
     // Days since the epoch (civil-from-days inverse, Howard Hinnant's algorithm).
-    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y / 400;
     let yoe = y - era * 400;
     let doy = (153 * mo + 2) / 5 + day - 1;
@@ -150,24 +166,48 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
             Some(Duration::from_secs(60))
         );
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now), Some(Duration::ZERO));
-        for bad in ["", "-1", "1.5", "soon", "99999999999", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "soon",
+            "99999999999",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            // 29 bytes, but not ASCII: once sliced inside a character.
+            "!\u{d4a}\u{1df00}\u{1ee7e}\u{1da9b}\u{d12}\u{1ee80}AAa\u{ae}A",
+        ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
     }
 
     #[test]
     fn statuses_map_to_kinds() {
-        assert_eq!(status_kind(StatusCode::UNAUTHORIZED), ErrorKind::Unauthenticated);
-        assert_eq!(status_kind(StatusCode::FORBIDDEN), ErrorKind::PermissionDenied);
-        assert_eq!(status_kind(StatusCode::TOO_MANY_REQUESTS), ErrorKind::RateLimited);
+        assert_eq!(
+            status_kind(StatusCode::UNAUTHORIZED),
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            status_kind(StatusCode::FORBIDDEN),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            status_kind(StatusCode::TOO_MANY_REQUESTS),
+            ErrorKind::RateLimited
+        );
         assert_eq!(status_kind(StatusCode::BAD_GATEWAY), ErrorKind::Unavailable);
         assert_eq!(status_kind(StatusCode::BAD_REQUEST), ErrorKind::Unexpected);
     }
