@@ -305,7 +305,9 @@ pub struct ApiKeyCredential {
     /// The integrator's tenant linked to this subject, if any.
     #[serde(default)]
     pub tenant: Option<TenantId>,
-    /// Integrated or Standalone.
+    /// Integrated or Standalone. Stored as `key_kind`, because every record's envelope already
+    /// has a `kind` (the record type).
+    #[serde(rename = "key_kind")]
     pub kind: ApiKeyKind,
     /// Whether the key can be used.
     pub status: CredentialStatus,
@@ -484,6 +486,35 @@ mod tests {
         let text = std::str::from_utf8(bytes.expose_secret()).unwrap();
         assert!(text.contains("\"schema\":1"));
         assert!(text.contains("\"kind\":\"oauth_grant\""));
+    }
+
+    #[test]
+    fn api_key_credentials_round_trip() {
+        let record = ApiKeyCredential {
+            environment: EnvironmentName::new("staging").unwrap(),
+            integration_id: ClientId::new("erp").unwrap(),
+            subject: "urn:pleo:company:0b6f1c7e-8a55-4c2e-9d43-0d8a2a7a1f10"
+                .parse()
+                .unwrap(),
+            tenant: None,
+            kind: ApiKeyKind::Standalone,
+            status: CredentialStatus::Active,
+            status_reason: None,
+            key: Some(ApiKey::new("CANARY-key")),
+            scopes: "users:read".parse().unwrap(),
+            generation: 2,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+            settings: BTreeMap::new(),
+        };
+        let bytes = record.encode().unwrap();
+        let text = std::str::from_utf8(bytes.expose_secret()).unwrap();
+        assert!(text.contains("\"kind\":\"api_key\""), "{text}");
+        assert!(text.contains("\"key_kind\":\"standalone\""), "{text}");
+        let back = ApiKeyCredential::decode(bytes.expose_secret()).unwrap();
+        assert_eq!(back.kind, ApiKeyKind::Standalone);
+        assert_eq!(back.key.unwrap().expose_secret(), "CANARY-key");
+        assert_eq!(back.generation, 2);
     }
 
     #[test]
