@@ -1,0 +1,514 @@
+//! Connecting a company: the authorization URL, the callback, the code exchange, and binding
+//! the grant to the company Pleo names.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
+use pleo_auth_core::{
+    AccessToken, AuthorizationHeader, CredentialKind, CredentialStatus, DynSecretStore,
+    ErrorKind as CoreKind, LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization,
+    PkceVerifier, Precondition, RecordStoreExt, ScopeSet, Subject, TenantId, Version, is_conflict,
+    layout, random_urlsafe,
+};
+use pleo_auth_http::api::{self, AuthMethod, Introspection};
+use sha2::{Digest as _, Sha256};
+use url::Url;
+
+use crate::callback::{self, Outcome};
+use crate::config::OAuthConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::OAuthEvent;
+use crate::inner::{Inner, OAuthClientBuilder};
+use crate::manager::{self, TokenManager};
+use crate::token;
+
+/// Bytes of randomness in `state` (256 bits).
+const STATE_BYTES: usize = 32;
+/// Bytes of randomness in the PKCE verifier (64 characters once encoded).
+const VERIFIER_BYTES: usize = 48;
+/// Pleo's parameter that names the company or organisation to connect.
+const SUBJECT_PARAM: &str = "urn_pleo_params_oauth_subject";
+
+/// Options of one authorization request.
+///
+/// ```
+/// use pleo_auth_core::{Subject, TenantId};
+/// use pleo_auth_oauth::AuthorizeOptions;
+///
+/// let company: Subject = "urn:pleo:company:0b6f1c7e-8a55-4c2e-9d43-0d8a2a7a1f10".parse()?;
+/// let options = AuthorizeOptions::new()
+///     .expect_subject(company)
+///     .tenant(TenantId::new("erp-4711")?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizeOptions {
+    expected_subject: Option<Subject>,
+    subject_hint: Option<Subject>,
+    tenant: Option<TenantId>,
+    relink: bool,
+    scopes: Option<ScopeSet>,
+}
+
+impl AuthorizeOptions {
+    /// No expectations: whichever company the customer picks is connected.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connect only `subject`: it is sent to Pleo as `urn_pleo_params_oauth_subject`, and if
+    /// Pleo connects another company, [`OAuthClient::complete`] stores nothing and fails with
+    /// [`ErrorKind::WrongCompany`].
+    pub fn expect_subject(mut self, subject: Subject) -> Self {
+        self.expected_subject = Some(subject);
+        self.subject_hint = Some(subject);
+        self
+    }
+
+    /// Sends `subject` as `urn_pleo_params_oauth_subject`, or nothing with `None`, without
+    /// changing which subject is expected.
+    pub fn subject_hint(mut self, subject: Option<Subject>) -> Self {
+        self.subject_hint = subject;
+        self
+    }
+
+    /// Links the connected subject to the integrator's `tenant` when the flow completes.
+    pub fn tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// Allows the link to move an existing link of the tenant or of the subject.
+    pub fn relink(mut self, relink: bool) -> Self {
+        self.relink = relink;
+        self
+    }
+
+    /// Requests these scopes instead of the configured ones.
+    pub fn scopes(mut self, scopes: ScopeSet) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+}
+
+/// The `state` of an authorization request. `Debug` does not print it.
+#[derive(Clone)]
+pub struct AuthorizationState(String);
+
+impl AuthorizationState {
+    /// The value. Bind it to the user's session (a cookie) and compare it on the callback to
+    /// make sure the user who returns is the one who started the flow.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with a value from a callback or session, in constant time.
+    pub fn matches(&self, other: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for AuthorizationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthorizationState([redacted])")
+    }
+}
+
+/// Where to send the customer, and the state that identifies the flow.
+#[derive(Clone)]
+pub struct AuthorizationRequest {
+    /// The authorization URL (`{authorization server}/oauth/authorize?...`).
+    pub url: Url,
+    /// The flow's `state` (also in `url`).
+    pub state: AuthorizationState,
+}
+
+impl fmt::Debug for AuthorizationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.url.clone();
+        shown.set_query(None);
+        f.debug_struct("AuthorizationRequest")
+            .field("url", &shown.as_str())
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// A completed connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Connection {
+    /// The company or organisation that consented.
+    pub subject: Subject,
+    /// The scopes granted.
+    pub scopes: ScopeSet,
+    /// The tenant linked to it, if the flow named one.
+    pub tenant: Option<TenantId>,
+    /// What linking the tenant changed, if the flow named one.
+    pub link: Option<LinkOutcome>,
+    /// Whether an earlier grant of this subject (for example one that needed reauthorization)
+    /// was replaced; its settings were kept.
+    pub reconnected: bool,
+}
+
+/// Connects companies: builds authorization URLs and completes callbacks.
+///
+/// Cheap to clone. The pending authorization lives in the store, so the callback can land on
+/// any replica. See the crate documentation for an example.
+#[derive(Clone)]
+pub struct OAuthClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl OAuthClient {
+    /// A builder for a client with `config`, keeping grants and pending authorizations in
+    /// `store`.
+    pub fn builder(config: OAuthConfig, store: DynSecretStore) -> OAuthClientBuilder {
+        OAuthClientBuilder::new(config, store)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OAuthConfig {
+        &self.inner.config
+    }
+
+    /// The refresh manager sharing this client's store and cache; `complete()` seeds it.
+    pub fn token_manager(&self) -> TokenManager {
+        TokenManager::new(self.inner.clone())
+    }
+
+    /// Starts a flow: stores the pending authorization (state digest, PKCE verifier, redirect
+    /// URI, scopes, expected subject, tenant) and returns the URL to send the customer to.
+    #[tracing::instrument(skip_all, fields(environment = %self.inner.config.environment().name()))]
+    pub async fn authorize(&self, options: AuthorizeOptions) -> Result<AuthorizationRequest> {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let state = random_urlsafe(STATE_BYTES);
+        let verifier = PkceVerifier::new(random_urlsafe(VERIFIER_BYTES));
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
+            verifier.expose_secret().to_owned(),
+        ));
+        let scopes = options.scopes.unwrap_or_else(|| config.scopes().clone());
+        let redirect = RedirectUrl::from_url(config.redirect_uri().clone());
+        let mut request = inner
+            .oauth
+            .authorize_url(|| CsrfToken::new(state.clone()))
+            .set_pkce_challenge(challenge)
+            .set_redirect_uri(Cow::Owned(redirect))
+            .add_scopes(
+                scopes
+                    .iter()
+                    .map(|s| oauth2::Scope::new(s.as_str().to_owned())),
+            );
+        if let Some(subject) = options.subject_hint {
+            request = request.add_extra_param(SUBJECT_PARAM, subject.to_string());
+        }
+        let (url, _) = request.url();
+
+        let now = inner.clock.timestamp();
+        let pending = PendingAuthorization {
+            environment: config.environment().name().clone(),
+            client_id: config.client_id().clone(),
+            verifier,
+            redirect_uri: config.redirect_uri().as_str().to_owned(),
+            scopes,
+            expected_subject: options.expected_subject,
+            tenant: options.tenant,
+            relink: options.relink,
+            created_at: now,
+            expires_at: now.saturating_add(config.pending_ttl()),
+        };
+        inner
+            .store
+            .put_record(&self.pending_key(&state), &pending, Precondition::Absent)
+            .await
+            .map_err(|e| Error::store("storing the pending authorization failed", e))?;
+        tracing::debug!(expected_subject = ?pending.expected_subject, "authorization started");
+        Ok(AuthorizationRequest {
+            url,
+            state: AuthorizationState(state),
+        })
+    }
+
+    fn pending_key(&self, state: &str) -> pleo_auth_core::StoreKey {
+        let digest = format!("{:x}", Sha256::digest(state.as_bytes()));
+        layout::pending_authorization(
+            self.inner.config.environment().name(),
+            self.inner.config.client_id(),
+            &digest,
+        )
+    }
+
+    /// Finishes a flow from the callback's query string (or the whole redirect URL).
+    ///
+    /// Malformed callbacks and unknown, reused or expired states are refused before any network
+    /// call. The pending authorization is consumed with a version check, so two callbacks with
+    /// the same state cannot both succeed. Then the code is exchanged (client_secret_basic,
+    /// PKCE verifier, redirect URI), the subject is learned from `GET /v1/introspect`, and the
+    /// grant is stored under (environment, client id, subject), together with the tenant link
+    /// if the flow named a tenant.
+    #[tracing::instrument(skip_all, fields(environment = %self.inner.config.environment().name()))]
+    pub async fn complete(&self, callback_query: &str) -> Result<Connection> {
+        let callback = callback::parse(callback_query)?;
+        let pending = self.consume(&callback.state).await?;
+        let code = match callback.outcome {
+            Outcome::Code(code) => code,
+            Outcome::Refused(err) => {
+                tracing::info!(kind = ?err.kind(), "the authorization was refused");
+                return Err(err);
+            }
+        };
+        let inner = &self.inner;
+        let tokens = token::exchange_code(
+            &inner.oauth,
+            &inner.http,
+            inner.clock.now(),
+            &code,
+            &pending.verifier,
+            &pending.redirect_uri,
+        )
+        .await?;
+        let refresh_token = tokens
+            .refresh_token
+            .clone()
+            .ok_or_else(|| Error::unexpected("the token response has no refresh token"))?;
+        let lifetime = tokens.expires_in.unwrap_or(inner.policy.assumed_lifetime);
+        let received = inner.clock.timestamp();
+        let introspection = self.introspect(&tokens.access_token).await?;
+        let subject = introspection.subject;
+        if let Some(expected) = pending.expected_subject
+            && expected != subject
+        {
+            tracing::warn!(%expected, actual = %subject, "pleo connected another company than expected; nothing stored");
+            return Err(Error::new(
+                ErrorKind::WrongCompany {
+                    expected,
+                    actual: subject,
+                },
+                "the customer connected another company than expected",
+            ));
+        }
+        let scopes = if !introspection.scopes.is_empty() {
+            introspection.scopes
+        } else {
+            tokens
+                .scopes
+                .clone()
+                .unwrap_or_else(|| pending.scopes.clone())
+        };
+        let fresh = OAuthGrant {
+            environment: inner.config.environment().name().clone(),
+            client_id: inner.config.client_id().clone(),
+            subject,
+            tenant: pending.tenant.clone(),
+            status: CredentialStatus::Active,
+            status_reason: None,
+            access_token: Some(tokens.access_token.clone()),
+            access_token_expires_at: Some(received.saturating_add(lifetime)),
+            refresh_token: Some(refresh_token),
+            refresh_token_issued_at: Some(received),
+            scopes: scopes.clone(),
+            generation: 1,
+            created_at: received,
+            updated_at: received,
+            settings: Default::default(),
+        };
+
+        let (record, version, reconnected, link) = match &pending.tenant {
+            None => {
+                let (record, version, reconnected) = write_grant(inner, fresh).await?;
+                (record, version, reconnected, None)
+            }
+            Some(tenant) => {
+                let request = LinkRequest {
+                    environment: inner.config.environment().name().clone(),
+                    tenant: tenant.clone(),
+                    subject,
+                    credential_kind: CredentialKind::OAuth,
+                    client_id: inner.config.client_id().clone(),
+                    relink: pending.relink,
+                };
+                let own_error: Mutex<Option<Error>> = Mutex::new(None);
+                let write = async {
+                    write_grant(inner, fresh).await.map_err(|e| {
+                        let core = pleo_auth_core::Error::new(
+                            CoreKind::Unexpected,
+                            "writing the grant failed",
+                        );
+                        *own_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        core
+                    })
+                };
+                match inner.links.link_with(&request, write).await {
+                    Ok(((record, version, reconnected), outcome)) => {
+                        (record, version, reconnected, Some(outcome))
+                    }
+                    Err(e) => {
+                        if let Some(own) =
+                            own_error.lock().unwrap_or_else(|p| p.into_inner()).take()
+                        {
+                            return Err(own);
+                        }
+                        if is_conflict(&e) {
+                            return Err(Error::new(
+                                ErrorKind::TenantConflict {
+                                    tenant: tenant.clone(),
+                                    subject,
+                                },
+                                "the tenant or the company is already linked to another party",
+                            )
+                            .with_source(e));
+                        }
+                        return Err(Error::store("linking the tenant failed", e));
+                    }
+                }
+            }
+        };
+        let tenant = record.tenant.clone();
+        manager::seed(inner, record, version, lifetime);
+        inner.emit(OAuthEvent::Connected {
+            subject,
+            tenant: tenant.clone(),
+            reconnected,
+        });
+        Ok(Connection {
+            subject,
+            scopes,
+            tenant,
+            link,
+            reconnected,
+        })
+    }
+
+    /// Reads and deletes the pending authorization of `state` (single use).
+    async fn consume(&self, state: &str) -> Result<PendingAuthorization> {
+        let inner = &self.inner;
+        let key = self.pending_key(state);
+        let (pending, version) = inner
+            .store
+            .get_record::<PendingAuthorization>(&key)
+            .await
+            .map_err(|e| Error::store("reading the pending authorization failed", e))?
+            .ok_or_else(unknown_state)?;
+        match inner
+            .store
+            .delete(&key, Precondition::Version(version))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_conflict(&e) => return Err(unknown_state()),
+            Err(e) => {
+                return Err(Error::store(
+                    "consuming the pending authorization failed",
+                    e,
+                ));
+            }
+        }
+        if pending.environment != *inner.config.environment().name()
+            || pending.client_id != *inner.config.client_id()
+        {
+            return Err(unknown_state());
+        }
+        if inner.clock.timestamp() >= pending.expires_at {
+            return Err(Error::new(
+                ErrorKind::StateExpired,
+                "the authorization request has expired",
+            ));
+        }
+        Ok(pending)
+    }
+
+    /// `GET /v1/introspect` with the new access token, retrying transient failures.
+    async fn introspect(&self, access: &AccessToken) -> Result<Introspection> {
+        let inner = &self.inner;
+        let header = AuthorizationHeader::bearer(access);
+        let mut attempt = 1;
+        let introspection = loop {
+            match api::introspect(&inner.http, inner.config.environment(), &header).await {
+                Ok(found) => break found,
+                Err(e) if e.is_retryable() && attempt < inner.policy.max_attempts => {
+                    tokio::time::sleep(inner.policy.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let kind = match e.kind() {
+                        CoreKind::Unavailable => ErrorKind::Unavailable,
+                        CoreKind::RateLimited => ErrorKind::RateLimited { retry_after: None },
+                        _ => ErrorKind::UnexpectedResponse,
+                    };
+                    return Err(
+                        Error::new(kind, "learning the connected company failed").with_source(e)
+                    );
+                }
+            }
+        };
+        if introspection.auth_method != AuthMethod::OAuth2 {
+            return Err(Error::unexpected(
+                "introspection does not describe an oauth token",
+            ));
+        }
+        if let Some(client) = &introspection.client_id
+            && client != inner.config.client_id().as_str()
+        {
+            return Err(Error::unexpected(
+                "introspection names another client than ours",
+            ));
+        }
+        Ok(introspection)
+    }
+}
+
+fn unknown_state() -> Error {
+    Error::new(
+        ErrorKind::UnknownState,
+        "the callback state is unknown, used or not ours",
+    )
+}
+
+/// Writes a new grant, replacing an earlier one of the same subject and keeping its settings,
+/// creation time and tenant. Returns the record, its version and whether it replaced one.
+async fn write_grant(inner: &Inner, fresh: OAuthGrant) -> Result<(OAuthGrant, Version, bool)> {
+    let key = layout::oauth_grant(&inner.credential_key(fresh.subject));
+    for _ in 0..8 {
+        let existing = inner
+            .store
+            .get_record::<OAuthGrant>(&key)
+            .await
+            .map_err(|e| Error::store("reading the existing grant failed", e))?;
+        let (record, precondition, reconnected) = match existing {
+            None => (fresh.clone(), Precondition::Absent, false),
+            Some((old, version)) => {
+                let mut record = fresh.clone();
+                record.settings = old.settings;
+                record.created_at = old.created_at;
+                record.tenant = fresh.tenant.clone().or(old.tenant);
+                record.generation = old.generation + 1;
+                (record, Precondition::Version(version), true)
+            }
+        };
+        match inner.store.put_record(&key, &record, precondition).await {
+            Ok(version) => return Ok((record, version, reconnected)),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(Error::store("storing the grant failed", e)),
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Store(CoreKind::Conflict),
+        "the grant kept changing while it was stored",
+    ))
+}

@@ -1,0 +1,309 @@
+//! Shared test harness: an in-process sandbox, a manual clock advanced together with the
+//! sandbox's, and OAuth clients ("replicas") sharing one store and one lease.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pleo_auth_core::{
+    AuthorizationHeader, ClientSecret, DynLease, DynSecretStore, Environment, Error as CoreError,
+    InProcessLease, ManualClock, MemoryStore, OAuthGrant, Precondition, RecordStoreExt,
+    SecretBytes, SecretStore, StoreKey, Subject, Version, Versioned, layout,
+};
+use pleo_auth_oauth::{
+    AuthorizeOptions, Connection, EventSink, OAuthClient, OAuthConfig, OAuthEvent, RefreshPolicy,
+    TokenManager, TracingEvents,
+};
+use pleo_auth_sandbox::{ClientRegistration, Sandbox, SandboxHandle, seed};
+use url::Url;
+
+/// Every secret in these tests contains this marker.
+pub const CANARY: &str = "CANARY";
+pub const CLIENT_ID: &str = "oauth-tests";
+pub const CLIENT_SECRET: &str = "CANARY-client-secret";
+pub const REDIRECT_URI: &str = "http://127.0.0.1/callback";
+/// The sandbox's access-token lifetime.
+pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+
+pub fn dk() -> Subject {
+    format!("urn:pleo:company:{}", seed::ACME_DK)
+        .parse()
+        .unwrap()
+}
+
+pub fn se() -> Subject {
+    format!("urn:pleo:company:{}", seed::ACME_SE)
+        .parse()
+        .unwrap()
+}
+
+pub fn globex() -> Subject {
+    format!("urn:pleo:company:{}", seed::GLOBEX)
+        .parse()
+        .unwrap()
+}
+
+/// Records every event (and logs it like the default sink).
+#[derive(Debug, Default)]
+pub struct Recorder(Mutex<Vec<OAuthEvent>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, event: &OAuthEvent) {
+        TracingEvents.emit(event);
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+impl Recorder {
+    pub fn events(&self) -> Vec<OAuthEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, f: impl Fn(&OAuthEvent) -> bool) -> usize {
+        self.events().iter().filter(|e| f(e)).count()
+    }
+}
+
+/// A memory store whose writes of OAuth grants can be made to fail.
+#[derive(Debug, Default)]
+pub struct FlakyStore {
+    inner: MemoryStore,
+    pub fail_grant_writes: AtomicBool,
+    pub fail_reads: AtomicBool,
+    pub failed_writes: AtomicU64,
+}
+
+impl FlakyStore {
+    fn is_grant(key: &StoreKey) -> bool {
+        key.as_str().starts_with("pleo-auth/v1/oauth/")
+    }
+}
+
+#[async_trait]
+impl SecretStore for FlakyStore {
+    async fn get(&self, key: &StoreKey) -> pleo_auth_core::Result<Option<Versioned>> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(CoreError::unavailable("injected read failure").with_backend("flaky"));
+        }
+        self.inner.get(key).await
+    }
+
+    async fn put(
+        &self,
+        key: &StoreKey,
+        value: SecretBytes,
+        precondition: Precondition,
+    ) -> pleo_auth_core::Result<Version> {
+        if Self::is_grant(key) && self.fail_grant_writes.load(Ordering::SeqCst) {
+            self.failed_writes.fetch_add(1, Ordering::SeqCst);
+            return Err(CoreError::unavailable("injected write failure").with_backend("flaky"));
+        }
+        self.inner.put(key, value, precondition).await
+    }
+
+    async fn delete(
+        &self,
+        key: &StoreKey,
+        precondition: Precondition,
+    ) -> pleo_auth_core::Result<()> {
+        self.inner.delete(key, precondition).await
+    }
+
+    async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
+        self.inner.list(prefix).await
+    }
+}
+
+/// Short backoffs so tests do not wait; no jitter so refresh times are predictable.
+pub fn test_policy() -> RefreshPolicy {
+    RefreshPolicy {
+        refresh_jitter: Duration::ZERO,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(40),
+        persist_initial_backoff: Duration::from_millis(20),
+        persist_max_backoff: Duration::from_millis(100),
+        ..RefreshPolicy::default()
+    }
+}
+
+pub struct Harness {
+    pub sandbox: SandboxHandle,
+    pub clock: ManualClock,
+    pub flaky: Arc<FlakyStore>,
+    pub store: DynSecretStore,
+    pub lease: DynLease,
+    pub environment: Environment,
+    pub events: Arc<Recorder>,
+    pub client: OAuthClient,
+    pub manager: TokenManager,
+    pub http: reqwest::Client,
+}
+
+pub struct Options {
+    pub auto_approve: Option<Subject>,
+    pub policy: RefreshPolicy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            auto_approve: Some(dk()),
+            policy: test_policy(),
+        }
+    }
+}
+
+fn subject_uuid(subject: &Subject) -> uuid::Uuid {
+    match subject {
+        Subject::Company(c) => *c.as_uuid(),
+        Subject::Organisation(o) => *o.as_uuid(),
+    }
+}
+
+pub fn config(environment: &Environment, secret: &str) -> OAuthConfig {
+    OAuthConfig::builder()
+        .environment(environment.clone())
+        .client_id(CLIENT_ID)
+        .client_secret(ClientSecret::new(secret))
+        .redirect_uri(REDIRECT_URI)
+        .scopes("users:read export-jobs:read")
+        .build()
+        .expect("valid config")
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let sandbox = Sandbox::builder()
+            .secret_prefix("CANARY-")
+            .client(ClientRegistration {
+                id: CLIENT_ID.to_owned(),
+                secret: CLIENT_SECRET.to_owned(),
+                name: "OAuth tests".to_owned(),
+                redirect_uris: vec![REDIRECT_URI.to_owned()],
+                scopes: vec![
+                    "users:read".to_owned(),
+                    "export-jobs:read".to_owned(),
+                    "vendors:read".to_owned(),
+                ],
+                accept_client_secret_post: false,
+            })
+            .auto_approve(options.auto_approve.as_ref().map(subject_uuid))
+            .start()
+            .await
+            .expect("sandbox starts");
+        let base = sandbox.base_url();
+        let environment = Environment::custom("sandbox", base.as_str(), base.as_str()).unwrap();
+        let clock = ManualClock::new();
+        let flaky = Arc::new(FlakyStore::default());
+        let store: DynSecretStore = flaky.clone();
+        let lease: DynLease = Arc::new(InProcessLease::with_clock(Arc::new(clock.clone())));
+        let events = Arc::new(Recorder::default());
+        let client = OAuthClient::builder(config(&environment, CLIENT_SECRET), store.clone())
+            .clock(Arc::new(clock.clone()))
+            .lease(lease.clone())
+            .policy(options.policy)
+            .events(events.clone())
+            .build()
+            .expect("client builds");
+        let manager = client.token_manager();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            sandbox,
+            clock,
+            flaky,
+            store,
+            lease,
+            environment,
+            events,
+            client,
+            manager,
+            http,
+        }
+    }
+
+    /// Another replica: its own cache, the same store, lease and clock.
+    pub fn replica(&self) -> (OAuthClient, TokenManager) {
+        self.replica_with(CLIENT_SECRET, test_policy())
+    }
+
+    pub fn replica_with(&self, secret: &str, policy: RefreshPolicy) -> (OAuthClient, TokenManager) {
+        let client = OAuthClient::builder(config(&self.environment, secret), self.store.clone())
+            .clock(Arc::new(self.clock.clone()))
+            .lease(self.lease.clone())
+            .policy(policy)
+            .events(self.events.clone())
+            .build()
+            .expect("client builds");
+        let manager = client.token_manager();
+        (client, manager)
+    }
+
+    /// Moves our clock and the sandbox's together.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.sandbox.advance_clock(by);
+    }
+
+    /// Follows the authorization URL (auto-approve) and returns the callback URL.
+    pub async fn consent(&self, url: &Url) -> String {
+        let response = self.http.get(url.clone()).send().await.expect("authorize");
+        assert_eq!(response.status(), 302, "authorize redirects");
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with(REDIRECT_URI), "{location}");
+        location
+    }
+
+    /// The whole connect flow.
+    pub async fn connect(&self, options: AuthorizeOptions) -> Connection {
+        let request = self.client.authorize(options).await.expect("authorize");
+        let callback = self.consent(&request.url).await;
+        self.client.complete(&callback).await.expect("complete")
+    }
+
+    pub async fn stored_grant(&self, subject: &Subject) -> Option<OAuthGrant> {
+        let key = layout::oauth_grant(&pleo_auth_core::CredentialKey::new(
+            self.environment.name().clone(),
+            CLIENT_ID.parse().unwrap(),
+            *subject,
+        ));
+        self.store
+            .get_record::<OAuthGrant>(&key)
+            .await
+            .unwrap()
+            .map(|(g, _)| g)
+    }
+
+    /// Calls `GET /v1/introspect` with a bearer header; the HTTP status.
+    pub async fn api_status(&self, header: &AuthorizationHeader) -> u16 {
+        let url = self.environment.api_url("/v1/introspect").unwrap();
+        self.http
+            .get(url)
+            .header("authorization", header.expose_secret())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// Polls `f` every 10 ms for up to 5 s.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
