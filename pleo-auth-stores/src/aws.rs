@@ -1,0 +1,1194 @@
+//! `AwsStore`: a [`SecretStore`] on AWS Secrets Manager.
+//!
+//! # Names
+//!
+//! Each [`StoreKey`] is one secret named `<name prefix><encoded key>`. Store keys use
+//! `A-Z a-z 0-9 _ - % + /`; Secrets Manager allows `A-Z a-z 0-9 / _ + = . @ -`, so the encoding
+//! maps `%` to `@` (which no store key contains) and keeps everything else: it is injective and
+//! reversible. Secret names are at most 512 characters; a longer name is replaced by its first
+//! 447 characters, `=` and the hex SHA-256 of the whole store key (`=` never appears in a plain
+//! name, so the two forms cannot meet). Such a secret also stores its full key in front of the
+//! value, and a read checks it, so a hash collision reads as [`ErrorKind::Corrupt`] rather than
+//! as another key's value. End the prefix with `/` (for example `pleo-auth/`) to keep it apart
+//! from other names.
+//!
+//! # Values
+//!
+//! A value is the secret's `SecretBinary`, as is; Secrets Manager holds at most 64 KiB
+//! (65,536 bytes), less the key for hashed names. A delete first writes a tombstone
+//! (`SecretString` = `pleo-auth:tombstone`), which reads as absent; any other `SecretString` is
+//! [`ErrorKind::Corrupt`]. Every read names `VersionStage=AWSCURRENT` (moto otherwise returns a
+//! stale value after a stage move; on AWS it is the same as the default).
+//!
+//! # Versions and compare-and-swap
+//!
+//! A [`Version`] is the Secrets Manager version id, a random UUID the store sends as
+//! `ClientRequestToken` (so the SDK's retries of one write are idempotent). Version ids are never
+//! reused, also not after a delete. A write with [`Precondition::Version`] is:
+//! 1. `PutSecretValue` with a staging label of its own (`pleo-auth-pending-<random>`), which does
+//!    not touch `AWSCURRENT`;
+//! 2. `UpdateSecretVersionStage` moving `AWSCURRENT` to the new version with
+//!    `RemoveFromVersionId` set to the expected version. Secrets Manager refuses the move unless
+//!    `AWSCURRENT` is still on that version, so of several writers exactly one wins; a stale
+//!    writer's move is rejected and reported as [`ErrorKind::Conflict`];
+//! 3. `UpdateSecretVersionStage` removing the writer's label again. If the writer stops before,
+//!    the label stays on that one version; should the labels of a secret ever reach the service
+//!    quota, a write removes every `pleo-auth-pending-` label and tries once more.
+//!
+//! A create ([`Precondition::Absent`]) is one `CreateSecret` (`ResourceExistsException` is
+//! `Conflict`). An unconditional write ([`Precondition::None`]) reads the current version and
+//! swaps from it as above, again on a conflict; it never puts `AWSCURRENT` directly, because
+//! moto then leaves two versions labelled `AWSCURRENT` after an earlier stage move.
+
+//! # Deletes
+//!
+//! `delete` writes a tombstone (with compare-and-swap for [`Precondition::Version`], so the
+//! version check is atomic) and then `DeleteSecret` with the configured [`Deletion`]: a recovery
+//! window (7 days by default) or `ForceDeleteWithoutRecovery`. A secret scheduled for deletion
+//! reads as absent and is not listed. Creating it again restores it and moves `AWSCURRENT` from
+//! its tombstone to the new value by compare-and-swap, so a reader never sees the deleted value
+//! come back and of two racing creators one wins. (A secret deleted by other means than this
+//! store has no tombstone: between the restore and the move, about one round trip, its old value
+//! is readable.) To recover a value deleted by this store, restore the secret and move
+//! `AWSCURRENT` back to `AWSPREVIOUS`. If the `DeleteSecret` call fails, `delete` returns the
+//! error and the tombstone stays: the key reads as absent, and [`SecretStore::list`] names it
+//! until it is deleted or created again.
+//!
+//! # Listing
+//!
+//! `ListSecrets` with a `name` filter on the key prefix, paginated; the filter is
+//! case-insensitive, so names are compared again exactly. Hashed names are read to learn their
+//! keys. `ListSecrets` is eventually consistent on AWS: a key written a moment ago may be
+//! missing from a list.
+//!
+//! # Rate of writes
+//!
+//! AWS asks for at most about one `PutSecretValue` per secret every 10 minutes, since it keeps
+//! versions for a while. The store writes only when asked to, and pleo-auth asks only when a
+//! credential changes (a token rotated, a status changed), never on a read: one write per refresh
+//! of a grant, that is about once per access-token lifetime (`expires_in`). Each grant is its own
+//! secret, so the guidance applies per grant.
+
+//! # Configuration
+//!
+//! Credentials and region come from the standard AWS chain (environment, profile, web identity,
+//! ECS and EC2 instance metadata) unless set on the builder. [`AwsStoreBuilder::endpoint_url`]
+//! points at a VPC endpoint or a local emulator (`https`, or `http` on a loopback host).
+//! [`AwsStoreBuilder::kms_key_id`] names the KMS key new secrets are encrypted with.
+//!
+//! # Errors
+//!
+//! Errors name the backend `"aws"`. Timeouts, connection failures and 5xx are
+//! [`ErrorKind::Unavailable`] (retryable), throttling is [`ErrorKind::RateLimited`],
+//! `AccessDenied` is [`ErrorKind::PermissionDenied`], rejected credentials and KMS failures are
+//! [`ErrorKind::Config`]. No error holds a credential or a value.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use pleo_auth_core::{Precondition, SecretBytes, SecretStore, StoreKey};
+//! use pleo_auth_stores::aws::{AwsStore, Deletion};
+//!
+//! # async fn run() -> pleo_auth_core::Result<()> {
+//! let store = AwsStore::builder()
+//!     .region("eu-west-1")
+//!     .name_prefix("pleo-auth/")
+//!     .deletion(Deletion::RecoveryWindow { days: 7 })
+//!     .build()
+//!     .await?;
+//! let key = StoreKey::from_parts(["tenants", "acme"])?;
+//! store
+//!     .put(&key, SecretBytes::new(b"value".to_vec()), Precondition::Absent)
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::{Credentials, Region};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::primitives::Blob;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+use pleo_auth_core::{
+    Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey, Version, Versioned,
+    check_transport_security,
+};
+use sha2::{Digest, Sha256};
+use url::Url;
+use zeroize::Zeroizing;
+
+use crate::cause::{Cause, is_tls_failure};
+
+const BACKEND: &str = "aws";
+const CURRENT: &str = "AWSCURRENT";
+const TOMBSTONE: &str = "pleo-auth:tombstone";
+const PENDING_LABEL_PREFIX: &str = "pleo-auth-pending-";
+/// Longest secret name Secrets Manager accepts.
+const MAX_NAME_LEN: usize = 512;
+/// Length of the readable head of a hashed name: the rest is `=` and 64 hex digits.
+const HASHED_HEAD_LEN: usize = MAX_NAME_LEN - 1 - 64;
+/// Longest name prefix, so that a hashed name keeps at least 191 characters of its key.
+const MAX_PREFIX_LEN: usize = 256;
+/// Largest `SecretBinary` Secrets Manager accepts.
+const MAX_SECRET_BYTES: usize = 65_536;
+/// Magic of a value stored under a hashed name: `PAK` and format 1, then the key's length (u32,
+/// big-endian), the key and the value.
+const KEY_FRAME_MAGIC: [u8; 4] = *b"PAK\x01";
+const WRITE_ATTEMPTS: u32 = 5;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `delete` asks of Secrets Manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Schedule the deletion after a recovery window of 7 to 30 days, during which the secret can
+    /// be restored (and reads as absent).
+    RecoveryWindow {
+        /// Days until the secret is gone, 7 to 30.
+        days: u8,
+    },
+    /// Delete at once, without recovery (`ForceDeleteWithoutRecovery`).
+    Force,
+}
+
+impl Default for Deletion {
+    fn default() -> Self {
+        Deletion::RecoveryWindow { days: 7 }
+    }
+}
+
+/// An access key pair for [`AwsStoreBuilder::static_credentials`].
+#[derive(Clone)]
+struct StaticCredentials {
+    access_key_id: String,
+    secret_access_key: Zeroizing<String>,
+    session_token: Option<Zeroizing<String>>,
+}
+
+/// Configures an [`AwsStore`]; start with [`AwsStore::builder`].
+#[derive(Clone, Default)]
+pub struct AwsStoreBuilder {
+    sdk_config: Option<aws_config::SdkConfig>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    credentials: Option<StaticCredentials>,
+    name_prefix: String,
+    kms_key_id: Option<String>,
+    deletion: Deletion,
+    timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for AwsStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsStoreBuilder")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("static_credentials", &self.credentials.is_some())
+            .field("name_prefix", &self.name_prefix)
+            .field("kms_key_id", &self.kms_key_id)
+            .field("deletion", &self.deletion)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsStoreBuilder {
+    /// Starts from an already loaded AWS configuration instead of the standard chain; the
+    /// builder's other settings override it.
+    pub fn sdk_config(mut self, config: aws_config::SdkConfig) -> Self {
+        self.sdk_config = Some(config);
+        self
+    }
+
+    /// The AWS region, such as `eu-west-1`.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Sends requests to this endpoint instead of the region's public one: a VPC endpoint or a
+    /// local emulator such as moto.
+    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Uses this access key instead of the standard credential chain.
+    pub fn static_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(StaticCredentials {
+            access_key_id: access_key_id.into(),
+            secret_access_key: Zeroizing::new(secret_access_key.into()),
+            session_token: None,
+        });
+        self
+    }
+
+    /// Adds a session token to [`AwsStoreBuilder::static_credentials`]; call after it.
+    pub fn session_token(mut self, token: impl Into<String>) -> Self {
+        if let Some(c) = &mut self.credentials {
+            c.session_token = Some(Zeroizing::new(token.into()));
+        }
+        self
+    }
+
+    /// Prepended to every secret name, such as `pleo-auth/` (default: none).
+    pub fn name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.name_prefix = prefix.into();
+        self
+    }
+
+    /// The KMS key (id, ARN or alias) that encrypts new secrets; default: the account's
+    /// `aws/secretsmanager` key.
+    pub fn kms_key_id(mut self, key_id: impl Into<String>) -> Self {
+        self.kms_key_id = Some(key_id.into());
+        self
+    }
+
+    /// What `delete` asks for (default: a 7-day recovery window).
+    pub fn deletion(mut self, deletion: Deletion) -> Self {
+        self.deletion = deletion;
+        self
+    }
+
+    /// The timeout of each attempt of a request (default 10 s; the SDK retries up to 3 times).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The timeout of establishing a connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Loads the AWS configuration (unless given) and builds the store. Makes no request to
+    /// Secrets Manager.
+    pub async fn build(self) -> Result<AwsStore> {
+        if !self.name_prefix.bytes().all(allowed_name_byte)
+            || self.name_prefix.len() > MAX_PREFIX_LEN
+        {
+            return Err(config_error(
+                "the name prefix must be at most 256 characters of A-Z a-z 0-9 / _ + = . @ -",
+            ));
+        }
+        if let Deletion::RecoveryWindow { days } = self.deletion
+            && !(7..=30).contains(&days)
+        {
+            return Err(config_error("the recovery window must be 7 to 30 days"));
+        }
+        if let Some(endpoint) = &self.endpoint_url {
+            let url = Url::parse(endpoint)
+                .map_err(|_| config_error("the endpoint URL is not a valid URL"))?;
+            check_transport_security(&url).map_err(|e| e.with_backend(BACKEND))?;
+        }
+        let sdk_config = match self.sdk_config {
+            Some(config) => config,
+            None => aws_config::defaults(BehaviorVersion::latest()).load().await,
+        };
+        let mut config = aws_sdk_secretsmanager::config::Builder::from(&sdk_config);
+        if let Some(region) = self.region {
+            config = config.region(Region::new(region));
+        }
+        if let Some(endpoint) = self.endpoint_url.clone() {
+            config = config.endpoint_url(endpoint);
+        }
+        if let Some(c) = &self.credentials {
+            config = config.credentials_provider(Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.as_str(),
+                c.session_token.as_ref().map(|t| t.as_str().to_owned()),
+                None,
+                "pleo-auth-static",
+            ));
+        }
+        let timeouts = aws_sdk_secretsmanager::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+            .operation_attempt_timeout(self.timeout.unwrap_or(DEFAULT_TIMEOUT))
+            .build();
+        config = config.timeout_config(timeouts);
+        let config = config.build();
+        if config.region().is_none() {
+            return Err(config_error(
+                "no AWS region: set one on the builder or in the environment",
+            ));
+        }
+        let region = config.region().map(|r| r.to_string());
+        Ok(AwsStore {
+            client: Client::from_conf(config),
+            name_prefix: self.name_prefix,
+            kms_key_id: self.kms_key_id,
+            deletion: self.deletion,
+            region,
+            endpoint_url: self.endpoint_url,
+        })
+    }
+}
+
+/// A [`SecretStore`] on AWS Secrets Manager; see the [module documentation](self).
+///
+/// Cloning is cheap and shares the client.
+#[derive(Clone)]
+pub struct AwsStore {
+    client: Client,
+    name_prefix: String,
+    kms_key_id: Option<String>,
+    deletion: Deletion,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+impl fmt::Debug for AwsStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsStore")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("name_prefix", &self.name_prefix)
+            .field("kms_key_id", &self.kms_key_id)
+            .field("deletion", &self.deletion)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The secret that holds a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Name {
+    Plain(String),
+    Hashed(String),
+}
+
+impl Name {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Plain(n) | Name::Hashed(n) => n,
+        }
+    }
+}
+
+/// What a secret's `AWSCURRENT` version holds.
+enum State {
+    Live {
+        version: String,
+        value: SecretBytes,
+    },
+    Tombstone {
+        version: String,
+    },
+    /// Scheduled for deletion.
+    Deleted,
+    Missing,
+}
+
+/// What a write stores.
+enum Payload<'a> {
+    Value(&'a SecretBytes),
+    Tombstone,
+}
+
+impl AwsStore {
+    /// A builder; credentials and region default to the standard AWS chain.
+    pub fn builder() -> AwsStoreBuilder {
+        AwsStoreBuilder::default()
+    }
+
+    /// The Secrets Manager client the store uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The name of the secret that holds `key`.
+    pub fn secret_name(&self, key: &StoreKey) -> String {
+        self.name(key).as_str().to_owned()
+    }
+
+    fn name(&self, key: &StoreKey) -> Name {
+        let plain = format!("{}{}", self.name_prefix, key.as_str().replace('%', "@"));
+        if plain.len() <= MAX_NAME_LEN {
+            return Name::Plain(plain);
+        }
+        let digest = hex::encode(Sha256::digest(key.as_str().as_bytes()));
+        Name::Hashed(format!("{}={digest}", &plain[..HASHED_HEAD_LEN]))
+    }
+
+    fn encode(&self, name: &Name, key: &StoreKey, value: &SecretBytes) -> Result<Blob> {
+        let mut bytes = Zeroizing::new(match name {
+            Name::Plain(_) => value.expose_secret().to_vec(),
+            Name::Hashed(_) => {
+                let key = key.as_str().as_bytes();
+                let len = u32::try_from(key.len()).expect("store keys are at most 16 KiB");
+                let mut framed = Vec::with_capacity(8 + key.len() + value.expose_secret().len());
+                framed.extend_from_slice(&KEY_FRAME_MAGIC);
+                framed.extend_from_slice(&len.to_be_bytes());
+                framed.extend_from_slice(key);
+                framed.extend_from_slice(value.expose_secret());
+                framed
+            }
+        });
+        if bytes.len() > MAX_SECRET_BYTES {
+            return Err(Error::invalid_input(
+                "the value is larger than the 64 KiB a secret can hold",
+            )
+            .with_backend(BACKEND));
+        }
+        // The SDK owns the request from here on and does not zeroize it.
+        Ok(Blob::new(std::mem::take(&mut *bytes)))
+    }
+
+    /// Reads a stored value; for hashed names, returns the stored key too.
+    fn decode(name: &Name, blob: &Blob) -> Result<(Option<String>, SecretBytes)> {
+        let bytes = blob.as_ref();
+        match name {
+            Name::Plain(_) => Ok((None, SecretBytes::new(bytes.to_vec()))),
+            Name::Hashed(_) => {
+                let corrupt = || {
+                    Error::corrupt("the secret does not hold a pleo-auth key frame")
+                        .with_backend(BACKEND)
+                };
+                let rest = bytes.strip_prefix(&KEY_FRAME_MAGIC).ok_or_else(corrupt)?;
+                let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+                let len = u32::from_be_bytes(*len) as usize;
+                if rest.len() < len {
+                    return Err(corrupt());
+                }
+                let (key, value) = rest.split_at(len);
+                let key = String::from_utf8(key.to_vec()).map_err(|_| corrupt())?;
+                Ok((Some(key), SecretBytes::new(value.to_vec())))
+            }
+        }
+    }
+
+    async fn state(&self, name: &Name, key: Option<&StoreKey>) -> Result<(State, Option<String>)> {
+        let mut attempt = 0;
+        let out = loop {
+            let result = self
+                .client
+                .get_secret_value()
+                .secret_id(name.as_str())
+                .version_stage(CURRENT)
+                .send()
+                .await;
+            let e = match result {
+                Ok(out) => break out,
+                Err(e) => AwsError::from_sdk(e),
+            };
+            match e.code() {
+                Some("ResourceNotFoundException") => return Ok((State::Missing, None)),
+                Some("InvalidRequestException") => match self.describe(name).await? {
+                    Described::Deleted { .. } => return Ok((State::Deleted, None)),
+                    Described::Missing => return Ok((State::Missing, None)),
+                    // Restored since the read: read again.
+                    Described::Active if attempt < WRITE_ATTEMPTS => attempt += 1,
+                    Described::Active => return Err(e.into_error("read")),
+                },
+                _ => return Err(e.into_error("read")),
+            }
+        };
+        let version = out
+            .version_id()
+            .ok_or_else(|| unexpected("the answer has no version id"))?
+            .to_owned();
+        if let Some(blob) = out.secret_binary() {
+            let (stored_key, value) = Self::decode(name, blob)?;
+            if let (Some(stored), Some(key)) = (&stored_key, key)
+                && stored != key.as_str()
+            {
+                return Err(Error::corrupt(
+                    "the secret holds another key (a hash collision or tampering)",
+                )
+                .with_backend(BACKEND));
+            }
+            return Ok((State::Live { version, value }, stored_key));
+        }
+        match out.secret_string() {
+            Some(TOMBSTONE) => Ok((State::Tombstone { version }, None)),
+            _ => {
+                Err(Error::corrupt("the secret does not hold a pleo-auth value")
+                    .with_backend(BACKEND))
+            }
+        }
+    }
+
+    async fn describe(&self, name: &Name) -> Result<Described> {
+        match self
+            .client
+            .describe_secret()
+            .secret_id(name.as_str())
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let current = out.version_ids_to_stages().and_then(current_version);
+                Ok(if out.deleted_date().is_some() {
+                    Described::Deleted { current }
+                } else {
+                    Described::Active
+                })
+            }
+            Err(e) => {
+                let e = AwsError::from_sdk(e);
+                match e.code() {
+                    Some("ResourceNotFoundException") => Ok(Described::Missing),
+                    _ => Err(e.into_error("describe")),
+                }
+            }
+        }
+    }
+
+    fn payload(&self, name: &Name, key: &StoreKey, payload: &Payload<'_>) -> Result<Body> {
+        Ok(match payload {
+            Payload::Value(v) => Body::Binary(self.encode(name, key, v)?),
+            Payload::Tombstone => Body::Tombstone,
+        })
+    }
+
+    /// `PutSecretValue` under a fresh pending label, then moves `AWSCURRENT` from `from` to it.
+    async fn compare_and_swap(
+        &self,
+        name: &Name,
+        key: &StoreKey,
+        payload: &Payload<'_>,
+        from: &str,
+    ) -> Result<String> {
+        // Version ids are 32 to 64 characters; anything else cannot be current.
+        if !(32..=64).contains(&from.len()) {
+            return Err(mismatch());
+        }
+        let token = new_token();
+        let label = format!("{PENDING_LABEL_PREFIX}{}", &token[..8]);
+        let mut cleared = false;
+        loop {
+            let request = self
+                .client
+                .put_secret_value()
+                .secret_id(name.as_str())
+                .client_request_token(&token)
+                .version_stages(&label);
+            let request = match self.payload(name, key, payload)? {
+                Body::Binary(blob) => request.secret_binary(blob),
+                Body::Tombstone => request.secret_string(TOMBSTONE),
+            };
+            match request.send().await {
+                Ok(_) => break,
+                Err(e) => {
+                    let e = AwsError::from_sdk(e);
+                    match e.code() {
+                        Some("ResourceNotFoundException" | "InvalidRequestException") => {
+                            return Err(mismatch());
+                        }
+                        Some("LimitExceededException") if !cleared => {
+                            cleared = true;
+                            self.clear_pending_labels(name).await?;
+                        }
+                        _ => return Err(e.into_error("write")),
+                    }
+                }
+            }
+        }
+        let moved = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(name.as_str())
+            .version_stage(CURRENT)
+            .move_to_version_id(&token)
+            .remove_from_version_id(from)
+            .send()
+            .await;
+        self.remove_label(name, &label, &token).await;
+        match moved {
+            Ok(_) => Ok(token),
+            Err(e) => {
+                let e = AwsError::from_sdk(e);
+                match e.code() {
+                    Some(
+                        "InvalidParameterException"
+                        | "ResourceNotFoundException"
+                        | "InvalidRequestException",
+                    ) => Err(mismatch()),
+                    _ => Err(e.into_error("promote")),
+                }
+            }
+        }
+    }
+
+    /// Removes a writer's pending label; a failure only leaves the label behind.
+    async fn remove_label(&self, name: &Name, label: &str, version: &str) {
+        if let Err(e) = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(name.as_str())
+            .version_stage(label)
+            .remove_from_version_id(version)
+            .send()
+            .await
+        {
+            let e = AwsError::from_sdk(e);
+            tracing::debug!(backend = BACKEND, error = %e.cause, "a pending label stays behind");
+        }
+    }
+
+    /// Removes every pending label of the secret (those of crashed writers, and of writers in
+    /// flight, whose moves name versions by id and do not need them).
+    async fn clear_pending_labels(&self, name: &Name) -> Result<()> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(name.as_str())
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(e).into_error("describe"))?;
+        let Some(stages) = out.version_ids_to_stages() else {
+            return Ok(());
+        };
+        for (version, labels) in stages {
+            for label in labels
+                .iter()
+                .filter(|l| l.starts_with(PENDING_LABEL_PREFIX))
+            {
+                self.remove_label(name, label, version).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, name: &Name, key: &StoreKey, value: &SecretBytes) -> Result<String> {
+        let token = new_token();
+        let mut request = self
+            .client
+            .create_secret()
+            .name(name.as_str())
+            .client_request_token(&token)
+            .secret_binary(self.encode(name, key, value)?);
+        if let Some(kms) = &self.kms_key_id {
+            request = request.kms_key_id(kms);
+        }
+        match request.send().await {
+            Ok(_) => Ok(token),
+            Err(e) => {
+                let e = AwsError::from_sdk(e);
+                match e.code() {
+                    Some("ResourceExistsException" | "InvalidRequestException") => Err(exists()),
+                    _ => Err(e.into_error("create")),
+                }
+            }
+        }
+    }
+
+    /// Restores a secret scheduled for deletion and moves `AWSCURRENT` from the version that was
+    /// current when it was deleted (its tombstone) to `value`.
+    async fn restore_and_swap(
+        &self,
+        name: &Name,
+        key: &StoreKey,
+        value: &SecretBytes,
+    ) -> Result<String> {
+        let current = match self.describe(name).await? {
+            Described::Deleted { current: Some(v) } => v,
+            // Restored (or deleted for good) by someone else meanwhile.
+            _ => return Err(exists()),
+        };
+        if let Err(e) = self
+            .client
+            .restore_secret()
+            .secret_id(name.as_str())
+            .send()
+            .await
+        {
+            let e = AwsError::from_sdk(e);
+            return match e.code() {
+                Some("ResourceNotFoundException" | "InvalidRequestException") => Err(exists()),
+                _ => Err(e.into_error("restore")),
+            };
+        }
+        self.compare_and_swap(name, key, &Payload::Value(value), &current)
+            .await
+    }
+
+    async fn put_absent(&self, name: &Name, key: &StoreKey, value: &SecretBytes) -> Result<String> {
+        for attempt in 0..WRITE_ATTEMPTS {
+            match self.create(name, key, value).await {
+                Ok(version) => return Ok(version),
+                Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
+                Err(_) => {}
+            }
+            match self.state(name, Some(key)).await?.0 {
+                State::Live { .. } => return Err(exists()),
+                State::Tombstone { version } => {
+                    return self
+                        .compare_and_swap(name, key, &Payload::Value(value), &version)
+                        .await
+                        .map_err(conflict_as_exists);
+                }
+                State::Deleted => {
+                    return self
+                        .restore_and_swap(name, key, value)
+                        .await
+                        .map_err(conflict_as_exists);
+                }
+                // Deleted without recovery a moment ago; AWS may need a moment to finish.
+                State::Missing => backoff(attempt).await,
+            }
+        }
+        Err(
+            Error::conflict("a deletion of this key is still completing")
+                .with_backend(BACKEND)
+                .with_retryable(true),
+        )
+    }
+
+    async fn put_unconditional(
+        &self,
+        name: &Name,
+        key: &StoreKey,
+        value: &SecretBytes,
+    ) -> Result<String> {
+        for attempt in 0..WRITE_ATTEMPTS {
+            let result = match self.state(name, Some(key)).await?.0 {
+                State::Live { version, .. } | State::Tombstone { version } => {
+                    self.compare_and_swap(name, key, &Payload::Value(value), &version)
+                        .await
+                }
+                State::Missing => self.create(name, key, value).await,
+                State::Deleted => self.restore_and_swap(name, key, value).await,
+            };
+            match result {
+                Ok(version) => return Ok(version),
+                Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
+                Err(_) => backoff(attempt).await,
+            }
+        }
+        Err(contended())
+    }
+
+    async fn delete_secret(&self, name: &Name) -> Result<()> {
+        let request = self.client.delete_secret().secret_id(name.as_str());
+        let request = match self.deletion {
+            Deletion::RecoveryWindow { days } => request.recovery_window_in_days(i64::from(days)),
+            Deletion::Force => request.force_delete_without_recovery(true),
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = AwsError::from_sdk(e);
+                match e.code() {
+                    // Gone already, or already scheduled for deletion.
+                    Some("ResourceNotFoundException" | "InvalidRequestException") => Ok(()),
+                    _ => Err(e.into_error("delete")),
+                }
+            }
+        }
+    }
+
+    async fn list_names(&self, filter: &str) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_secrets()
+                .filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::Name)
+                        .values(filter)
+                        .build(),
+                )
+                .max_results(100)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(e).into_error("list"))?;
+            names.extend(
+                out.secret_list()
+                    .iter()
+                    .filter(|s| s.deleted_date().is_none())
+                    .filter_map(|s| s.name())
+                    .filter(|n| n.starts_with(filter))
+                    .map(str::to_owned),
+            );
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+                _ => return Ok(names),
+            }
+        }
+    }
+}
+
+enum Body {
+    Binary(Blob),
+    Tombstone,
+}
+
+enum Described {
+    Active,
+    Deleted { current: Option<String> },
+    Missing,
+}
+
+fn current_version(stages: &HashMap<String, Vec<String>>) -> Option<String> {
+    stages
+        .iter()
+        .find(|(_, labels)| labels.iter().any(|l| l == CURRENT))
+        .map(|(version, _)| version.clone())
+}
+
+#[async_trait]
+impl SecretStore for AwsStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
+        match self.state(&self.name(key), Some(key)).await?.0 {
+            State::Live { version, value } => Ok(Some(Versioned {
+                value,
+                version: Version::new(version),
+            })),
+            State::Tombstone { .. } | State::Deleted | State::Missing => Ok(None),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    async fn put(
+        &self,
+        key: &StoreKey,
+        value: SecretBytes,
+        precondition: Precondition,
+    ) -> Result<Version> {
+        let name = self.name(key);
+        let version = match precondition {
+            Precondition::None => self.put_unconditional(&name, key, &value).await?,
+            Precondition::Absent => self.put_absent(&name, key, &value).await?,
+            Precondition::Version(from) => {
+                self.compare_and_swap(&name, key, &Payload::Value(&value), from.as_str())
+                    .await?
+            }
+        };
+        Ok(Version::new(version))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()> {
+        let name = self.name(key);
+        match precondition {
+            Precondition::Absent => {
+                Err(Error::invalid_input("delete cannot require absence").with_backend(BACKEND))
+            }
+            Precondition::Version(from) => {
+                self.compare_and_swap(&name, key, &Payload::Tombstone, from.as_str())
+                    .await?;
+                self.delete_secret(&name).await
+            }
+            Precondition::None => {
+                for attempt in 0..WRITE_ATTEMPTS {
+                    let version = match self.state(&name, Some(key)).await?.0 {
+                        State::Missing | State::Deleted => return Ok(()),
+                        State::Live { version, .. } | State::Tombstone { version } => version,
+                    };
+                    match self
+                        .compare_and_swap(&name, key, &Payload::Tombstone, &version)
+                        .await
+                    {
+                        Ok(_) => return self.delete_secret(&name).await,
+                        Err(e) if e.kind() == ErrorKind::Conflict => backoff(attempt).await,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(contended())
+            }
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, prefix = %prefix))]
+    async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
+        // Every name below the prefix starts with this, or, when hashed, with its first
+        // `HASHED_HEAD_LEN` characters.
+        let mut filter = format!("{}{}/", self.name_prefix, prefix.as_str().replace('%', "@"));
+        filter.truncate(HASHED_HEAD_LEN);
+        let mut keys = Vec::new();
+        for name in self.list_names(&filter).await? {
+            let Some(rest) = name.strip_prefix(self.name_prefix.as_str()) else {
+                continue;
+            };
+            let key = if rest.contains('=') {
+                match self.state(&Name::Hashed(name.clone()), None).await? {
+                    (State::Live { .. }, Some(stored)) => StoreKey::parse(&stored).ok(),
+                    _ => None,
+                }
+            } else {
+                StoreKey::parse(&rest.replace('@', "%")).ok()
+            };
+            match key {
+                Some(key) if key.starts_with(prefix) && &key != prefix => keys.push(key),
+                Some(_) => {}
+                None => tracing::debug!(
+                    backend = BACKEND,
+                    "skipping a secret whose name is not a store key"
+                ),
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+fn allowed_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'+' | b'=' | b'.' | b'@' | b'-')
+}
+
+/// A random UUID (version 4) for `ClientRequestToken`, which becomes the version id.
+fn new_token() -> String {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).expect("the operating system's random source is available");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+}
+
+fn mismatch() -> Error {
+    Error::conflict("version does not match").with_backend(BACKEND)
+}
+
+fn exists() -> Error {
+    Error::conflict("key already exists").with_backend(BACKEND)
+}
+
+fn conflict_as_exists(e: Error) -> Error {
+    if e.kind() == ErrorKind::Conflict {
+        exists()
+    } else {
+        e
+    }
+}
+
+fn contended() -> Error {
+    Error::conflict("the key kept changing during the write")
+        .with_backend(BACKEND)
+        .with_retryable(true)
+}
+
+fn unexpected(message: &'static str) -> Error {
+    Error::new(ErrorKind::Unexpected, message).with_backend(BACKEND)
+}
+
+fn config_error(message: &'static str) -> Error {
+    Error::new(ErrorKind::Config, message).with_backend(BACKEND)
+}
+
+/// An SDK error reduced to what is safe to keep: the service's error code and message, the HTTP
+/// status, or the transport failure; never a request or response body.
+struct AwsError {
+    kind: ErrorKind,
+    code: Option<String>,
+    cause: Cause,
+}
+
+impl AwsError {
+    fn from_sdk<E, R>(e: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug,
+    {
+        match &e {
+            SdkError::ServiceError(service) => {
+                let err = service.err();
+                let code = err.code().map(str::to_owned);
+                let kind = code.as_deref().map_or(ErrorKind::Unexpected, service_kind);
+                let text = match (err.code(), err.message()) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c.to_owned(),
+                    _ => "unknown service error".to_owned(),
+                };
+                AwsError {
+                    kind,
+                    code,
+                    cause: Cause::new(text),
+                }
+            }
+            SdkError::TimeoutError(_) => AwsError {
+                kind: ErrorKind::Unavailable,
+                code: None,
+                cause: Cause::new("the request timed out"),
+            },
+            SdkError::DispatchFailure(failure) => {
+                let connector = failure.as_connector_error();
+                let tls = connector.is_some_and(|c| is_tls_failure(c));
+                let kind = if tls || failure.is_user() {
+                    ErrorKind::Config
+                } else {
+                    ErrorKind::Unavailable
+                };
+                let text = connector.map_or_else(
+                    || "the request could not be sent".to_owned(),
+                    |c| Cause::from_chain(c).as_str().to_owned(),
+                );
+                AwsError {
+                    kind,
+                    code: None,
+                    cause: Cause::new(text),
+                }
+            }
+            SdkError::ResponseError(_) => AwsError {
+                kind: ErrorKind::Unavailable,
+                code: None,
+                cause: Cause::new("the response could not be read"),
+            },
+            // Credentials that cannot be loaded, an invalid request: a configuration problem.
+            SdkError::ConstructionFailure(_) => AwsError {
+                kind: ErrorKind::Config,
+                code: None,
+                cause: Cause::new(e.to_string()),
+            },
+            _ => AwsError {
+                kind: ErrorKind::Unexpected,
+                code: None,
+                cause: Cause::new(e.to_string()),
+            },
+        }
+    }
+
+    fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    fn into_error(self, op: &'static str) -> Error {
+        let message = match self.kind {
+            ErrorKind::Config if self.code.is_none() => {
+                format!("{op} failed: check the credentials, region and TLS settings")
+            }
+            _ => format!("{op} failed"),
+        };
+        Error::new(self.kind, message)
+            .with_backend(BACKEND)
+            .with_source(self.cause)
+    }
+}
+
+fn service_kind(code: &str) -> ErrorKind {
+    match code {
+        "ResourceNotFoundException" => ErrorKind::NotFound,
+        "ResourceExistsException" => ErrorKind::Conflict,
+        "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
+            ErrorKind::RateLimited
+        }
+        "AccessDeniedException" | "AccessDenied" => ErrorKind::PermissionDenied,
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "ExpiredTokenException"
+        | "DecryptionFailure"
+        | "EncryptionFailure" => ErrorKind::Config,
+        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => ErrorKind::Unavailable,
+        _ => ErrorKind::Unexpected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(prefix: &str) -> AwsStore {
+        AwsStore::builder()
+            .region("eu-west-1")
+            .static_credentials("AKIDCANARY", "SECRET-CANARY")
+            .name_prefix(prefix)
+            .build()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn names_map_percent_to_at_and_hash_long_keys() {
+        let store = store("pleo-auth/").await;
+        let key = StoreKey::from_parts(["tenants", "acme/gmbh", "+"]).unwrap();
+        assert_eq!(
+            store.name(&key),
+            Name::Plain("pleo-auth/tenants/acme@2Fgmbh/@2B".to_owned())
+        );
+        let long = StoreKey::from_parts(["t", &"x".repeat(600)]).unwrap();
+        let Name::Hashed(name) = store.name(&long) else {
+            panic!("a long key is hashed");
+        };
+        assert_eq!(name.len(), MAX_NAME_LEN);
+        assert!(name.starts_with("pleo-auth/t/xxx"));
+        assert_eq!(name.matches('=').count(), 1);
+        let other = StoreKey::from_parts(["t", &"x".repeat(601)]).unwrap();
+        assert_ne!(store.name(&other), store.name(&long));
+        assert!(name.bytes().all(allowed_name_byte));
+    }
+
+    #[tokio::test]
+    async fn hashed_values_carry_their_key() {
+        let store = store("").await;
+        let key = StoreKey::from_parts(["t", &"y".repeat(600)]).unwrap();
+        let name = store.name(&key);
+        let blob = store
+            .encode(&name, &key, &SecretBytes::new(b"v".to_vec()))
+            .unwrap();
+        let (stored, value) = AwsStore::decode(&name, &blob).unwrap();
+        assert_eq!(stored.as_deref(), Some(key.as_str()));
+        assert_eq!(value.expose_secret(), b"v");
+        let err = AwsStore::decode(&name, &Blob::new(b"garbage".to_vec())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+    }
+
+    #[tokio::test]
+    async fn debug_redacts_credentials_and_settings_are_checked() {
+        let builder = AwsStore::builder()
+            .region("eu-west-1")
+            .static_credentials("AKIDCANARY", "SECRET-CANARY")
+            .session_token("TOKEN-CANARY");
+        assert!(!format!("{builder:?}").contains("CANARY"));
+        let store = builder.clone().build().await.unwrap();
+        assert!(!format!("{store:?}").contains("CANARY"));
+        let err = builder
+            .clone()
+            .name_prefix("bad prefix")
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let err = builder
+            .clone()
+            .deletion(Deletion::RecoveryWindow { days: 3 })
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let err = builder
+            .endpoint_url("http://secretsmanager.example")
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn tokens_are_uuids() {
+        let t = new_token();
+        assert_eq!(t.len(), 36);
+        assert_eq!(&t[14..15], "4");
+        assert_ne!(t, new_token());
+    }
+}

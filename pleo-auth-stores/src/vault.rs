@@ -1,0 +1,1075 @@
+//! `VaultStore`: a [`SecretStore`] on the KV version 2 secrets engine of HashiCorp Vault or
+//! OpenBao.
+//!
+//! # Layout
+//!
+//! Each [`StoreKey`] `k` is the KV v2 secret `<mount>/data/<path prefix>/<k>` (the prefix is
+//! optional). Key segments are `A-Z a-z 0-9 _ - % +`, so they need no escaping in a Vault path.
+//! The secret's data holds the value in base64 and a random nonce:
+//!
+//! ```json
+//! { "value": "<base64 of the bytes>", "nonce": "<random>" }
+//! ```
+//!
+//! A conditional delete first writes a tombstone, `{ "nonce": "...", "deleted_at_ms": <unix ms> }`,
+//! which reads as absent. Data of any other shape is an [`ErrorKind::Corrupt`] error.
+//!
+//! # Versions
+//!
+//! A [`Version`] is `<kv version>:<nonce>`, for example `7:Xw2s_c1eA9kq0b3M`. Compare-and-swap
+//! uses KV v2 check-and-set (`cas`): `cas: 0` creates only, `cas: n` writes only if version `n`
+//! is current; Vault answers a mismatch with HTTP 400 "check-and-set parameter did not match",
+//! which is [`ErrorKind::Conflict`].
+//!
+//! KV v2 restarts a secret's version numbers at 1 after its metadata is deleted, so the number
+//! alone could match a later incarnation of the key. The nonce is new on every write: a
+//! [`Precondition::Version`] names one write, and a `put` or `delete` with it first reads the
+//! secret and compares number and nonce, then writes with `cas` set to that number. What remains
+//! is a window of one round trip: only a delete, a re-creation and enough further writes to reach
+//! the same number, all landing between that read and that write, could be overwritten.
+//!
+//! # Deletes
+//!
+//! `delete` removes every version and the metadata (`DELETE <mount>/metadata/<path>`). With
+//! [`Precondition::Version`] it is two steps, so that the version check is atomic:
+//! 1. a tombstone is written with `cas` set to the expected version; from here on the key reads as
+//!    absent, and a writer that still holds the old version gets `Conflict`;
+//! 2. the metadata is deleted.
+//!
+//! If step 2 fails, `delete` returns the error and the tombstone stays: the key reads as absent,
+//! [`SecretStore::list`] still names it, and a create ([`Precondition::Absent`]) answers a
+//! retryable `Conflict` for [`VaultStoreBuilder::tombstone_grace`] (one minute by default),
+//! so that it cannot be wiped by a delete still in flight; after that it writes over the
+//! tombstone. A delete with [`Precondition::None`] is one metadata delete. An unconditional put
+//! that races with a conditional delete of the same key can be removed by that delete's step 2.
+//!
+//! # Authentication
+//!
+//! - A token ([`VaultStoreBuilder::token`]), used as given.
+//! - AppRole ([`VaultStoreBuilder::approle`]): the store logs in on first use and again when two
+//!   thirds of the token's TTL have passed (on the injected [`Clock`]), and once more when Vault
+//!   answers 403, retrying that request once. A rejected login is [`ErrorKind::Config`]; a 403
+//!   that a fresh login does not cure is [`ErrorKind::PermissionDenied`].
+//!
+//! # Transport
+//!
+//! The address must be `https`, or `http` on a loopback host. [`VaultStoreBuilder::ca_cert_pem`]
+//! trusts only the given CA certificates instead of the system's roots. Requests never follow
+//! redirects. The KV mount may require check-and-set (`cas_required`): unconditional writes then
+//! read the current version first.
+//!
+//! # Errors and logs
+//!
+//! Errors name the backend `"vault"`. Connection failures, timeouts, 5xx, 412 and a sealed
+//! server are [`ErrorKind::Unavailable`] (retryable), 429 is [`ErrorKind::RateLimited`]. No error
+//! holds a token, a secret id or a value. `vaultrs` logs every error answer of Vault at `ERROR`
+//! under the target `vaultrs`, expected check-and-set conflicts included; filter that target if
+//! it is noise.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use pleo_auth_core::{Precondition, SecretBytes, SecretStore, StoreKey};
+//! use pleo_auth_stores::vault::VaultStore;
+//!
+//! # async fn run() -> pleo_auth_core::Result<()> {
+//! let store = VaultStore::builder("https://vault.internal:8200")
+//!     .approle("role-id", "secret-id")
+//!     .mount("secret")
+//!     .path_prefix("integrations/acme")
+//!     .build()?;
+//! let key = StoreKey::from_parts(["tenants", "acme"])?;
+//! let version = store
+//!     .put(&key, SecretBytes::new(b"value".to_vec()), Precondition::Absent)
+//!     .await?;
+//! let read = store.get(&key).await?.expect("just written");
+//! assert_eq!(read.version, version);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Clock`]: pleo_auth_core::Clock
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use futures::StreamExt as _;
+use pleo_auth_core::{
+    DynClock, Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey,
+    SystemClock, Timestamp, Version, Versioned, check_transport_security, random_urlsafe,
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
+use vaultrs::api::kv2::responses::ReadSecretResponse;
+use vaultrs::api::{self as vault_api, EndpointMiddleware};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::Zeroizing;
+
+use crate::cause::{Cause, is_tls_failure};
+
+const BACKEND: &str = "vault";
+/// The default KV v2 mount of a Vault or OpenBao dev server.
+pub const DEFAULT_MOUNT: &str = "secret";
+/// The default mount of the AppRole auth method.
+pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(60);
+/// How many concurrent LIST requests one `list` call makes.
+const LIST_CONCURRENCY: usize = 8;
+/// How often a write retries when another writer or a delete keeps moving the key.
+const WRITE_ATTEMPTS: usize = 5;
+const CAS_MISMATCH: &str = "check-and-set parameter did not match";
+const CAS_REQUIRED: &str = "check-and-set parameter required";
+
+/// How the store authenticates to Vault.
+#[derive(Clone)]
+enum Auth {
+    Token(Zeroizing<String>),
+    AppRole {
+        mount: String,
+        role_id: Zeroizing<String>,
+        secret_id: Zeroizing<String>,
+    },
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Token(_) => f.write_str("Token([redacted])"),
+            Auth::AppRole { mount, .. } => f
+                .debug_struct("AppRole")
+                .field("mount", mount)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Configures a [`VaultStore`]; start with [`VaultStore::builder`].
+#[derive(Clone)]
+pub struct VaultStoreBuilder {
+    address: String,
+    auth: Option<Auth>,
+    mount: String,
+    path_prefix: Option<String>,
+    namespace: Option<String>,
+    ca_cert_pem: Option<Vec<u8>>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    tombstone_grace: Duration,
+    clock: DynClock,
+}
+
+impl fmt::Debug for VaultStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultStoreBuilder")
+            .field("address", &self.address)
+            .field("auth", &self.auth)
+            .field("mount", &self.mount)
+            .field("path_prefix", &self.path_prefix)
+            .field("namespace", &self.namespace)
+            .field("custom_ca", &self.ca_cert_pem.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultStoreBuilder {
+    /// Authenticates with a Vault token (used as given, never renewed).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Some(Auth::Token(Zeroizing::new(token.into())));
+        self
+    }
+
+    /// Authenticates with AppRole at the mount [`DEFAULT_APPROLE_MOUNT`]; see
+    /// [`VaultStoreBuilder::approle_mount`].
+    pub fn approle(mut self, role_id: impl Into<String>, secret_id: impl Into<String>) -> Self {
+        self.auth = Some(Auth::AppRole {
+            mount: DEFAULT_APPROLE_MOUNT.to_owned(),
+            role_id: Zeroizing::new(role_id.into()),
+            secret_id: Zeroizing::new(secret_id.into()),
+        });
+        self
+    }
+
+    /// The mount of the AppRole auth method, when it is not [`DEFAULT_APPROLE_MOUNT`]. Call after
+    /// [`VaultStoreBuilder::approle`]; without AppRole it does nothing.
+    pub fn approle_mount(mut self, mount: impl Into<String>) -> Self {
+        if let Some(Auth::AppRole { mount: m, .. }) = &mut self.auth {
+            *m = mount.into();
+        }
+        self
+    }
+
+    /// The mount of the KV v2 engine (default [`DEFAULT_MOUNT`]).
+    pub fn mount(mut self, mount: impl Into<String>) -> Self {
+        self.mount = mount.into();
+        self
+    }
+
+    /// A path inside the mount below which every key is stored, such as `apps/billing`.
+    pub fn path_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.path_prefix = Some(prefix.into());
+        self
+    }
+
+    /// The Vault Enterprise or OpenBao namespace (`X-Vault-Namespace`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Trusts only these PEM-encoded CA certificates for the server's TLS certificate.
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_cert_pem = Some(pem.into());
+        self
+    }
+
+    /// The timeout of each request (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The timeout of establishing a connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a tombstone left by an interrupted conditional delete blocks creating the key
+    /// again (default one minute); see the module documentation.
+    pub fn tombstone_grace(mut self, grace: Duration) -> Self {
+        self.tombstone_grace = grace;
+        self
+    }
+
+    /// The clock that schedules AppRole re-logins and dates tombstones.
+    pub fn clock(mut self, clock: DynClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the configuration and builds the store. No request is made until first use.
+    pub fn build(self) -> Result<VaultStore> {
+        let address = Url::parse(&self.address)
+            .map_err(|_| config_error("the Vault address is not a valid URL"))?;
+        check_transport_security(&address).map_err(|e| e.with_backend(BACKEND))?;
+        if address.query().is_some() || address.fragment().is_some() {
+            return Err(config_error(
+                "the Vault address must not have a query or fragment",
+            ));
+        }
+        let auth = self
+            .auth
+            .ok_or_else(|| config_error("choose token or AppRole authentication"))?;
+        match &auth {
+            Auth::Token(token) => check_header_value(token, "the Vault token")?,
+            Auth::AppRole {
+                mount,
+                role_id,
+                secret_id,
+            } => {
+                validate_path(mount, "the AppRole mount")?;
+                if role_id.is_empty() || secret_id.is_empty() {
+                    return Err(config_error("AppRole role id and secret id must be set"));
+                }
+            }
+        }
+        let mount = validate_path(&self.mount, "the KV mount")?;
+        let path_prefix = match &self.path_prefix {
+            Some(p) if !p.trim_matches('/').is_empty() => {
+                Some(validate_path(p, "the path prefix")?)
+            }
+            _ => None,
+        };
+        if let Some(ns) = &self.namespace {
+            check_header_value(ns, "the namespace")?;
+        }
+
+        let mut http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout);
+        if let Some(pem) = &self.ca_cert_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|_| config_error("the CA certificate is not valid PEM"))?;
+            if certs.is_empty() {
+                return Err(config_error("the CA PEM holds no certificate"));
+            }
+            http = http.tls_certs_only(certs);
+        } else if address.scheme() == "http" {
+            // Plain http needs no roots; this skips loading the platform verifier.
+            http = http.tls_certs_only(Vec::new());
+        }
+        let http = http.build().map_err(|e| {
+            config_error("building the HTTP client failed").with_source(Cause::from_chain(&e))
+        })?;
+
+        let settings = VaultClientSettingsBuilder::default()
+            .address(address.as_str())
+            .token(String::new())
+            .ca_certs(Vec::new())
+            .identity(None)
+            .verify(true)
+            .timeout(Some(self.timeout))
+            .namespace(self.namespace.clone())
+            .build()
+            .map_err(|_| config_error("the Vault client settings are invalid"))?;
+
+        let inner = Inner {
+            http,
+            address,
+            settings,
+            auth,
+            mount,
+            path_prefix,
+            namespace: self.namespace,
+            tombstone_grace: self.tombstone_grace,
+            clock: self.clock,
+            session: RwLock::new(None),
+            login_lock: tokio::sync::Mutex::new(()),
+        };
+        if let Auth::Token(token) = &inner.auth {
+            let client = inner.client_with_token(token);
+            *inner.session.write().expect("session lock") = Some(Session {
+                client,
+                refresh_at: None,
+                generation: 1,
+            });
+        }
+        Ok(VaultStore {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+/// A [`SecretStore`] on a Vault or OpenBao KV v2 engine; see the [module documentation](self).
+///
+/// Cloning is cheap and shares the connection pool and the login.
+#[derive(Clone)]
+pub struct VaultStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    address: Url,
+    settings: vaultrs::client::VaultClientSettings,
+    auth: Auth,
+    mount: String,
+    path_prefix: Option<String>,
+    namespace: Option<String>,
+    tombstone_grace: Duration,
+    clock: DynClock,
+    session: RwLock<Option<Session>>,
+    login_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Session {
+    client: Arc<VaultClient>,
+    /// When an AppRole token should be replaced; `None` for tokens that do not expire.
+    refresh_at: Option<Instant>,
+    generation: u64,
+}
+
+impl fmt::Debug for VaultStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultStore")
+            .field("address", &self.inner.address.as_str())
+            .field("auth", &self.inner.auth)
+            .field("mount", &self.inner.mount)
+            .field("path_prefix", &self.inner.path_prefix)
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultStore {
+    /// A builder for a store at `address`, such as `https://vault.internal:8200`.
+    pub fn builder(address: impl Into<String>) -> VaultStoreBuilder {
+        VaultStoreBuilder {
+            address: address.into(),
+            auth: None,
+            mount: DEFAULT_MOUNT.to_owned(),
+            path_prefix: None,
+            namespace: None,
+            ca_cert_pem: None,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    fn path(&self, key: &StoreKey) -> String {
+        match &self.inner.path_prefix {
+            Some(prefix) => format!("{prefix}/{key}"),
+            None => key.as_str().to_owned(),
+        }
+    }
+
+    /// Runs one Vault call with a valid session; for AppRole, logs in again and retries once on
+    /// a 403.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, ClientError>>,
+    {
+        let session = self.session().await?;
+        match f(session.client.clone()).await {
+            Err(ClientError::APIError { code: 403, .. })
+                if matches!(self.inner.auth, Auth::AppRole { .. }) =>
+            {
+                let session = self.login(session.generation).await?;
+                f(session.client).await.map_err(|e| map_error(op, e))
+            }
+            other => other.map_err(|e| map_error(op, e)),
+        }
+    }
+
+    async fn session(&self) -> Result<Session> {
+        let current = self.inner.session.read().expect("session lock").clone();
+        match current {
+            Some(s)
+                if s.refresh_at
+                    .is_none_or(|at| self.inner.clock.instant() < at) =>
+            {
+                Ok(s)
+            }
+            Some(s) => self.login(s.generation).await,
+            None => self.login(0).await,
+        }
+    }
+
+    /// Logs in with AppRole unless another task already replaced session `seen`.
+    async fn login(&self, seen: u64) -> Result<Session> {
+        let _single_flight = self.inner.login_lock.lock().await;
+        if let Some(s) = self.inner.session.read().expect("session lock").clone()
+            && s.generation != seen
+        {
+            return Ok(s);
+        }
+        let Auth::AppRole {
+            mount,
+            role_id,
+            secret_id,
+        } = &self.inner.auth
+        else {
+            return Err(
+                Error::new(ErrorKind::Unexpected, "token authentication has no login")
+                    .with_backend(BACKEND),
+            );
+        };
+        let anonymous = self.inner.client_with_token("");
+        let started = self.inner.clock.instant();
+        let auth = vaultrs::auth::approle::login(&*anonymous, mount, role_id, secret_id)
+            .await
+            .map_err(|e| match e {
+                ClientError::APIError {
+                    code: 400 | 401 | 403,
+                    ..
+                } => Error::new(ErrorKind::Config, "vault rejected the AppRole login")
+                    .with_backend(BACKEND)
+                    .with_source(cause_of(&e)),
+                other => map_error("AppRole login", other),
+            })?;
+        let token = Zeroizing::new(auth.client_token);
+        let refresh_at = (auth.lease_duration > 0)
+            .then(|| started + Duration::from_secs(auth.lease_duration) * 2 / 3);
+        let session = Session {
+            client: self.inner.client_with_token(&token),
+            refresh_at,
+            generation: seen + 1,
+        };
+        tracing::debug!(
+            backend = BACKEND,
+            ttl_secs = auth.lease_duration,
+            "vault AppRole login"
+        );
+        *self.inner.session.write().expect("session lock") = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn read(&self, path: &str) -> Result<Current> {
+        let mount = self.inner.mount.as_str();
+        let result = self
+            .call("read", |client| async move {
+                let endpoint = ReadSecretRequest::builder()
+                    .mount(mount)
+                    .path(path)
+                    .build()
+                    .expect("all fields set");
+                vault_api::exec_with_result(&*client, endpoint).await
+            })
+            .await;
+        match result {
+            Ok(response) => Current::from_response(response),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Current::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current version number of `path`, whatever its latest version holds; 0 if none.
+    async fn current_number(&self, path: &str) -> Result<u64> {
+        let mount = self.inner.mount.as_str();
+        let result = self
+            .call("read metadata", |client| async move {
+                vaultrs::kv2::read_metadata(&*client, mount, path).await
+            })
+            .await;
+        match result {
+            Ok(meta) => Ok(meta.current_version),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `data`, with check-and-set `cas` when given.
+    async fn write(&self, path: &str, data: &KvData, cas: Option<u64>) -> Result<u64> {
+        let mount = self.inner.mount.as_str();
+        let cas = match cas {
+            Some(n) => Some(u32::try_from(n).map_err(|_| {
+                Error::new(ErrorKind::Unexpected, "version number out of range")
+                    .with_backend(BACKEND)
+            })?),
+            None => None,
+        };
+        let meta = self
+            .call("write", |client| async move {
+                match cas {
+                    Some(cas) => {
+                        vaultrs::kv2::set_with_options(
+                            &*client,
+                            mount,
+                            path,
+                            data,
+                            SetSecretRequestOptions { cas },
+                        )
+                        .await
+                    }
+                    None => vaultrs::kv2::set(&*client, mount, path, data).await,
+                }
+            })
+            .await?;
+        Ok(meta.version)
+    }
+
+    async fn delete_metadata(&self, path: &str) -> Result<()> {
+        let mount = self.inner.mount.as_str();
+        let result = self
+            .call("delete", |client| async move {
+                vaultrs::kv2::delete_metadata(&*client, mount, path).await
+            })
+            .await;
+        match result {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    async fn list_folder(&self, folder: String) -> Result<(String, Vec<String>)> {
+        let mount = self.inner.mount.as_str();
+        let path = folder.as_str();
+        let result = self
+            .call("list", |client| async move {
+                vaultrs::kv2::list(&*client, mount, path).await
+            })
+            .await;
+        match result {
+            Ok(names) => Ok((folder, names)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok((folder, Vec::new())),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_absent(&self, path: &str, value: &SecretBytes) -> Result<Version> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let data = KvData::live(value);
+            match self.write(path, &data, Some(0)).await {
+                Ok(n) => return Ok(data.version(n)),
+                Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
+                Err(_) => {}
+            }
+            let cas = match self.read(path).await? {
+                Current::Live { .. } => return Err(exists()),
+                Current::Tombstone { number, deleted_at } => {
+                    let age = self.inner.clock.timestamp().saturating_since(deleted_at);
+                    if age < self.inner.tombstone_grace {
+                        return Err(Error::conflict("a delete of this key is in progress")
+                            .with_backend(BACKEND)
+                            .with_retryable(true));
+                    }
+                    number
+                }
+                // The latest version was deleted or destroyed by other means, or the metadata
+                // went away meanwhile: the key is absent, continue from its current number.
+                Current::Missing => self.current_number(path).await?,
+            };
+            let data = KvData::live(value);
+            match self.write(path, &data, Some(cas)).await {
+                Ok(n) => return Ok(data.version(n)),
+                Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Err(contended())
+    }
+
+    async fn put_unconditional(&self, path: &str, value: &SecretBytes) -> Result<Version> {
+        let data = KvData::live(value);
+        match self.write(path, &data, None).await {
+            Ok(n) => return Ok(data.version(n)),
+            Err(e) if !is_cas_required(&e) => return Err(e),
+            Err(_) => {}
+        }
+        for _ in 0..WRITE_ATTEMPTS {
+            let cas = self.current_number(path).await?;
+            let data = KvData::live(value);
+            match self.write(path, &data, Some(cas)).await {
+                Ok(n) => return Ok(data.version(n)),
+                Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Err(contended())
+    }
+
+    /// Checks that `want` is the current version of `path` and returns its number.
+    async fn expect_version(&self, path: &str, want: &Version) -> Result<u64> {
+        let Some((number, nonce)) = parse_version(want) else {
+            return Err(mismatch());
+        };
+        match self.read(path).await? {
+            Current::Live {
+                number: n,
+                nonce: have,
+                ..
+            } if n == number && have == nonce => Ok(number),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl Inner {
+    fn client_with_token(&self, token: &str) -> Arc<VaultClient> {
+        let mut settings = self.settings.clone();
+        settings.token = token.to_owned();
+        Arc::new(VaultClient {
+            http: rustify::clients::reqwest::Client::new(self.address.as_str(), self.http.clone()),
+            middle: EndpointMiddleware {
+                token: token.to_owned(),
+                version: "v1".to_owned(),
+                wrap: None,
+                namespace: self.namespace.clone(),
+            },
+            settings,
+        })
+    }
+}
+
+#[async_trait]
+impl SecretStore for VaultStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
+        match self.read(&self.path(key)).await? {
+            Current::Live {
+                number,
+                nonce,
+                value,
+            } => Ok(Some(Versioned {
+                value,
+                version: make_version(number, &nonce),
+            })),
+            Current::Tombstone { .. } | Current::Missing => Ok(None),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    async fn put(
+        &self,
+        key: &StoreKey,
+        value: SecretBytes,
+        precondition: Precondition,
+    ) -> Result<Version> {
+        let path = self.path(key);
+        match precondition {
+            Precondition::None => self.put_unconditional(&path, &value).await,
+            Precondition::Absent => self.put_absent(&path, &value).await,
+            Precondition::Version(want) => {
+                let number = self.expect_version(&path, &want).await?;
+                let data = KvData::live(&value);
+                let n = self.write(&path, &data, Some(number)).await?;
+                Ok(data.version(n))
+            }
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()> {
+        let path = self.path(key);
+        match precondition {
+            Precondition::Absent => {
+                Err(Error::invalid_input("delete cannot require absence").with_backend(BACKEND))
+            }
+            Precondition::None => self.delete_metadata(&path).await,
+            Precondition::Version(want) => {
+                let number = self.expect_version(&path, &want).await?;
+                let tombstone = KvData::tombstone(self.inner.clock.timestamp());
+                self.write(&path, &tombstone, Some(number)).await?;
+                self.delete_metadata(&path).await
+            }
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, prefix = %prefix))]
+    async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
+        let root = self.path(prefix);
+        let mut keys = Vec::new();
+        let mut folders = vec![format!("{root}/")];
+        while !folders.is_empty() {
+            let batch = std::mem::take(&mut folders);
+            let mut listed = futures::stream::iter(batch)
+                .map(|folder| self.list_folder(folder))
+                .buffer_unordered(LIST_CONCURRENCY);
+            while let Some(result) = listed.next().await {
+                let (folder, names) = result?;
+                for name in names {
+                    let full = format!("{folder}{name}");
+                    if name.ends_with('/') {
+                        folders.push(full);
+                    } else {
+                        let relative = &full[root.len() - prefix.as_str().len()..];
+                        match StoreKey::parse(relative) {
+                            Ok(key) => keys.push(key),
+                            Err(_) => tracing::debug!(
+                                backend = BACKEND,
+                                "skipping a secret whose name is not a store key"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// The data of one KV v2 secret version written by this store.
+#[derive(Serialize, Deserialize)]
+struct KvData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    nonce: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deleted_at_ms: Option<u64>,
+}
+
+impl KvData {
+    fn live(value: &SecretBytes) -> Self {
+        Self {
+            value: Some(STANDARD.encode(value.expose_secret())),
+            nonce: random_urlsafe(12),
+            deleted_at_ms: None,
+        }
+    }
+
+    fn tombstone(now: Timestamp) -> Self {
+        Self {
+            value: None,
+            nonce: random_urlsafe(12),
+            deleted_at_ms: Some(now.as_millis()),
+        }
+    }
+
+    fn version(&self, number: u64) -> Version {
+        make_version(number, &self.nonce)
+    }
+}
+
+impl Drop for KvData {
+    fn drop(&mut self) {
+        if let Some(value) = self.value.take() {
+            drop(Zeroizing::new(value));
+        }
+    }
+}
+
+/// What a key's latest version holds.
+enum Current {
+    Live {
+        number: u64,
+        nonce: String,
+        value: SecretBytes,
+    },
+    Tombstone {
+        number: u64,
+        deleted_at: Timestamp,
+    },
+    Missing,
+}
+
+impl Current {
+    fn from_response(response: ReadSecretResponse) -> Result<Self> {
+        let number = response.metadata.version;
+        if response.metadata.destroyed || !response.metadata.deletion_time.is_empty() {
+            return Ok(Current::Missing);
+        }
+        let mut data: KvData = serde_json::from_value(response.data).map_err(|_| {
+            Error::corrupt("the secret's data is not a pleo-auth record").with_backend(BACKEND)
+        })?;
+        match (data.value.take(), data.deleted_at_ms) {
+            (Some(encoded), None) => {
+                let encoded = Zeroizing::new(encoded);
+                let bytes = STANDARD.decode(encoded.as_bytes()).map_err(|_| {
+                    Error::corrupt("the secret's value is not valid base64").with_backend(BACKEND)
+                })?;
+                Ok(Current::Live {
+                    number,
+                    nonce: std::mem::take(&mut data.nonce),
+                    value: SecretBytes::new(bytes),
+                })
+            }
+            (None, Some(ms)) => Ok(Current::Tombstone {
+                number,
+                deleted_at: Timestamp::from_millis(ms),
+            }),
+            _ => Err(
+                Error::corrupt("the secret's data is not a pleo-auth record").with_backend(BACKEND),
+            ),
+        }
+    }
+}
+
+fn make_version(number: u64, nonce: &str) -> Version {
+    Version::new(format!("{number}:{nonce}"))
+}
+
+fn parse_version(version: &Version) -> Option<(u64, &str)> {
+    let (number, nonce) = version.as_str().split_once(':')?;
+    Some((number.parse().ok()?, nonce))
+}
+
+fn is_cas_required(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<Cause>())
+        .is_some_and(|c| c.as_str().contains(CAS_REQUIRED))
+}
+
+fn mismatch() -> Error {
+    Error::conflict("version does not match").with_backend(BACKEND)
+}
+
+fn exists() -> Error {
+    Error::conflict("key already exists").with_backend(BACKEND)
+}
+
+fn contended() -> Error {
+    Error::conflict("the key kept changing during the write")
+        .with_backend(BACKEND)
+        .with_retryable(true)
+}
+
+fn config_error(message: &'static str) -> Error {
+    Error::new(ErrorKind::Config, message).with_backend(BACKEND)
+}
+
+fn check_header_value(value: &str, what: &'static str) -> Result<()> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{what} must be non-empty visible ASCII"),
+        )
+        .with_backend(BACKEND));
+    }
+    Ok(())
+}
+
+/// Trims slashes and checks that every segment is a plain name (no `.`, `..` or empty segment).
+fn validate_path(path: &str, what: &'static str) -> Result<String> {
+    let trimmed = path.trim_matches('/');
+    let valid = !trimmed.is_empty()
+        && trimmed.split('/').all(|s| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        });
+    if !valid {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{what} must be segments of A-Z a-z 0-9 _ - . separated by /"),
+        )
+        .with_backend(BACKEND));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn map_error(op: &'static str, e: ClientError) -> Error {
+    let kind = match &e {
+        ClientError::APIError { code, errors } if *code == 400 => {
+            if errors.iter().any(|m| m.contains(CAS_MISMATCH)) {
+                ErrorKind::Conflict
+            } else {
+                ErrorKind::Unexpected
+            }
+        }
+        ClientError::APIError { code, .. } => status_kind(*code),
+        ClientError::RestClientError { source } => match source {
+            rustify::errors::ClientError::ServerResponseError { code, .. } => status_kind(*code),
+            rustify::errors::ClientError::RequestError { source, .. }
+                if is_tls_failure(source.as_ref()) =>
+            {
+                ErrorKind::Config
+            }
+            rustify::errors::ClientError::RequestError { .. }
+            | rustify::errors::ClientError::ResponseError { .. } => ErrorKind::Unavailable,
+            _ => ErrorKind::Unexpected,
+        },
+        _ => ErrorKind::Unexpected,
+    };
+    let message = match kind {
+        ErrorKind::Conflict => "version does not match".to_owned(),
+        ErrorKind::Config => format!("{op} failed: the TLS handshake failed"),
+        _ => format!("{op} failed"),
+    };
+    Error::new(kind, message)
+        .with_backend(BACKEND)
+        .with_source(cause_of(&e))
+}
+
+fn status_kind(code: u16) -> ErrorKind {
+    match code {
+        401 | 403 => ErrorKind::PermissionDenied,
+        404 => ErrorKind::NotFound,
+        412 | 500..=599 => ErrorKind::Unavailable,
+        429 => ErrorKind::RateLimited,
+        _ => ErrorKind::Unexpected,
+    }
+}
+
+/// The cause of a vaultrs error: Vault's messages and status, or the transport failure.
+fn cause_of(e: &ClientError) -> Cause {
+    match e {
+        ClientError::APIError { code, errors } if errors.is_empty() => {
+            Cause::new(format!("vault answered {code}"))
+        }
+        ClientError::APIError { code, errors } => {
+            Cause::new(format!("vault answered {code}: {}", errors.join("; ")))
+        }
+        ClientError::RestClientError { source } => match source {
+            rustify::errors::ClientError::ServerResponseError { code, .. } => {
+                Cause::new(format!("vault answered {code}"))
+            }
+            rustify::errors::ClientError::RequestError { source, .. }
+            | rustify::errors::ClientError::ResponseError { source } => {
+                let inner: &(dyn std::error::Error + 'static) = source.as_ref();
+                Cause::from_chain(inner)
+            }
+            // Parse errors may quote the response body: keep only the top-level text.
+            other => Cause::new(other.to_string()),
+        },
+        other => Cause::new(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_round_trip_and_reject_foreign_strings() {
+        let v = make_version(7, "abc_-9");
+        assert_eq!(v.as_str(), "7:abc_-9");
+        assert_eq!(parse_version(&v), Some((7, "abc_-9")));
+        assert_eq!(parse_version(&Version::from_u64(7)), None);
+        assert_eq!(parse_version(&Version::new("x:abc")), None);
+    }
+
+    #[test]
+    fn debug_redacts_credentials() {
+        let builder = VaultStore::builder("http://127.0.0.1:8200")
+            .approle("ROLE-CANARY", "SECRET-CANARY")
+            .path_prefix("a/b");
+        let text = format!("{builder:?}");
+        assert!(!text.contains("CANARY"), "{text}");
+        let store = builder.build().unwrap();
+        let text = format!("{store:?}");
+        assert!(!text.contains("CANARY"), "{text}");
+        assert!(text.contains("AppRole"), "{text}");
+        let store = VaultStore::builder("http://127.0.0.1:8200")
+            .token("hvs.TOKEN-CANARY")
+            .build()
+            .unwrap();
+        let text = format!("{store:?}");
+        assert!(!text.contains("CANARY"), "{text}");
+    }
+
+    #[test]
+    fn configuration_is_checked() {
+        let err = VaultStore::builder("http://vault.example:8200")
+            .token("t")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let err = VaultStore::builder("https://vault.example:8200")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        for bad in ["", "/", "a/../b", "a//b", "a b"] {
+            let err = VaultStore::builder("https://vault.example:8200")
+                .token("t")
+                .mount(bad)
+                .build()
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{bad:?}");
+        }
+        let err = VaultStore::builder("https://vault.example:8200")
+            .token("bad\ntoken")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(!err.to_string().contains("bad"));
+        let err = VaultStore::builder("https://vault.example:8200")
+            .token("t")
+            .ca_cert_pem("not pem")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn conflicts_and_outages_are_classified() {
+        let cas = ClientError::APIError {
+            code: 400,
+            errors: vec!["check-and-set parameter did not match the current version".into()],
+        };
+        assert_eq!(map_error("write", cas).kind(), ErrorKind::Conflict);
+        let sealed = ClientError::APIError {
+            code: 503,
+            errors: vec!["Vault is sealed".into()],
+        };
+        let err = map_error("read", sealed);
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.is_retryable());
+        assert_eq!(err.backend(), Some("vault"));
+        let denied = ClientError::APIError {
+            code: 403,
+            errors: vec!["permission denied".into()],
+        };
+        assert_eq!(
+            map_error("read", denied).kind(),
+            ErrorKind::PermissionDenied
+        );
+    }
+}

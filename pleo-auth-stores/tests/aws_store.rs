@@ -1,0 +1,470 @@
+//! `AwsStore` against a real moto server (`cargo xtask services up`). moto accepts any
+//! credentials; each test uses its own name prefix, so no state needs resetting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::primitives::Blob;
+use pleo_auth_core::testing::{self, service_env};
+use pleo_auth_core::{
+    ErrorKind, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease, random_urlsafe,
+};
+use pleo_auth_stores::aws::{AwsStore, Deletion};
+
+fn endpoint() -> String {
+    service_env("PLEO_AUTH_TEST_AWS_ENDPOINT")
+}
+
+async fn store_with(deletion: Deletion) -> AwsStore {
+    AwsStore::builder()
+        .endpoint_url(endpoint())
+        .region("eu-west-1")
+        .static_credentials("AKIDTESTING", "CANARY-secret-access-key")
+        .name_prefix(format!("pleo-tests-{}/", random_urlsafe(6)))
+        .deletion(deletion)
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn store() -> AwsStore {
+    store_with(Deletion::default()).await
+}
+
+fn bytes(s: &str) -> SecretBytes {
+    SecretBytes::new(s.as_bytes().to_vec())
+}
+
+fn key(parts: &[&str]) -> StoreKey {
+    StoreKey::from_parts(parts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passes_the_store_conformance_suite() {
+    let store = store().await;
+    let started = Instant::now();
+    testing::conformance(testing::dyn_store(store)).await;
+    println!("aws conformance suite: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passes_the_store_conformance_suite_with_force_deletion() {
+    testing::conformance(testing::dyn_store(store_with(Deletion::Force).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_lease_passes_the_lease_conformance_suite() {
+    let store = store().await;
+    let started = Instant::now();
+    testing::lease_conformance(Arc::new(StoreLease::new(Arc::new(store)))).await;
+    println!("aws StoreLease conformance suite: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_writers_one_winner_per_version() {
+    let store = Arc::new(store().await);
+    let k = key(&["race", "grant"]);
+    let mut version = store
+        .put(&k, bytes("initial"), Precondition::Absent)
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for writer in 0..8 {
+            let (store, k, version) = (store.clone(), k.clone(), version.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = format!("round{round}-writer{writer}");
+                let r = store
+                    .put(&k, bytes(&value), Precondition::Version(version))
+                    .await;
+                (value, r)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            let (value, result) = task.await.unwrap();
+            match result {
+                Ok(v) => winners.push((value, v)),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        let (value, v) = winners.pop().unwrap();
+        let stored = store.get(&k).await.unwrap().unwrap();
+        assert_eq!(stored.value.expose_secret(), value.as_bytes());
+        assert_eq!(stored.version, v);
+        version = v;
+    }
+}
+
+#[tokio::test]
+async fn a_stale_writers_promote_is_rejected() {
+    let store = store().await;
+    let k = key(&["stale"]);
+    let v1 = store
+        .put(&k, bytes("v1"), Precondition::Absent)
+        .await
+        .unwrap();
+    let v2 = store
+        .put(&k, bytes("v2"), Precondition::Version(v1.clone()))
+        .await
+        .unwrap();
+    let err = store
+        .put(&k, bytes("late"), Precondition::Version(v1.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err:?}");
+    assert!(!err.is_retryable());
+
+    let read = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(
+        (read.value.expose_secret(), &read.version),
+        (&b"v2"[..], &v2)
+    );
+    // The stale writer's version exists but never became current, and its label is gone.
+    let described = store
+        .client()
+        .describe_secret()
+        .secret_id(store.secret_name(&k))
+        .send()
+        .await
+        .unwrap();
+    let stages = described.version_ids_to_stages().unwrap();
+    assert_eq!(stages.len(), 3, "{stages:?}");
+    assert_eq!(stages[v2.as_str()], vec!["AWSCURRENT".to_owned()]);
+    assert_eq!(stages[v1.as_str()], vec!["AWSPREVIOUS".to_owned()]);
+    let (_, stale) = stages
+        .iter()
+        .find(|(v, _)| *v != v1.as_str() && *v != v2.as_str())
+        .unwrap();
+    assert!(stale.is_empty(), "{stale:?}");
+}
+
+#[tokio::test]
+async fn a_secret_scheduled_for_deletion_reads_as_absent_and_can_be_created_again() {
+    let store = store().await;
+    let parent = key(&["deleted"]);
+    let k = parent.child("grant").unwrap();
+    let v1 = store
+        .put(&k, bytes("v1"), Precondition::Absent)
+        .await
+        .unwrap();
+    store
+        .delete(&k, Precondition::Version(v1.clone()))
+        .await
+        .unwrap();
+    let name = store.secret_name(&k);
+    let described = store
+        .client()
+        .describe_secret()
+        .secret_id(&name)
+        .send()
+        .await
+        .unwrap();
+    assert!(described.deleted_date().is_some(), "scheduled for deletion");
+
+    assert!(store.get(&k).await.unwrap().is_none());
+    assert!(store.list(&parent).await.unwrap().is_empty());
+    store.delete(&k, Precondition::None).await.unwrap();
+    let err = store
+        .put(&k, bytes("late"), Precondition::Version(v1.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(store.get(&k).await.unwrap().is_none(), "still absent");
+
+    let v2 = store
+        .put(&k, bytes("v2"), Precondition::Absent)
+        .await
+        .expect("created again");
+    let read = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(
+        (read.value.expose_secret(), &read.version),
+        (&b"v2"[..], &v2)
+    );
+    assert_eq!(store.list(&parent).await.unwrap(), vec![k.clone()]);
+
+    // And once more with an unconditional put.
+    store.delete(&k, Precondition::None).await.unwrap();
+    assert!(store.get(&k).await.unwrap().is_none());
+    let v3 = store
+        .put(&k, bytes("v3"), Precondition::None)
+        .await
+        .unwrap();
+    let read = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(
+        (read.value.expose_secret(), &read.version),
+        (&b"v3"[..], &v3)
+    );
+    let err = store
+        .put(&k, bytes("x"), Precondition::Absent)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creators_racing_on_a_deleted_secret_have_one_winner() {
+    let store = Arc::new(store().await);
+    let k = key(&["recreate-race"]);
+    let v = store
+        .put(&k, bytes("old"), Precondition::Absent)
+        .await
+        .unwrap();
+    store.delete(&k, Precondition::Version(v)).await.unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let (store, k) = (store.clone(), k.clone());
+        tasks.push(tokio::spawn(async move {
+            let value = format!("writer{writer}");
+            (
+                value.clone(),
+                store.put(&k, bytes(&value), Precondition::Absent).await,
+            )
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (value, result) = task.await.unwrap();
+        match result {
+            Ok(v) => winners.push((value, v)),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    let read = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(read.value.expose_secret(), winners[0].0.as_bytes());
+    assert_eq!(read.version, winners[0].1);
+}
+
+#[tokio::test]
+async fn long_keys_use_hashed_names_that_carry_the_key() {
+    let store = store().await;
+    let parent = key(&["long"]);
+    let long = parent.child(&"k".repeat(700)).unwrap();
+    let name = store.secret_name(&long);
+    assert_eq!(name.len(), 512);
+    let v1 = store
+        .put(&long, bytes("a"), Precondition::Absent)
+        .await
+        .unwrap();
+    let v2 = store
+        .put(&long, bytes("b"), Precondition::Version(v1))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&long).await.unwrap().unwrap().version, v2);
+    assert_eq!(store.list(&parent).await.unwrap(), vec![long.clone()]);
+    // A list prefix longer than a hashed name's readable head still finds the key.
+    let deep = long.child("child").unwrap();
+    store
+        .put(&deep, bytes("c"), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(store.list(&long).await.unwrap(), vec![deep.clone()]);
+
+    // A secret under the same name that holds another key is a collision, never a value.
+    let imposter = parent.child(&"z".repeat(700)).unwrap();
+    let mut framed = b"PAK\x01".to_vec();
+    framed.extend_from_slice(&(imposter.as_str().len() as u32).to_be_bytes());
+    framed.extend_from_slice(imposter.as_str().as_bytes());
+    framed.extend_from_slice(b"CANARY-other-value");
+    let client = store.client();
+    let imposter_version = "00000000-0000-4000-8000-000000000001";
+    client
+        .put_secret_value()
+        .secret_id(&name)
+        .client_request_token(imposter_version)
+        .version_stages("imposter")
+        .secret_binary(Blob::new(framed))
+        .send()
+        .await
+        .unwrap();
+    client
+        .update_secret_version_stage()
+        .secret_id(&name)
+        .version_stage("AWSCURRENT")
+        .move_to_version_id(imposter_version)
+        .remove_from_version_id(v2.as_str())
+        .send()
+        .await
+        .unwrap();
+    let err = store.get(&long).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+}
+
+#[tokio::test]
+async fn foreign_secrets_are_corrupt_not_absent() {
+    let store = store().await;
+    let k = key(&["foreign"]);
+    store
+        .client()
+        .create_secret()
+        .name(store.secret_name(&k))
+        .secret_string("CANARY-foreign-json")
+        .send()
+        .await
+        .unwrap();
+    let err = store.get(&k).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert_eq!(err.backend(), Some("aws"));
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+}
+
+#[tokio::test]
+async fn oversized_values_are_refused_without_showing_them() {
+    let store = store().await;
+    let mut value = b"CANARY".repeat(11_000);
+    value.truncate(65_537);
+    let err = store
+        .put(&key(&["big"]), SecretBytes::new(value), Precondition::None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_unavailable_and_retryable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = AwsStore::builder()
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .region("eu-west-1")
+        .static_credentials("AKIDCANARY", "CANARY-secret-access-key")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let err = store
+        .put(&key(&["x"]), bytes("CANARY-value"), Precondition::Absent)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert!(err.is_retryable());
+    let text = format!("{err} {err:?} {store:?}");
+    assert!(!text.contains("CANARY"), "{text}");
+}
+
+#[tokio::test]
+async fn get_and_put_latency() {
+    let store = store().await;
+    let k = key(&["latency"]);
+    let mut version = store
+        .put(&k, bytes("0"), Precondition::Absent)
+        .await
+        .unwrap();
+    let rounds = 30;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        store.get(&k).await.unwrap().unwrap();
+    }
+    let get = started.elapsed() / rounds;
+    let started = Instant::now();
+    for i in 0..rounds {
+        version = store
+            .put(&k, bytes(&i.to_string()), Precondition::Version(version))
+            .await
+            .unwrap();
+    }
+    let cas = started.elapsed() / rounds;
+    let started = Instant::now();
+    for i in 0..rounds {
+        store
+            .put(&k, bytes(&i.to_string()), Precondition::None)
+            .await
+            .unwrap();
+    }
+    let put = started.elapsed() / rounds;
+    println!(
+        "aws (moto) latency over {rounds} calls: get {get:?}, put(None) {put:?}, put(Version) {cas:?}"
+    );
+    assert!(store.get(&k).await.unwrap().is_some());
+}
+
+/// Everything every thread of this test binary logs, from `init_capture` on.
+static CAPTURED: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+struct CaptureWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a TRACE subscriber for all targets (and `log` records) that writes into a buffer.
+fn init_capture() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    CAPTURED
+        .get_or_init(|| {
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let writer = buffer.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+                .with_writer(move || CaptureWriter(writer.clone()))
+                .finish()
+                .try_init()
+                .expect("no other subscriber in this test binary");
+            buffer
+        })
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_output_never_contains_a_secret() {
+    let captured = init_capture();
+    let store = store().await;
+    let k = key(&["traced"]);
+    let v1 = store
+        .put(&k, bytes("CANARY-value-1"), Precondition::Absent)
+        .await
+        .unwrap();
+    let v2 = store
+        .put(
+            &k,
+            bytes("CANARY-value-2"),
+            Precondition::Version(v1.clone()),
+        )
+        .await
+        .unwrap();
+    let _ = store
+        .put(&k, bytes("CANARY-value-3"), Precondition::Version(v1))
+        .await
+        .unwrap_err();
+    assert!(store.get(&k).await.unwrap().is_some());
+    store.list(&key(&["traced"])).await.unwrap();
+    store.delete(&k, Precondition::Version(v2)).await.unwrap();
+    store
+        .put(&k, bytes("CANARY-value-4"), Precondition::Absent)
+        .await
+        .unwrap();
+    store.delete(&k, Precondition::None).await.unwrap();
+    store
+        .put(&k, bytes("CANARY-value-5"), Precondition::None)
+        .await
+        .unwrap();
+
+    let text = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("TRACE"),
+        "the subscriber captured TRACE output"
+    );
+    assert!(text.contains("aws"), "the store's spans were captured");
+    assert!(!text.contains("CANARY"), "a secret reached the logs");
+    // The values travel base64-encoded in SecretBinary: look for that too.
+    assert!(
+        !text.contains("Q0FOQVJZ"),
+        "a base64 secret reached the logs"
+    );
+}

@@ -1,0 +1,593 @@
+//! `RedisStore` and `RedisLease` against a real Redis (`cargo xtask services up`).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pleo_auth_core::testing::{self, service_env};
+use pleo_auth_core::{
+    ErrorKind, Lease, Precondition, SecretBytes, SecretStore, StoreKey, random_urlsafe,
+};
+use pleo_auth_stores::redis::RedisStore;
+
+fn url() -> String {
+    service_env("PLEO_AUTH_TEST_REDIS_URL")
+}
+
+async fn store() -> RedisStore {
+    RedisStore::builder(url())
+        .key_prefix(format!("pleo-tests:{}:", random_urlsafe(6)))
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn bytes(s: &str) -> SecretBytes {
+    SecretBytes::new(s.as_bytes().to_vec())
+}
+
+fn key(parts: &[&str]) -> StoreKey {
+    StoreKey::from_parts(parts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passes_the_store_conformance_suite() {
+    let store = store().await;
+    let started = Instant::now();
+    testing::conformance(testing::dyn_store(store)).await;
+    println!("redis conformance suite: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_lease_passes_the_lease_conformance_suite() {
+    let store = store().await;
+    let started = Instant::now();
+    testing::lease_conformance(Arc::new(store.lease())).await;
+    println!("redis lease conformance suite: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_writers_one_winner_per_version() {
+    let store = Arc::new(store().await);
+    let k = key(&["race", "grant"]);
+    let mut version = store
+        .put(&k, bytes("initial"), Precondition::Absent)
+        .await
+        .unwrap();
+    for round in 0..20 {
+        let mut tasks = Vec::new();
+        for writer in 0..8 {
+            let (store, k, version) = (store.clone(), k.clone(), version.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = format!("round{round}-writer{writer}");
+                let r = store
+                    .put(&k, bytes(&value), Precondition::Version(version))
+                    .await;
+                (value, r)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            let (value, result) = task.await.unwrap();
+            match result {
+                Ok(v) => winners.push((value, v)),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        let (value, v) = winners.pop().unwrap();
+        let stored = store.get(&k).await.unwrap().unwrap();
+        assert_eq!(stored.value.expose_secret(), value.as_bytes());
+        assert_eq!(stored.version, v);
+        version = v;
+    }
+}
+
+#[tokio::test]
+async fn versions_are_never_reused_after_a_delete() {
+    let store = store().await;
+    let k = key(&["reborn"]);
+    let old = store
+        .put(&k, bytes("a"), Precondition::Absent)
+        .await
+        .unwrap();
+    store
+        .delete(&k, Precondition::Version(old.clone()))
+        .await
+        .unwrap();
+    let new = store
+        .put(&k, bytes("b"), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(new.as_u64().unwrap() > old.as_u64().unwrap());
+    let err = store
+        .put(&k, bytes("stale"), Precondition::Version(old))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+}
+
+#[tokio::test]
+async fn lease_expiry_and_fencing() {
+    let store = store().await;
+    let lease = store.lease();
+    let k = key(&["lease", "grant"]);
+    let first = lease
+        .acquire(&k, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(
+        lease
+            .acquire(&k, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = lease
+        .acquire(&k, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the first lease expired");
+    assert!(second.fencing() > first.fencing());
+    // The first holder wakes up and releases: that must not free the second holder's lease.
+    first.release().await.unwrap();
+    assert!(
+        lease
+            .acquire(&k, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none(),
+        "a stale holder cannot release its successor's lease"
+    );
+    let f2 = second.fencing();
+    second.release().await.unwrap();
+    let third = lease
+        .acquire(&k, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("released");
+    assert!(third.fencing() > f2);
+    // Dropping a guard inside the runtime releases it in the background.
+    let f3 = third.fencing();
+    drop(third);
+    let mut fourth = None;
+    for _ in 0..50 {
+        fourth = lease.acquire(&k, Duration::from_secs(30)).await.unwrap();
+        if fourth.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fourth.expect("released on drop").fencing() > f3);
+}
+
+#[tokio::test]
+async fn the_lease_and_the_store_share_a_prefix_without_meeting() {
+    let store = store().await;
+    let k = key(&["shared"]);
+    let guard = store
+        .lease()
+        .acquire(&k, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .put(&k, bytes("v"), Precondition::Absent)
+        .await
+        .unwrap();
+    let child = k.child("c").unwrap();
+    let _child_guard = store
+        .lease()
+        .acquire(&child, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.get(&k).await.unwrap().unwrap().value.expose_secret(),
+        b"v"
+    );
+    assert!(
+        store.list(&k).await.unwrap().is_empty(),
+        "lease keys are not listed"
+    );
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_is_corrupt() {
+    let prefix = format!("pleo-tests:{}:", random_urlsafe(6));
+    let store = RedisStore::builder(url())
+        .key_prefix(prefix.clone())
+        .connect()
+        .await
+        .unwrap();
+    let k = key(&["wrong-type"]);
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}{k}"))
+        .arg("CANARY-plain-string")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let err = store.get(&k).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    let err = store
+        .put(&k, bytes("CANARY-v"), Precondition::None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+}
+
+/// Creates an ACL user; returns the user's URL with its password.
+async fn acl_user(name: &str, password: &str, rules: &[&str]) -> String {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(name)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{password}"));
+    for rule in rules {
+        cmd.arg(*rule);
+    }
+    let _: () = cmd.query_async(&mut raw().await).await.unwrap();
+    url().replacen("redis://", &format!("redis://{name}:{password}@"), 1)
+}
+
+async fn drop_acl_user(name: &str) {
+    let _: u64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(name)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn acl_users_authenticate_through_the_url_and_never_leak_their_password() {
+    let tag = random_urlsafe(6).replace(['-', '_'], "x");
+    let prefix = format!("pleo-acl-{tag}:");
+    let user = format!("pleo-{tag}");
+    let password = format!("CANARY-{}", random_urlsafe(12));
+    let user_url = acl_user(&user, &password, &[&format!("~{prefix}*"), "+@all"]).await;
+
+    let store = RedisStore::builder(&user_url)
+        .key_prefix(&prefix)
+        .connect()
+        .await
+        .expect("the ACL user connects");
+    assert!(!format!("{store:?}").contains("CANARY"));
+    let k = key(&["tenant"]);
+    let v = store
+        .put(&k, bytes("x"), Precondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(store.get(&k).await.unwrap().unwrap().version, v);
+    assert_eq!(
+        store.list(&key(&["tenant"])).await.unwrap(),
+        Vec::<StoreKey>::new()
+    );
+
+    // Outside its key pattern the user lacks permission.
+    let outside = RedisStore::builder(&user_url)
+        .key_prefix(format!("elsewhere-{tag}:"))
+        .connect()
+        .await
+        .unwrap();
+    let err = outside.get(&k).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+
+    let wrong_url = user_url.replace(&password, "CANARY-wrong-password");
+    let err = RedisStore::builder(&wrong_url)
+        .key_prefix(&prefix)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err:?}");
+    assert!(!err.is_retryable());
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("CANARY"), "{text}");
+    drop_acl_user(&user).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_and_retryable() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = RedisStore::builder(format!("redis://app:CANARY@127.0.0.1:{port}"))
+        .connection_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert!(err.is_retryable());
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+}
+
+#[tokio::test]
+async fn get_and_put_latency() {
+    let store = store().await;
+    let k = key(&["latency"]);
+    let mut version = store
+        .put(&k, bytes("0"), Precondition::Absent)
+        .await
+        .unwrap();
+    let rounds = 200;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        store.get(&k).await.unwrap().unwrap();
+    }
+    let get = started.elapsed() / rounds;
+    let started = Instant::now();
+    for i in 0..rounds {
+        version = store
+            .put(&k, bytes(&i.to_string()), Precondition::Version(version))
+            .await
+            .unwrap();
+    }
+    let cas = started.elapsed() / rounds;
+    let started = Instant::now();
+    for i in 0..rounds {
+        store
+            .put(&k, bytes(&i.to_string()), Precondition::None)
+            .await
+            .unwrap();
+    }
+    let put = started.elapsed() / rounds;
+    println!(
+        "redis latency over {rounds} calls: get {get:?}, put(None) {put:?}, put(Version) {cas:?}"
+    );
+    assert!(store.get(&k).await.unwrap().is_some());
+}
+
+/// A Redis server speaking only TLS, with a CA made for the test; stopped on drop.
+struct TlsRedis {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+impl TlsRedis {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=pleo-test-ca",
+        ]);
+        openssl(d, &ca);
+        let mut csr = vec!["req"];
+        csr.extend(ec);
+        csr.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        openssl(d, &csr);
+        std::fs::write(
+            d.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+            ],
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (installed by `cargo xtask services up`)");
+        let server = TlsRedis { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "Redis with TLS did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+}
+
+#[tokio::test]
+async fn rediss_with_a_custom_ca() {
+    let server = TlsRedis::start().await;
+    let address = format!("rediss://127.0.0.1:{}", server.port);
+    let ca = std::fs::read(server.dir.path().join("ca.pem")).unwrap();
+    let store = RedisStore::builder(&address)
+        .ca_cert_pem(ca)
+        .connect()
+        .await
+        .expect("TLS with the custom CA");
+    let k = key(&["over", "tls"]);
+    let v = store
+        .put(&k, bytes("x"), Precondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(store.get(&k).await.unwrap().unwrap().version, v);
+
+    let err = RedisStore::builder(&address)
+        .connect()
+        .await
+        .expect_err("the system roots do not trust the test CA");
+    assert_eq!(err.kind(), ErrorKind::Config, "{err:?}");
+    assert!(!err.is_retryable());
+}
+
+/// Everything every thread of this test binary logs, from `init_capture` on.
+static CAPTURED: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+struct CaptureWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a TRACE subscriber for all targets (and `log` records) that writes into a buffer.
+fn init_capture() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    CAPTURED
+        .get_or_init(|| {
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let writer = buffer.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+                .with_writer(move || CaptureWriter(writer.clone()))
+                .finish()
+                .try_init()
+                .expect("no other subscriber in this test binary");
+            buffer
+        })
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_output_never_contains_a_secret() {
+    let captured = init_capture();
+    let tag = random_urlsafe(6).replace(['-', '_'], "x");
+    let prefix = format!("pleo-trace-{tag}:");
+    let user = format!("pleo-trace-{tag}");
+    let password = format!("CANARY-{}", random_urlsafe(12));
+    let user_url = acl_user(&user, &password, &[&format!("~{prefix}*"), "+@all"]).await;
+    let store = RedisStore::builder(&user_url)
+        .key_prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let k = key(&["traced"]);
+    let v1 = store
+        .put(&k, bytes("CANARY-value-1"), Precondition::Absent)
+        .await
+        .unwrap();
+    let v2 = store
+        .put(
+            &k,
+            bytes("CANARY-value-2"),
+            Precondition::Version(v1.clone()),
+        )
+        .await
+        .unwrap();
+    let _ = store
+        .put(&k, bytes("CANARY-value-3"), Precondition::Version(v1))
+        .await
+        .unwrap_err();
+    assert!(store.get(&k).await.unwrap().is_some());
+    store.list(&key(&["traced"])).await.unwrap();
+    store.delete(&k, Precondition::Version(v2)).await.unwrap();
+    let guard = store
+        .lease()
+        .acquire(&k, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    guard.release().await.unwrap();
+    let wrong = user_url.replace(&password, "CANARY-wrong");
+    let err = RedisStore::builder(&wrong).connect().await.unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+    drop_acl_user(&user).await;
+
+    let text = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
+    assert!(text.contains("redis"), "the store's spans were captured");
+    assert!(!text.contains("CANARY"), "a secret reached the logs");
+}

@@ -1,0 +1,636 @@
+//! `VaultStore` against a real OpenBao dev server (`cargo xtask services up`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pleo_auth_core::testing::{self, service_env};
+use pleo_auth_core::{
+    Clock, ErrorKind, ManualClock, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease,
+    random_urlsafe,
+};
+use pleo_auth_stores::vault::VaultStore;
+use vaultrs::api::auth::approle::requests::SetAppRoleRequestBuilder;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+
+fn addr() -> String {
+    service_env("PLEO_AUTH_TEST_VAULT_ADDR")
+}
+
+fn root_token() -> String {
+    service_env("PLEO_AUTH_TEST_VAULT_TOKEN")
+}
+
+fn root_client() -> VaultClient {
+    VaultClient::new(
+        VaultClientSettingsBuilder::default()
+            .address(addr())
+            .token(root_token())
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A store on the root token below a fresh path prefix.
+fn store() -> VaultStore {
+    VaultStore::builder(addr())
+        .token(root_token())
+        .path_prefix(format!("pleo-tests/{}", random_urlsafe(6)))
+        .build()
+        .unwrap()
+}
+
+fn bytes(s: &str) -> SecretBytes {
+    SecretBytes::new(s.as_bytes().to_vec())
+}
+
+fn key(parts: &[&str]) -> StoreKey {
+    StoreKey::from_parts(parts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passes_the_store_conformance_suite() {
+    let started = Instant::now();
+    testing::conformance(testing::dyn_store(store())).await;
+    println!("vault conformance suite: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_lease_passes_the_lease_conformance_suite() {
+    let started = Instant::now();
+    testing::lease_conformance(Arc::new(StoreLease::new(Arc::new(store())))).await;
+    println!(
+        "vault StoreLease conformance suite: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_writers_one_winner_per_version() {
+    let store = Arc::new(store());
+    let k = key(&["race", "grant"]);
+    let mut version = store
+        .put(&k, bytes("initial"), Precondition::Absent)
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for writer in 0..8 {
+            let (store, k, version) = (store.clone(), k.clone(), version.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = format!("round{round}-writer{writer}");
+                let r = store
+                    .put(&k, bytes(&value), Precondition::Version(version))
+                    .await;
+                (value, r)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            let (value, result) = task.await.unwrap();
+            match result {
+                Ok(v) => winners.push((value, v)),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        let (value, v) = winners.pop().unwrap();
+        let stored = store.get(&k).await.unwrap().unwrap();
+        assert_eq!(stored.value.expose_secret(), value.as_bytes());
+        assert_eq!(stored.version, v);
+        version = v;
+    }
+}
+
+#[tokio::test]
+async fn a_version_of_a_deleted_key_never_matches_its_next_incarnation() {
+    let store = store();
+    let k = key(&["incarnation"]);
+    let old = store
+        .put(&k, bytes("first life"), Precondition::Absent)
+        .await
+        .unwrap();
+    store.delete(&k, Precondition::None).await.unwrap();
+    let new = store
+        .put(&k, bytes("second life"), Precondition::Absent)
+        .await
+        .unwrap();
+    // KV v2 restarted the version number at 1: the numbers agree, the versions do not.
+    assert_eq!(
+        old.as_str().split(':').next(),
+        new.as_str().split(':').next()
+    );
+    assert_ne!(old, new);
+    let err = store
+        .put(
+            &k,
+            bytes("stale writer"),
+            Precondition::Version(old.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let err = store
+        .delete(&k, Precondition::Version(old))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let read = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(read.value.expose_secret(), b"second life");
+    assert_eq!(read.version, new);
+}
+
+#[tokio::test]
+async fn conditional_delete_removes_all_versions_and_metadata() {
+    let prefix = format!("pleo-tests/{}", random_urlsafe(6));
+    let store = VaultStore::builder(addr())
+        .token(root_token())
+        .path_prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let k = key(&["gone"]);
+    let v1 = store
+        .put(&k, bytes("a"), Precondition::Absent)
+        .await
+        .unwrap();
+    let v2 = store
+        .put(&k, bytes("b"), Precondition::Version(v1))
+        .await
+        .unwrap();
+    store.delete(&k, Precondition::Version(v2)).await.unwrap();
+    let err = vaultrs::kv2::read_metadata(&root_client(), "secret", &format!("{prefix}/gone"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, vaultrs::error::ClientError::APIError { code: 404, .. }),
+        "metadata and every version are gone: {err:?}"
+    );
+    assert!(store.list(&key(&["gone"])).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_tombstone_of_an_interrupted_delete_reads_as_absent_and_blocks_creation_for_a_while() {
+    let prefix = format!("pleo-tests/{}", random_urlsafe(6));
+    let clock = ManualClock::new();
+    let store = VaultStore::builder(addr())
+        .token(root_token())
+        .path_prefix(prefix.clone())
+        .clock(Arc::new(clock.clone()))
+        .tombstone_grace(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let k = key(&["half-deleted"]);
+    let v1 = store
+        .put(&k, bytes("a"), Precondition::Absent)
+        .await
+        .unwrap();
+    // What a delete leaves behind when it stops between its tombstone and its metadata delete.
+    let number: u32 = v1.as_str().split(':').next().unwrap().parse().unwrap();
+    let now_ms = clock.timestamp().as_millis();
+    vaultrs::kv2::set_with_options(
+        &root_client(),
+        "secret",
+        &format!("{prefix}/half-deleted"),
+        &serde_json::json!({ "nonce": "tomb", "deleted_at_ms": now_ms }),
+        vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: number },
+    )
+    .await
+    .unwrap();
+    assert!(
+        store.get(&k).await.unwrap().is_none(),
+        "a tombstone reads as absent"
+    );
+    let err = store
+        .put(&k, bytes("b"), Precondition::Version(v1.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let err = store
+        .put(&k, bytes("b"), Precondition::Absent)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(
+        err.is_retryable(),
+        "a delete may still be in flight: {err:?}"
+    );
+    clock.advance(Duration::from_secs(61));
+    let v2 = store
+        .put(&k, bytes("b"), Precondition::Absent)
+        .await
+        .expect("an old tombstone is written over");
+    let read = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(read.value.expose_secret(), b"b");
+    assert_eq!(read.version, v2);
+    assert_ne!(v1, v2);
+}
+
+#[tokio::test]
+async fn unconditional_writes_work_where_check_and_set_is_required() {
+    let prefix = format!("pleo-tests/{}", random_urlsafe(6));
+    let store = VaultStore::builder(addr())
+        .token(root_token())
+        .path_prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let k = key(&["strict"]);
+    let path = format!("{prefix}/strict");
+    let mut opts = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
+    opts.cas_required(true);
+    vaultrs::kv2::set_metadata(&root_client(), "secret", &path, Some(&mut opts))
+        .await
+        .unwrap();
+    let v1 = store.put(&k, bytes("a"), Precondition::None).await.unwrap();
+    let v2 = store.put(&k, bytes("b"), Precondition::None).await.unwrap();
+    assert_ne!(v1, v2);
+    let read = store.get(&k).await.unwrap().unwrap();
+    assert_eq!((read.value.expose_secret(), read.version), (&b"b"[..], v2));
+}
+
+#[tokio::test]
+async fn data_written_by_someone_else_is_corrupt_not_absent() {
+    let prefix = format!("pleo-tests/{}", random_urlsafe(6));
+    let store = VaultStore::builder(addr())
+        .token(root_token())
+        .path_prefix(prefix.clone())
+        .build()
+        .unwrap();
+    vaultrs::kv2::set(
+        &root_client(),
+        "secret",
+        &format!("{prefix}/foreign"),
+        &serde_json::json!({ "password": "CANARY-foreign-value" }),
+    )
+    .await
+    .unwrap();
+    let err = store.get(&key(&["foreign"])).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert_eq!(err.backend(), Some("vault"));
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+}
+
+/// Sets up AppRole at a fresh mount with a 3 s token TTL; returns (mount, role name, role id).
+async fn approle(role_id: &str) -> (String, String) {
+    let root = root_client();
+    let mount = format!("approle-{}", random_urlsafe(6).to_lowercase());
+    let mount = mount.replace('_', "x");
+    vaultrs::sys::auth::enable(&root, &mount, "approle", None)
+        .await
+        .unwrap();
+    let policy = format!("pleo-tests-{}", random_urlsafe(6).replace('_', "x"));
+    vaultrs::sys::policy::set(
+        &root,
+        &policy,
+        r#"
+path "secret/data/approle-tests/*" { capabilities = ["create", "read", "update", "delete"] }
+path "secret/metadata/approle-tests/*" { capabilities = ["read", "list", "delete"] }
+"#,
+    )
+    .await
+    .unwrap();
+    let role = "pleo-auth";
+    let mut opts = SetAppRoleRequestBuilder::default();
+    opts.token_ttl("3s")
+        .token_max_ttl("3s")
+        .token_policies(vec![policy]);
+    vaultrs::auth::approle::role::set(&root, &mount, role, Some(&mut opts))
+        .await
+        .unwrap();
+    vaultrs::auth::approle::role::update_id(&root, &mount, role, role_id)
+        .await
+        .unwrap();
+    (mount, role.to_owned())
+}
+
+async fn custom_secret_id(mount: &str, role: &str, secret_id: &str) {
+    vaultrs::auth::approle::role::secret::custom(&root_client(), mount, role, secret_id, None)
+        .await
+        .unwrap();
+}
+
+fn approle_store(
+    mount: &str,
+    role_id: &str,
+    secret_id: &str,
+    clock: Option<ManualClock>,
+) -> VaultStore {
+    let mut builder = VaultStore::builder(addr())
+        .approle(role_id, secret_id)
+        .approle_mount(mount)
+        .path_prefix(format!("approle-tests/{}", random_urlsafe(6)));
+    if let Some(clock) = clock {
+        builder = builder.clock(Arc::new(clock));
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approle_logs_in_again_after_the_token_ttl() {
+    let role_id = format!("role-{}", random_urlsafe(8));
+    let (mount, role) = approle(&role_id).await;
+    let secret_id = format!("CANARY-secret-{}", random_urlsafe(8));
+    custom_secret_id(&mount, &role, &secret_id).await;
+
+    // Re-login on schedule: two thirds into the TTL on the system clock.
+    let scheduled = approle_store(&mount, &role_id, &secret_id, None);
+    // Re-login on 403: a clock that never moves never schedules one.
+    let on_403 = approle_store(&mount, &role_id, &secret_id, Some(ManualClock::new()));
+    // Re-login that must fail: its secret id is destroyed after the first login.
+    let doomed_secret = format!("CANARY-doomed-{}", random_urlsafe(8));
+    custom_secret_id(&mount, &role, &doomed_secret).await;
+    let doomed = approle_store(&mount, &role_id, &doomed_secret, None);
+
+    let k = key(&["tenant", "grant"]);
+    let mut versions = Vec::new();
+    for store in [&scheduled, &on_403, &doomed] {
+        versions.push(
+            store
+                .put(&k, bytes("v1"), Precondition::Absent)
+                .await
+                .unwrap(),
+        );
+    }
+    vaultrs::auth::approle::role::secret::delete(&root_client(), &mount, &role, &doomed_secret)
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    for (store, version) in [&scheduled, &on_403].into_iter().zip(&versions) {
+        let read = store
+            .get(&k)
+            .await
+            .expect("a new token after the TTL")
+            .unwrap();
+        assert_eq!(&read.version, version);
+        store
+            .put(&k, bytes("v2"), Precondition::Version(version.clone()))
+            .await
+            .expect("writes work with the new token");
+        assert_eq!(
+            store.list(&key(&["tenant"])).await.unwrap(),
+            vec![k.clone()]
+        );
+    }
+    let err = doomed.get(&k).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err:?}");
+    assert_eq!(err.backend(), Some("vault"));
+    let text = format!("{err} {err:?} {doomed:?}");
+    assert!(!text.contains("CANARY"), "{text}");
+    assert!(!text.contains(&role_id), "{text}");
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_permission_denied_and_never_shown() {
+    let store = VaultStore::builder(addr())
+        .token("hvs.CANARY-not-a-token")
+        .build()
+        .unwrap();
+    let err = store.get(&key(&["x"])).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert!(!err.is_retryable());
+    let text = format!("{err} {err:?} {store:?}");
+    assert!(!text.contains("CANARY"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_and_retryable() {
+    let port = free_port();
+    let store = VaultStore::builder(format!("http://127.0.0.1:{port}"))
+        .token("CANARY-token")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = store
+        .put(&key(&["x"]), bytes("CANARY-value"), Precondition::None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert!(err.is_retryable());
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("CANARY"), "{text}");
+}
+
+#[tokio::test]
+async fn get_and_put_latency() {
+    let store = store();
+    let k = key(&["latency"]);
+    let mut version = store
+        .put(&k, bytes("0"), Precondition::Absent)
+        .await
+        .unwrap();
+    let rounds = 50;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        store.get(&k).await.unwrap().unwrap();
+    }
+    let get = started.elapsed() / rounds;
+    let started = Instant::now();
+    for i in 0..rounds {
+        version = store
+            .put(&k, bytes(&i.to_string()), Precondition::Version(version))
+            .await
+            .unwrap();
+    }
+    let cas = started.elapsed() / rounds;
+    let started = Instant::now();
+    for i in 0..rounds {
+        store
+            .put(&k, bytes(&i.to_string()), Precondition::None)
+            .await
+            .unwrap();
+    }
+    let put = started.elapsed() / rounds;
+    println!(
+        "vault latency over {rounds} calls: get {get:?}, put(None) {put:?}, put(Version) {cas:?}"
+    );
+    assert!(store.get(&k).await.unwrap().is_some());
+}
+
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // OpenBao also binds the next port; make sure it is free too.
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// An OpenBao dev server with a generated CA, stopped on drop.
+struct TlsServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsServer {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("bao")
+            .args([
+                "server",
+                "-dev",
+                "-dev-tls",
+                &format!("-dev-tls-cert-dir={}", dir.path().display()),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+                "-dev-root-token-id=pleo-auth-tls-root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("`bao` runs (installed by `cargo xtask services up`)");
+        let server = TlsServer { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(server.ca_path().is_file()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        {
+            assert!(Instant::now() < deadline, "OpenBao with TLS did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
+    }
+}
+
+#[tokio::test]
+async fn tls_with_a_custom_ca() {
+    let server = TlsServer::start().await;
+    let address = format!("https://127.0.0.1:{}", server.port);
+    let ca = std::fs::read(server.ca_path()).unwrap();
+    let store = VaultStore::builder(&address)
+        .token("pleo-auth-tls-root")
+        .ca_cert_pem(ca)
+        .build()
+        .unwrap();
+    let k = key(&["over", "tls"]);
+    let mut result = store.put(&k, bytes("x"), Precondition::Absent).await;
+    // The dev server may need a moment after it starts listening.
+    for _ in 0..50 {
+        match &result {
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                result = store.put(&k, bytes("x"), Precondition::Absent).await;
+            }
+            _ => break,
+        }
+    }
+    let version = result.expect("write over TLS with the custom CA");
+    assert_eq!(store.get(&k).await.unwrap().unwrap().version, version);
+
+    let untrusting = VaultStore::builder(&address)
+        .token("pleo-auth-tls-root")
+        .build()
+        .unwrap();
+    let err = untrusting.get(&k).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err:?}");
+    assert!(!err.is_retryable());
+}
+
+/// Everything every thread of this test binary logs, from `init_capture` on.
+static CAPTURED: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+struct CaptureWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a TRACE subscriber for all targets (and `log` records) that writes into a buffer.
+fn init_capture() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    CAPTURED
+        .get_or_init(|| {
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let writer = buffer.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+                .with_writer(move || CaptureWriter(writer.clone()))
+                .finish()
+                .try_init()
+                .expect("no other subscriber in this test binary");
+            buffer
+        })
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_output_never_contains_a_secret() {
+    let captured = init_capture();
+    let store = store();
+    let k = key(&["traced"]);
+    let v1 = store
+        .put(&k, bytes("CANARY-value-1"), Precondition::Absent)
+        .await
+        .unwrap();
+    let v2 = store
+        .put(
+            &k,
+            bytes("CANARY-value-2"),
+            Precondition::Version(v1.clone()),
+        )
+        .await
+        .unwrap();
+    let _ = store
+        .put(&k, bytes("CANARY-value-3"), Precondition::Version(v1))
+        .await
+        .unwrap_err();
+    assert!(store.get(&k).await.unwrap().is_some());
+    store.list(&key(&["traced"])).await.unwrap();
+    store.delete(&k, Precondition::Version(v2)).await.unwrap();
+
+    let role_id = format!("CANARY-role-{}", random_urlsafe(8));
+    let (mount, role) = approle(&role_id).await;
+    let secret_id = format!("CANARY-secret-{}", random_urlsafe(8));
+    custom_secret_id(&mount, &role, &secret_id).await;
+    let approle = approle_store(&mount, &role_id, &secret_id, None);
+    approle
+        .put(&k, bytes("CANARY-value-4"), Precondition::None)
+        .await
+        .unwrap();
+    let rejected = VaultStore::builder(addr())
+        .token("hvs.CANARY-bad-token")
+        .build()
+        .unwrap();
+    let err = rejected.get(&k).await.unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("CANARY"));
+
+    let text = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("TRACE"),
+        "the subscriber captured TRACE output"
+    );
+    assert!(text.contains("vault"), "the store's spans were captured");
+    assert!(!text.contains("CANARY"), "a secret reached the logs");
+    assert!(
+        !text.contains(&root_token()),
+        "the root token reached the logs"
+    );
+}
