@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -13,32 +12,9 @@ use pleo_auth_core::ErrorKind;
 use pleo_auth_http::{LoopbackCallback, Target};
 use pleo_auth_sandbox::{Endpoint, Fault, seed};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_at_trace() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    // Everything at TRACE except the sandbox itself, which is the peer, not the client.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "trace,pleo_auth_sandbox=off",
-        ))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let captured = pleo_auth_core::testing::TraceCapture::install();
 
     let sandbox = sandbox().await;
 
@@ -108,7 +84,7 @@ async fn no_secret_reaches_any_log_at_trace() {
     no_redirect_client().get(uri).send().await.unwrap();
     waiting.await.unwrap().unwrap();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.contents();
     assert!(
         logs.contains("pleo_request"),
         "the client's spans were captured"

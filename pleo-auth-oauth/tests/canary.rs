@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -13,40 +11,13 @@ use pleo_auth_core::{CredentialProvider, TenantId};
 use pleo_auth_oauth::{AuthorizeOptions, Error, OAuthConfig};
 use pleo_auth_sandbox::{Endpoint, Fault};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn chain(err: &Error) -> String {
-    let mut out = format!("{err} | {err:?}");
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        out.push_str(&format!(" | {s} | {s:?}"));
-        source = s.source();
-    }
-    out
+    pleo_auth_core::testing::error_chain(err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_logs_errors_or_debug_output() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .try_init()
-        .expect("the only subscriber in this test binary");
+    let captured = pleo_auth_core::testing::TraceCapture::install();
 
     let h = Harness::start().await;
     let mut shown: Vec<String> = Vec::new();
@@ -148,7 +119,7 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     for text in &shown {
         assert!(!text.contains(CANARY), "a secret leaked: {text}");
     }
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.contents();
     assert!(
         logs.contains("pleo_auth_refresh"),
         "the subscriber saw our spans"

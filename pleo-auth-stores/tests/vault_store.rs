@@ -70,39 +70,8 @@ async fn store_lease_passes_the_lease_conformance_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_writers_one_winner_per_version() {
-    let store = Arc::new(store());
-    let k = key(&["race", "grant"]);
-    let mut version = store
-        .put(&k, bytes("initial"), Precondition::Absent)
-        .await
-        .unwrap();
-    for round in 0..5 {
-        let mut tasks = Vec::new();
-        for writer in 0..8 {
-            let (store, k, version) = (store.clone(), k.clone(), version.clone());
-            tasks.push(tokio::spawn(async move {
-                let value = format!("round{round}-writer{writer}");
-                let r = store
-                    .put(&k, bytes(&value), Precondition::Version(version))
-                    .await;
-                (value, r)
-            }));
-        }
-        let mut winners = Vec::new();
-        for task in tasks {
-            let (value, result) = task.await.unwrap();
-            match result {
-                Ok(v) => winners.push((value, v)),
-                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e:?}"),
-            }
-        }
-        assert_eq!(winners.len(), 1, "round {round}");
-        let (value, v) = winners.pop().unwrap();
-        let stored = store.get(&k).await.unwrap().unwrap();
-        assert_eq!(stored.value.expose_secret(), value.as_bytes());
-        assert_eq!(stored.version, v);
-        version = v;
-    }
+    let store: pleo_auth_core::DynSecretStore = Arc::new(store());
+    testing::race_compare_and_swap(&store, &key(&["race", "grant"]), 8, 5).await;
 }
 
 #[tokio::test]
@@ -414,42 +383,6 @@ async fn an_unreachable_server_is_unavailable_and_retryable() {
     assert!(!text.contains("CANARY"), "{text}");
 }
 
-#[tokio::test]
-async fn get_and_put_latency() {
-    let store = store();
-    let k = key(&["latency"]);
-    let mut version = store
-        .put(&k, bytes("0"), Precondition::Absent)
-        .await
-        .unwrap();
-    let rounds = 50;
-    let started = Instant::now();
-    for _ in 0..rounds {
-        store.get(&k).await.unwrap().unwrap();
-    }
-    let get = started.elapsed() / rounds;
-    let started = Instant::now();
-    for i in 0..rounds {
-        version = store
-            .put(&k, bytes(&i.to_string()), Precondition::Version(version))
-            .await
-            .unwrap();
-    }
-    let cas = started.elapsed() / rounds;
-    let started = Instant::now();
-    for i in 0..rounds {
-        store
-            .put(&k, bytes(&i.to_string()), Precondition::None)
-            .await
-            .unwrap();
-    }
-    let put = started.elapsed() / rounds;
-    println!(
-        "vault latency over {rounds} calls: get {get:?}, put(None) {put:?}, put(Version) {cas:?}"
-    );
-    assert!(store.get(&k).await.unwrap().is_some());
-}
-
 fn free_port() -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -545,45 +478,9 @@ async fn tls_with_a_custom_ca() {
     assert!(!err.is_retryable());
 }
 
-/// Everything every thread of this test binary logs, from `init_capture` on.
-static CAPTURED: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-
-struct CaptureWriter(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs a TRACE subscriber for all targets (and `log` records) that writes into a buffer.
-fn init_capture() -> Arc<std::sync::Mutex<Vec<u8>>> {
-    CAPTURED
-        .get_or_init(|| {
-            use tracing_subscriber::util::SubscriberInitExt as _;
-            let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let writer = buffer.clone();
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
-                .with_writer(move || CaptureWriter(writer.clone()))
-                .finish()
-                .try_init()
-                .expect("no other subscriber in this test binary");
-            buffer
-        })
-        .clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_output_never_contains_a_secret() {
-    let captured = init_capture();
+    let captured = testing::TraceCapture::install();
     let store = store();
     let k = key(&["traced"]);
     let v1 = store
@@ -622,7 +519,7 @@ async fn trace_output_never_contains_a_secret() {
     let err = rejected.get(&k).await.unwrap_err();
     assert!(!format!("{err} {err:?}").contains("CANARY"));
 
-    let text = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
+    let text = captured.contents();
     assert!(
         text.contains("TRACE"),
         "the subscriber captured TRACE output"

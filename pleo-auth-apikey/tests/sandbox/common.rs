@@ -1,10 +1,10 @@
 //! Shared helpers: sandboxes, stores, event capture and the canary checks.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use pleo_auth_apikey::{ApiKeyEvent, ApiKeyEventSink, Error};
+use pleo_auth_core::testing::{TraceCapture, error_chain};
 use pleo_auth_core::{
     CompanyId, Credential, DynSecretStore, Environment, MemoryStore, Precondition, SecretBytes,
     SecretStore, StoreKey, Version, Versioned,
@@ -16,57 +16,20 @@ use uuid::Uuid;
 /// The marker in every secret the sandboxes mint.
 pub const CANARY: &str = "CANARY";
 
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-static INIT: Once = Once::new();
-
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Captures every log line of every target at TRACE, for the whole test binary.
 fn init_logs() {
-    INIT.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-    });
+    TraceCapture::install();
 }
 
 /// Fails if any captured log line so far contains the canary; returns how much was captured.
 pub fn assert_logs_clean() -> usize {
-    let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
-    let text = String::from_utf8_lossy(&logs);
-    if let Some(at) = text.find(CANARY) {
-        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-        panic!("a secret reached the logs: {}", &text[start..end]);
-    }
-    logs.len()
+    TraceCapture::install().assert_absent(CANARY)
 }
 
 /// Fails if the error, its core conversion or any cause shows the canary; returns the
 /// error for further checks.
 pub fn assert_clean(err: Error) -> Error {
-    let mut shown = format!("{err} | {err:?}");
-    let mut cause = std::error::Error::source(&err);
-    while let Some(c) = cause {
-        shown.push_str(&format!(" | {c} | {c:?}"));
-        cause = c.source();
-    }
+    let shown = error_chain(&err);
     assert!(!shown.contains(CANARY), "secret in error: {shown}");
     err
 }

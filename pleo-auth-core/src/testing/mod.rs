@@ -14,8 +14,10 @@
 //! suites panic with a message naming the failed check.
 
 mod fault_proxy;
+mod trace_capture;
 
 pub use fault_proxy::{FaultProxy, ProxyFault};
+pub use trace_capture::{TraceCapture, assert_marker_absent, error_chain};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -52,7 +54,7 @@ pub async fn conformance(store: DynSecretStore) {
     preconditions(&store, &root).await;
     delete_rules(&store, &root).await;
     list_isolation(&store, &root).await;
-    concurrent_compare_and_swap(&store, &root).await;
+    race_compare_and_swap(&store, &root.child("cas-race").unwrap(), 16, 3).await;
     large_and_binary_values(&store, &root).await;
     hostile_key_parts(&store, &root).await;
 }
@@ -214,15 +216,21 @@ async fn list_isolation(store: &DynSecretStore, root: &StoreKey) {
     );
 }
 
-async fn concurrent_compare_and_swap(store: &DynSecretStore, root: &StoreKey) {
-    let key = root.child("cas-race").unwrap();
+/// `writers` tasks race a compare-and-swap on `key`, `rounds` times: exactly one wins each
+/// round, the losers see `Conflict`, and the winner's value and version are what `get` returns.
+pub async fn race_compare_and_swap(
+    store: &DynSecretStore,
+    key: &StoreKey,
+    writers: usize,
+    rounds: usize,
+) {
     let mut version = store
-        .put(&key, bytes("0"), Precondition::Absent)
+        .put(key, bytes("0"), Precondition::None)
         .await
-        .unwrap();
-    for round in 1..=3 {
+        .expect("initial put");
+    for round in 1..=rounds {
         let mut tasks = Vec::new();
-        for writer in 0..16 {
+        for writer in 0..writers {
             let store = store.clone();
             let key = key.clone();
             let version = version.clone();
@@ -244,7 +252,7 @@ async fn concurrent_compare_and_swap(store: &DynSecretStore, root: &StoreKey) {
         }
         assert_eq!(winners.len(), 1, "exactly one writer wins round {round}");
         let (value, new_version) = winners.pop().unwrap();
-        let (stored, stored_version) = read(store, &key).await.unwrap();
+        let (stored, stored_version) = read(store, key).await.unwrap();
         assert_eq!(stored, value.as_bytes(), "the winner's value is stored");
         assert_eq!(stored_version, new_version);
         version = new_version;
