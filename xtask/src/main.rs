@@ -8,6 +8,7 @@
 mod ci;
 mod process;
 mod services;
+mod soak;
 mod tidy;
 
 use std::ffi::OsStr;
@@ -36,6 +37,10 @@ Commands:
                     macro calls
   bench [args]      cargo bench --workspace --all-features [args]
   demo [args]       cargo run -p pleo-auth --features cli -- demo [args]
+  soak [--minutes N] [--grants N] [--token-secs N]
+                    the full-size soak (default 30 minutes, 200 grants, 30-second tokens):
+                    two worker processes refresh through fault proxies; reports revocations,
+                    mismatches, and the workers' memory and file descriptors
   help              print this text
 
 Environment:
@@ -84,6 +89,7 @@ fn run(args: &[String]) -> Result<()> {
             rest,
         )
         .status(),
+        "soak" => soak::run(&root, rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

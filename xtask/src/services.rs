@@ -320,6 +320,7 @@ pub fn up(root: &Path, started: &mut Vec<Service>) -> Result<()> {
     }
 
     let programs = install_missing(&to_start)?;
+    install_browser()?;
     let mut waiting = Vec::new();
     for (service, program) in programs {
         let port = service.port()?;
@@ -496,22 +497,7 @@ fn install_missing(services: &[Service]) -> Result<Vec<(Service, PathBuf)>> {
         }
     }
     if !apt.is_empty() {
-        timed(&format!("install {} with apt-get", apt.join(" ")), || {
-            let root = Path::new("/");
-            Cmd::new("apt-get", root)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .arg("update")
-                .arg("-qq")
-                .status()?;
-            Cmd::new("apt-get", root)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(apt.iter().copied())
-                .status()
-        })
-        .map_err(|e| {
-            format!("{e}\n(installing Debian packages needs root and a reachable Debian mirror)")
-        })?;
+        apt_install(&apt)?;
     }
     if !pip.is_empty() {
         timed(&format!("install {} with pip", pip.join(" ")), || {
@@ -553,6 +539,37 @@ fn install_missing(services: &[Service]) -> Result<Vec<(Service, PathBuf)>> {
             Ok((service, program))
         })
         .collect()
+}
+
+/// Installs Debian packages with apt-get (after refreshing the package lists).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    timed(
+        &format!("install {} with apt-get", packages.join(" ")),
+        || {
+            let root = Path::new("/");
+            Cmd::new("apt-get", root)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["update", "-qq"])
+                .status()?;
+            Cmd::new("apt-get", root)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(packages.iter().copied())
+                .status()
+        },
+    )
+    .map_err(|e| {
+        format!("{e}\n(installing Debian packages needs root and a reachable Debian mirror)")
+    })
+}
+
+/// Debian's Chromium and ChromeDriver, for the browser test of `pleo-auth login`: installed with
+/// apt-get when either program is missing. They are tools the tests start, not services.
+fn install_browser() -> Result<()> {
+    if find_on_path("chromium").is_some() && find_on_path("chromedriver").is_some() {
+        return Ok(());
+    }
+    apt_install(&["chromium", "chromium-driver"])
 }
 
 /// Finds a service's program: on `PATH` (skipping pyenv shims, which may point to a Python version
