@@ -19,3 +19,8 @@ async fn store_lease_on_memory_passes_the_lease_suite() {
     let store = Arc::new(MemoryStore::new());
     testing::lease_conformance(Arc::new(StoreLease::new(store))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_passes_the_tenant_link_suite() {
+    testing::tenant_links_conformance(Arc::new(MemoryStore::new()), 8, 10).await;
+}

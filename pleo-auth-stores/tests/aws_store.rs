@@ -365,3 +365,8 @@ async fn trace_output_never_contains_a_secret() {
         "a base64 secret reached the logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_links_stay_one_to_one_under_racing_linkers() {
+    testing::tenant_links_conformance(Arc::new(store().await), 8, 3).await;
+}

@@ -367,3 +367,9 @@ async fn keys_too_long_for_the_file_system_are_invalid_input() {
         "nothing was written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_links_stay_one_to_one_under_racing_linkers() {
+    let dir = tempfile::tempdir().unwrap();
+    testing::tenant_links_conformance(Arc::new(open(&dir)), 8, 5).await;
+}

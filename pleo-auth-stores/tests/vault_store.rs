@@ -531,3 +531,8 @@ async fn trace_output_never_contains_a_secret() {
         "the root token reached the logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_links_stay_one_to_one_under_racing_linkers() {
+    testing::tenant_links_conformance(Arc::new(store()), 8, 5).await;
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 /// What the proxy does to connections accepted from now on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub enum ProxyFault {
 struct Control {
     fault: Mutex<ProxyFault>,
     connections: AtomicU64,
+    /// The task of every connection accepted so far (finished ones are pruned on accept).
+    open: Mutex<Vec<AbortHandle>>,
 }
 
 /// A running fault proxy. Stops when dropped.
@@ -49,13 +51,17 @@ impl FaultProxy {
         let control = Arc::new(Control {
             fault: Mutex::new(ProxyFault::None),
             connections: AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
         });
         let task_control = control.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 task_control.connections.fetch_add(1, Ordering::Relaxed);
                 let fault = *task_control.fault.lock().expect("proxy lock");
-                tokio::spawn(handle(client, upstream, fault));
+                let task = tokio::spawn(handle(client, upstream, fault));
+                let mut open = task_control.open.lock().expect("proxy lock");
+                open.retain(|t| !t.is_finished());
+                open.push(task.abort_handle());
             }
         });
         Ok(Self {
@@ -78,6 +84,17 @@ impl FaultProxy {
     /// How many connections the proxy has accepted.
     pub fn connections(&self) -> u64 {
         self.control.connections.load(Ordering::Relaxed)
+    }
+
+    /// Closes every connection open now, on both sides, so that clients with pooled or
+    /// multiplexed connections reconnect and meet the current fault. Returns how many were open.
+    pub fn close_all(&self) -> usize {
+        let open = std::mem::take(&mut *self.control.open.lock().expect("proxy lock"));
+        let live = open.iter().filter(|t| !t.is_finished()).count();
+        for task in open {
+            task.abort();
+        }
+        live
     }
 }
 
@@ -118,9 +135,17 @@ async fn handle(client: TcpStream, upstream: SocketAddr, fault: ProxyFault) {
             };
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
-            let up = tokio::spawn(pump(client_read, server_write, delay, None));
-            pump(server_read, client_write, delay, limit).await;
-            up.abort();
+            // Both directions run in this task, so aborting it closes the connection. The
+            // connection ends when the server side does; the client side closing its half only
+            // ends the upstream direction.
+            let up = async {
+                pump(client_read, server_write, delay, None).await;
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                () = pump(server_read, client_write, delay, limit) => {}
+                () = up => {}
+            }
         }
     }
 }
@@ -217,5 +242,25 @@ mod tests {
         proxy.set_fault(ProxyFault::Delay(Duration::from_millis(20)));
         assert_eq!(round_trip(&proxy, b"late").await.unwrap(), b"late");
         assert_eq!(proxy.connections(), 5);
+    }
+
+    #[tokio::test]
+    async fn close_all_cuts_open_connections_and_clients_meet_the_new_fault() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        open.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        open.read_exact(&mut buf).await.unwrap();
+        proxy.set_fault(ProxyFault::Stall);
+        assert_eq!(proxy.close_all(), 1);
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(2), open.read_to_end(&mut rest))
+            .await
+            .expect("the open connection is closed");
+        assert!(closed.map(|n| n == 0).unwrap_or(true));
+        let stalled =
+            tokio::time::timeout(Duration::from_millis(200), round_trip(&proxy, b"x")).await;
+        assert!(stalled.is_err(), "a new connection meets the stall");
+        assert_eq!(proxy.close_all(), 1, "the stalled connection is cut too");
     }
 }

@@ -14,9 +14,11 @@
 //! suites panic with a message naming the failed check.
 
 mod fault_proxy;
+mod tenant;
 mod trace_capture;
 
 pub use fault_proxy::{FaultProxy, ProxyFault};
+pub use tenant::tenant_links_conformance;
 pub use trace_capture::{TraceCapture, assert_marker_absent, error_chain};
 
 use std::collections::HashSet;
