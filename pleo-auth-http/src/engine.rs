@@ -155,6 +155,26 @@ fn refused(kind: ErrorKind, message: &'static str) -> Error {
     Error::new(kind, message)
 }
 
+fn past_deadline() -> Error {
+    refused(ErrorKind::Unavailable, "the call's deadline passed")
+}
+
+/// Runs `work` (a credential lookup, a tenant lookup, a rejection report) within the call's
+/// deadline, so a provider or store that hangs cannot hold the caller past it. An abandoned
+/// credential lookup is safe: providers finish refreshes in tasks of their own.
+async fn within<T, E>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = std::result::Result<T, E>>,
+    elapsed: impl FnOnce() -> E,
+) -> std::result::Result<T, E> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(elapsed())),
+        None => work.await,
+    }
+}
+
 impl Engine {
     pub(crate) fn new(
         environment: Environment,
@@ -201,7 +221,7 @@ impl Engine {
                 "the request names no company, organisation or tenant",
             )
         })?;
-        let resolved = self.resolve(target).await?;
+        let resolved = within(deadline, self.resolve(target), past_deadline).await?;
         self.prepare(&mut request, resolved)?;
         let may_retry = options.retry_non_idempotent || is_idempotent(request.method());
         let mut replay = Replay::new(request);
@@ -210,7 +230,7 @@ impl Engine {
 
         loop {
             let mut request = replay.next()?;
-            let credential = self.credential(resolved).await?;
+            let credential = within(deadline, self.credential(resolved), past_deadline).await?;
             request.headers_mut().insert(
                 AUTHORIZATION,
                 sensitive_header(&credential.header)
@@ -269,10 +289,12 @@ impl Engine {
                         subject = %resolved.subject,
                         "the API rejected the credential"
                     );
-                    let verdict = self
-                        .provider
-                        .rejected(&resolved.subject, &credential.id)
-                        .await;
+                    let verdict = within(
+                        deadline,
+                        self.provider.rejected(&resolved.subject, &credential.id),
+                        || pleo_auth_core::Error::unavailable("the call's deadline passed"),
+                    )
+                    .await;
                     match verdict {
                         Ok(true) if !auth_retried && replay.replayable => {
                             auth_retried = true;

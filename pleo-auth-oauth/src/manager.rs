@@ -382,8 +382,8 @@ impl Inner {
 
     /// The fresh cached token of `subject`: no lock, no I/O, one `Arc` clone.
     fn fresh(&self, subject: &Subject) -> Option<Arc<ActiveToken>> {
-        let cells = self.cells.load();
-        let cell = cells.get(subject)?;
+        let shard = self.cells.shard(subject).load();
+        let cell = shard.get(subject)?;
         let token = cell.token.load();
         match &*token {
             Some(t) if self.clock.instant() < t.refresh_at => Some(Arc::clone(t)),
@@ -749,6 +749,12 @@ async fn flight(inner: &Arc<Inner>, cell: &Arc<GrantCell>, trigger: &Trigger) ->
     };
     let leased_at = tokio::time::Instant::now();
     let result = refresh_under_lease(inner, cell, trigger, leased_at).await;
+    // Failpoint (feature `failpoints`, tests only): the release never reaches the lease backend.
+    #[cfg(feature = "failpoints")]
+    if fail::eval("pleo_auth_oauth::lease::release", |_| ()).is_some() {
+        std::mem::forget(guard);
+        return result;
+    }
     if let Err(e) = guard.release().await {
         tracing::debug!(error = %e, "releasing the refresh lease failed; it expires by ttl");
     }
@@ -770,6 +776,12 @@ async fn acquire_or_follow(
     let deadline = tokio::time::Instant::now() + inner.policy.lease_wait;
     let mut attempt = 0u32;
     loop {
+        // Failpoint (feature `failpoints`, tests only): the lease backend fails.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("pleo_auth_oauth::lease::acquire", |_| Err(Error::store(
+            "taking the refresh lease failed",
+            pleo_auth_core::Error::unavailable("failpoint: lease acquire failed"),
+        )));
         match inner
             .lease
             .acquire(&cell.lease_key, inner.policy.lease_ttl)
@@ -828,7 +840,17 @@ async fn refresh_under_lease(
         ));
     };
     match request_refresh(inner, &presented, leased_at).await {
-        Ok(tokens) => install(inner, cell, trigger, &presented, tokens).await,
+        Ok(tokens) => {
+            // Failpoint (feature `failpoints`, tests only): the answer is lost after Pleo rotated.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("pleo_auth_oauth::after_token_response", |_| Err(
+                Error::new(
+                    ErrorKind::Unavailable,
+                    "failpoint: the token response was lost"
+                )
+            ));
+            install(inner, cell, trigger, &presented, tokens).await
+        }
         Err(err) if err.kind() == &ErrorKind::NeedsReauthorization => {
             mark_needs_reauthorization(inner, cell, trigger, &presented).await
         }
@@ -974,12 +996,22 @@ pub(crate) async fn persist(inner: &Arc<Inner>, cell: &Arc<GrantCell>) -> Result
         merged.tenant = stored.tenant.clone().or(merged.tenant);
         merged.created_at = stored.created_at;
         merged.generation = merged.generation.max(stored.generation + 1);
+        // Failpoint (feature `failpoints`, tests only): the store write fails before it is sent.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("pleo_auth_oauth::persist::before_write", |_| Err(
+            persist_failed(inner, cell, failpoint_store_error("before the store write"))
+        ));
         match inner
             .store
             .put_record(&cell.key, &merged, Precondition::Version(version))
             .await
         {
             Ok(written) => {
+                // Failpoint (feature `failpoints`, tests only): the write landed, its answer is lost.
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("pleo_auth_oauth::persist::after_write", |_| Err(
+                    persist_failed(inner, cell, failpoint_store_error("after the store write"))
+                ));
                 mark_stored(inner, cell, &merged, written);
                 return Ok(());
             }
@@ -991,6 +1023,12 @@ pub(crate) async fn persist(inner: &Arc<Inner>, cell: &Arc<GrantCell>) -> Result
         ErrorKind::Store(CoreKind::Conflict),
         "the grant kept changing while its tokens were written",
     ))
+}
+
+/// The store error a failpoint injects (feature `failpoints`, tests only).
+#[cfg(feature = "failpoints")]
+fn failpoint_store_error(at: &'static str) -> pleo_auth_core::Error {
+    pleo_auth_core::Error::unavailable(format!("failpoint: {at}")).with_backend("failpoint")
 }
 
 /// Records that `written` is stored at `version`, if it is still the authority's pair.
@@ -1408,7 +1446,7 @@ impl TokenManager {
     /// Writes every pending token pair now (for example before shutdown). Fails with the first
     /// store error; pairs that could not be written stay pending.
     pub async fn flush(&self) -> Result<()> {
-        let cells: Vec<Arc<GrantCell>> = self.inner.cells.load().values().cloned().collect();
+        let cells = self.inner.cells.all();
         for cell in cells {
             let pending = cell
                 .lock()

@@ -268,6 +268,12 @@ impl SandboxHandle {
         self.shared.clear_request_log();
     }
 
+    /// Every External API request since the last call (or since the start), oldest first, and
+    /// empties the log in the same step, so long runs can check every request in bounded memory.
+    pub fn take_request_log(&self) -> Vec<ApiRequestRecord> {
+        self.shared.take_request_log()
+    }
+
     /// Mints an Integrated API key for the installation of `client_id` in `company`, with the
     /// client's registered scopes. Creates the installation (status `AUTHORIZED`) if needed and
     /// revokes the installation's previous Integrated key.

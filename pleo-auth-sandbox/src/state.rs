@@ -465,6 +465,10 @@ impl Shared {
         self.lock().log.clear();
     }
 
+    pub(crate) fn take_request_log(&self) -> Vec<ApiRequestRecord> {
+        std::mem::take(&mut self.lock().log)
+    }
+
     pub(crate) fn advance_clock(&self, by: Duration) {
         self.lock().clock_offset += by;
     }

@@ -5,6 +5,7 @@
 //!
 //! See [`USAGE`] for the commands and the environment variables they read.
 
+mod bench;
 mod ci;
 mod process;
 mod services;
@@ -35,7 +36,9 @@ Commands:
                     it started itself when it ends
   tidy              cargo fmt --all, then fail if non-test sources contain todo/unimplemented/dbg
                     macro calls
-  bench [args]      cargo bench --workspace --all-features [args]
+  bench [args]      cargo bench --workspace --all-features [args], then the full-size replica
+                    proof (PLEO_AUTH_SCALE_FULL=1, tests/scale_replicas.rs); starts the
+                    services if needed and stops those it started
   demo [args]       cargo run -p pleo-auth --features cli -- demo [args]
   soak [--minutes N] [--grants N] [--token-secs N]
                     the full-size soak (default 30 minutes, 200 grants, 30-second tokens):
@@ -82,7 +85,7 @@ fn run(args: &[String]) -> Result<()> {
         },
         "tidy" if rest.is_empty() => tidy::run(&root),
         "tidy" => Err(usage_error("`tidy` takes no arguments")),
-        "bench" => cargo(&root, ["bench", "--workspace", "--all-features"], rest).status(),
+        "bench" => bench::run(&root, rest),
         "demo" => cargo(
             &root,
             ["run", "-p", "pleo-auth", "--features", "cli", "--", "demo"],

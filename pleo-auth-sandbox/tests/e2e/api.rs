@@ -559,3 +559,25 @@ async fn request_log_records_company_and_credential_of_every_call_without_secret
     sb.clear_request_log();
     assert!(sb.request_log().is_empty());
 }
+
+#[tokio::test]
+async fn take_request_log_hands_over_each_record_once() {
+    let sb = sandbox().await;
+    let key = sb.mint_standalone_key(seed::ACME_DK, &["users:read"], None);
+    let client = http();
+    let get = || {
+        client
+            .get(format!("{}v1/introspect", sb.base_url()))
+            .header("authorization", key_auth(&key))
+            .send()
+    };
+    get().await.unwrap();
+    get().await.unwrap();
+    let first = sb.take_request_log();
+    assert_eq!(first.len(), 2);
+    assert!(sb.request_log().is_empty(), "taking empties the log");
+    get().await.unwrap();
+    let second = sb.take_request_log();
+    assert_eq!(second.len(), 1, "only the records since the last take");
+    assert!(sb.take_request_log().is_empty());
+}

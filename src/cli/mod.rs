@@ -1,0 +1,175 @@
+//! The `pleo-auth` command line: argument parsing and dispatch.
+
+mod commands;
+mod demo;
+mod exit;
+mod keys;
+mod login;
+mod output;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use exit::CliError;
+use settings::{ConfigArgs, Settings};
+
+const ABOUT: &str = "Connect Pleo companies and call the Pleo External API with their credentials";
+
+const LONG_ABOUT: &str = "\
+Connect Pleo companies (OAuth 2.0 with PKCE, Integrated API keys), keep their credentials in your
+secret store, and call the Pleo External API with the right company's credential.
+
+Start with `pleo-auth demo`: it runs the whole story against an in-process Pleo sandbox.";
+
+const AFTER_LONG_HELP: &str = "\
+Configuration (flags win over environment variables, which win over the config file):
+  PLEO_ENV             staging | production | sandbox (default staging)
+  PLEO_SANDBOX_URL     the sandbox's base URL, for PLEO_ENV=sandbox
+  PLEO_CLIENT_ID       the OAuth client id (default with PLEO_ENV=sandbox: the sandbox's demo client)
+  PLEO_CLIENT_SECRET   the OAuth client secret (environment or config file only, never a flag)
+  PLEO_SCOPES          scopes requested by `login` (default users:read)
+  PLEO_REDIRECT_URI    loopback redirect URI (default http://127.0.0.1/callback, any free port)
+  PLEO_INTEGRATION_ID  id Integrated API keys are stored under (default: the client id)
+  PLEO_KEY_SCOPES      scopes every Integrated API key must carry
+  PLEO_API_KEY         a Standalone API key, used for its company when nothing else is stored
+  PLEO_STORE           file:PATH | vault://HOST:PORT/MOUNT/PREFIX (vault+http:// for plain http)
+                       | aws://REGION/PREFIX?endpoint=URL | redis://HOST:PORT?prefix=P
+                       (default file: under the user's data directory, e.g.
+                       ~/.local/share/pleo-auth); vault:// reads VAULT_TOKEN or VAULT_ROLE_ID and
+                       VAULT_SECRET_ID, aws:// the standard AWS credential chain
+  PLEO_ENCRYPTION_KEY  base64 of 32 bytes: encrypt every record (feature `encryption`)
+  PLEO_CONFIG          config file (default $XDG_CONFIG_HOME/pleo-auth/config.toml), TOML with
+                       the keys env, sandbox_url, store, client_id, client_secret, scopes,
+                       redirect_uri, integration_id, key_scopes, encryption_key
+  PLEO_LOG             log filter for stderr, such as info or pleo_auth_oauth=debug (default off)
+
+Secrets (client secret, API keys, tokens) are never read from the command line, never printed
+to a terminal unless asked (`token --reveal`), and never logged.
+
+";
+
+/// The `pleo-auth` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pleo-auth",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = after_long_help(),
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The help text after the options: configuration, then the exit codes.
+fn after_long_help() -> String {
+    format!("{AFTER_LONG_HELP}{}", exit::EXIT_CODES)
+}
+
+/// Who a command is about: a Pleo company, or your tenant linked to one.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// The Pleo company id (a UUID)
+    #[arg(long, value_name = "UUID")]
+    pub company: Option<String>,
+    /// Your tenant id linked to a Pleo company (`login --tenant`, `keys add --tenant`)
+    #[arg(long, value_name = "TENANT", conflicts_with = "company")]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect a Pleo company with OAuth: prints the authorization URL (and opens a browser
+    /// where one exists), waits for the loopback callback, stores the grant
+    Login(login::LoginArgs),
+    /// Show every stored connection: tenant, company, method, environment and state
+    Status {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate OAuth tokens now (one company, or every active grant)
+    Refresh {
+        #[command(flatten)]
+        target: OptionalTarget,
+    },
+    /// Disconnect a company's OAuth grant: revoke it at Pleo and mark it revoked
+    Disconnect {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a company's current access token, for scripts (refuses a terminal without --reveal)
+    Token(commands::TokenArgs),
+    /// Manage Integrated API keys (keys are read from stdin or a hidden prompt, never argv)
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Make an authenticated call to the Pleo External API, like `gh api`
+    Api(commands::ApiArgs),
+    /// Run the Pleo sandbox (a local emulator) on a port; prints its URL on the first line
+    Sandbox(commands::SandboxArgs),
+    /// Run the whole story against an in-process sandbox and narrate it
+    Demo,
+}
+
+/// An optional target: without one, the command applies to every connection.
+#[derive(Debug, Clone, Args)]
+pub struct OptionalTarget {
+    /// The Pleo company id (a UUID)
+    #[arg(long, value_name = "UUID")]
+    pub company: Option<String>,
+    /// Your tenant id linked to a Pleo company
+    #[arg(long, value_name = "TENANT", conflicts_with = "company")]
+    pub tenant: Option<String>,
+}
+
+/// Parses the command line, runs the command, and returns the documented exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return CliError::other("cannot start the async runtime")
+                .with_source(e)
+                .report();
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => err.report(),
+    }
+}
+
+fn init_logging() {
+    let filter = std::env::var("PLEO_LOG").unwrap_or_else(|_| "off".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = || Settings::resolve(&cli.config);
+    match cli.command {
+        Command::Demo => demo::run().await,
+        Command::Sandbox(args) => commands::sandbox(args).await,
+        Command::Login(args) => login::run(&settings()?, args).await,
+        Command::Status { json } => commands::status(&settings()?, json).await,
+        Command::Refresh { target } => commands::refresh(&settings()?, target).await,
+        Command::Disconnect { target } => commands::disconnect(&settings()?, target).await,
+        Command::Token(args) => commands::token(&settings()?, args).await,
+        Command::Keys(command) => keys::run(&settings()?, command).await,
+        Command::Api(args) => commands::api(&settings()?, args).await,
+    }
+}

@@ -1,0 +1,500 @@
+//! Configuration: flags, then environment variables, then the config file, then defaults.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pleo_auth::apikey::{ApiKeyConfig, StandaloneKey};
+use pleo_auth::oauth::OAuthConfig;
+use pleo_auth::sandbox::seed;
+use pleo_auth::{
+    ClientId, ClientSecret, DynLease, DynSecretStore, Environment, PleoAuth, StoreLease,
+};
+use serde::Deserialize;
+
+use super::exit::CliError;
+
+/// The configuration flags shared by every command. Each has an environment variable and a key
+/// in the config file; secrets have no flag.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// The config file [env: PLEO_CONFIG] [default: $XDG_CONFIG_HOME/pleo-auth/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The Pleo environment: staging, production or sandbox [env: PLEO_ENV] [default: staging]
+    #[arg(long = "env", global = true, value_name = "ENV")]
+    pub environment: Option<String>,
+    /// The sandbox's base URL, for --env sandbox [env: PLEO_SANDBOX_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub sandbox_url: Option<String>,
+    /// Where credentials are kept: file:PATH, vault://, aws://, redis:// [env: PLEO_STORE]
+    /// [default: file: under the user's data directory]
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
+    /// The OAuth client id [env: PLEO_CLIENT_ID] (the secret comes from PLEO_CLIENT_SECRET or
+    /// the config file, never from a flag)
+    #[arg(long, global = true, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// The scopes `login` requests, space-separated [env: PLEO_SCOPES] [default: users:read]
+    #[arg(long, global = true, value_name = "SCOPES")]
+    pub scopes: Option<String>,
+    /// The loopback redirect URI registered with Pleo [env: PLEO_REDIRECT_URI]
+    /// [default: http://127.0.0.1/callback, any free port]
+    #[arg(long, global = true, value_name = "URI")]
+    pub redirect_uri: Option<String>,
+    /// The integration id Integrated API keys are stored under [env: PLEO_INTEGRATION_ID]
+    /// [default: the client id, else pleo-auth-cli]
+    #[arg(long, global = true, value_name = "ID")]
+    pub integration_id: Option<String>,
+    /// Scopes every Integrated API key must carry [env: PLEO_KEY_SCOPES]
+    #[arg(long, global = true, value_name = "SCOPES")]
+    pub key_scopes: Option<String>,
+}
+
+/// The config file: keys mirror the environment variables without `PLEO_`, in lowercase.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    env: Option<String>,
+    sandbox_url: Option<String>,
+    store: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scopes: Option<String>,
+    redirect_uri: Option<String>,
+    integration_id: Option<String>,
+    key_scopes: Option<String>,
+    encryption_key: Option<String>,
+}
+
+/// A secret setting: never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The resolved configuration of one run.
+#[derive(Debug)]
+pub struct Settings {
+    /// The Pleo environment.
+    pub environment: Environment,
+    /// The store URL, as configured (`file:` with the default path filled in).
+    pub store: String,
+    /// The OAuth client id and secret, when both are known.
+    pub client: Option<(String, Secret)>,
+    /// Why OAuth is not configured, when it is not.
+    client_missing: Option<&'static str>,
+    /// The scopes `login` requests.
+    pub scopes: String,
+    /// The redirect URI of `login`.
+    pub redirect_uri: String,
+    /// The integration id of Integrated API keys.
+    pub integration_id: String,
+    /// Scopes every Integrated API key must carry.
+    pub key_scopes: Option<String>,
+    /// The key of the encryption wrapper, when configured.
+    encryption_key: Option<Secret>,
+}
+
+/// The default redirect URI: loopback, any free port.
+const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1/callback";
+/// The default scopes `login` requests.
+const DEFAULT_SCOPES: &str = "users:read";
+/// The integration id when neither it nor a client id is configured.
+const DEFAULT_INTEGRATION_ID: &str = "pleo-auth-cli";
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Settings {
+    /// Resolves the configuration: flags, then `PLEO_*` variables, then the config file, then
+    /// defaults.
+    pub fn resolve(args: &ConfigArgs) -> Result<Self, CliError> {
+        let file = load_file(
+            args.config
+                .clone()
+                .or_else(|| env_var("PLEO_CONFIG").map(PathBuf::from)),
+        )?;
+        let pick = |flag: &Option<String>, var: &str, from_file: &Option<String>| {
+            flag.clone()
+                .or_else(|| env_var(var))
+                .or_else(|| from_file.clone())
+        };
+        let env_name =
+            pick(&args.environment, "PLEO_ENV", &file.env).unwrap_or_else(|| "staging".to_owned());
+        let sandbox_url = pick(&args.sandbox_url, "PLEO_SANDBOX_URL", &file.sandbox_url);
+        let environment = match env_name.as_str() {
+            "staging" => Environment::staging(),
+            "production" => Environment::production(),
+            "sandbox" => {
+                let url = sandbox_url.ok_or_else(|| {
+                    CliError::usage("PLEO_ENV=sandbox needs the sandbox's URL").hint(
+                        "set PLEO_SANDBOX_URL or --sandbox-url (`pleo-auth sandbox` prints it)",
+                    )
+                })?;
+                Environment::custom("sandbox", &url, &url)
+                    .map_err(|e| CliError::core("the sandbox URL is refused", e))?
+            }
+            other => {
+                return Err(CliError::usage(format!(
+                    "unknown environment {other:?}: use staging, production or sandbox"
+                )));
+            }
+        };
+
+        if let Some(flag) = &args.store
+            && url::Url::parse(flag).is_ok_and(|u| u.password().is_some())
+        {
+            return Err(CliError::usage(
+                "refusing a store URL with a password on the command line",
+            )
+            .hint("put it in PLEO_STORE or in the config file, where other users cannot see it"));
+        }
+        let store = match pick(&args.store, "PLEO_STORE", &file.store) {
+            Some(store) if store != "file:" => store,
+            _ => format!("file:{}", default_store_dir()?.display()),
+        };
+
+        let client_id = pick(&args.client_id, "PLEO_CLIENT_ID", &file.client_id);
+        let client_secret = env_var("PLEO_CLIENT_SECRET").or(file.client_secret);
+        let is_sandbox = environment.name().as_str() == "sandbox";
+        let (client, client_missing) = match (client_id, client_secret) {
+            (Some(id), Some(secret)) => (Some((id, Secret(secret))), None),
+            (None, None) if is_sandbox => (
+                Some((
+                    seed::DEMO_CLIENT_ID.to_owned(),
+                    Secret(seed::DEMO_CLIENT_SECRET.to_owned()),
+                )),
+                None,
+            ),
+            (Some(_), None) => (
+                None,
+                Some(
+                    "PLEO_CLIENT_SECRET is not set (environment variable or client_secret in the config file)",
+                ),
+            ),
+            (None, _) => (
+                None,
+                Some(
+                    "PLEO_CLIENT_ID is not set (--client-id, environment variable or client_id in the config file)",
+                ),
+            ),
+        };
+        let integration_id = pick(
+            &args.integration_id,
+            "PLEO_INTEGRATION_ID",
+            &file.integration_id,
+        )
+        .or_else(|| client.as_ref().map(|(id, _)| id.clone()))
+        .unwrap_or_else(|| DEFAULT_INTEGRATION_ID.to_owned());
+        Ok(Self {
+            environment,
+            store,
+            client,
+            client_missing,
+            scopes: pick(&args.scopes, "PLEO_SCOPES", &file.scopes)
+                .unwrap_or_else(|| DEFAULT_SCOPES.to_owned()),
+            redirect_uri: pick(&args.redirect_uri, "PLEO_REDIRECT_URI", &file.redirect_uri)
+                .unwrap_or_else(|| DEFAULT_REDIRECT_URI.to_owned()),
+            integration_id,
+            key_scopes: pick(&args.key_scopes, "PLEO_KEY_SCOPES", &file.key_scopes),
+            encryption_key: env_var("PLEO_ENCRYPTION_KEY")
+                .or(file.encryption_key)
+                .map(Secret),
+        })
+    }
+
+    /// Fails unless OAuth is configured.
+    pub fn require_oauth(&self) -> Result<(), CliError> {
+        match self.client_missing {
+            Some(why) => Err(CliError::usage(format!("OAuth is not configured: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the store (and the lease that spans processes sharing it).
+    pub async fn open_store(&self) -> Result<(DynSecretStore, DynLease), CliError> {
+        let (store, lease) = open_store(&self.store).await?;
+        let store = self.encrypt(store)?;
+        let lease = lease.unwrap_or_else(|| Arc::new(StoreLease::new(store.clone())) as DynLease);
+        Ok((store, lease))
+    }
+
+    #[cfg(feature = "encryption")]
+    fn encrypt(&self, store: DynSecretStore) -> Result<DynSecretStore, CliError> {
+        use pleo_auth::stores::encrypted::{EncryptedStore, EncryptionKey, EncryptionKeys};
+        match &self.encryption_key {
+            None => Ok(store),
+            Some(key) => {
+                let key = EncryptionKey::from_base64("cli", key.expose())
+                    .map_err(|e| CliError::core("PLEO_ENCRYPTION_KEY is unusable", e))?;
+                Ok(Arc::new(EncryptedStore::new(
+                    store,
+                    EncryptionKeys::new(key),
+                )))
+            }
+        }
+    }
+
+    #[cfg(not(feature = "encryption"))]
+    fn encrypt(&self, store: DynSecretStore) -> Result<DynSecretStore, CliError> {
+        match &self.encryption_key {
+            None => Ok(store),
+            Some(_) => Err(not_built("PLEO_ENCRYPTION_KEY", "encryption")),
+        }
+    }
+
+    /// Builds the facade: the store, OAuth (when configured, with `redirect_uri` if given),
+    /// Integrated API keys, and the Standalone key of `PLEO_API_KEY` if set.
+    pub async fn pleo_auth(&self, redirect_uri: Option<&str>) -> Result<PleoAuth, CliError> {
+        let (store, lease) = self.open_store().await?;
+        let environment = self.environment.clone();
+        let mut builder = PleoAuth::builder()
+            .environment(environment.clone())
+            .store(store)
+            .lease(lease);
+        if let Some((client_id, secret)) = &self.client {
+            let config = OAuthConfig::builder()
+                .environment(environment.clone())
+                .client_id(client_id.clone())
+                .client_secret(ClientSecret::new(secret.expose()))
+                .redirect_uri(redirect_uri.unwrap_or(&self.redirect_uri))
+                .scopes(self.scopes.clone())
+                .build()
+                .map_err(|e| CliError::oauth("the OAuth configuration is refused", e))?;
+            builder = builder.oauth(config);
+        }
+        let integration = ClientId::new(self.integration_id.clone())
+            .map_err(|e| CliError::core("the integration id is refused", e))?;
+        let mut keys = ApiKeyConfig::new(environment.clone(), integration);
+        if let Some(scopes) = &self.key_scopes {
+            keys = keys.with_required_scopes(
+                scopes
+                    .parse()
+                    .map_err(|e| CliError::core("PLEO_KEY_SCOPES is refused", e))?,
+            );
+        }
+        builder = builder.api_keys(keys);
+        if env_var(pleo_auth::apikey::DEFAULT_ENV_VAR).is_some() {
+            let key = StandaloneKey::from_env(environment)
+                .map_err(|e| CliError::apikey("PLEO_API_KEY is refused", e))?;
+            builder = builder.standalone_key(key);
+        }
+        builder
+            .build()
+            .map_err(|e| CliError::facade("setting up pleo-auth failed", e))
+    }
+}
+
+fn load_file(explicit: Option<PathBuf>) -> Result<FileConfig, CliError> {
+    let (path, required) = match explicit {
+        Some(path) => (path, true),
+        None => match dirs::config_dir() {
+            Some(dir) => (dir.join("pleo-auth").join("config.toml"), false),
+            None => return Ok(FileConfig::default()),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(FileConfig::default());
+        }
+        Err(e) => {
+            return Err(
+                CliError::usage(format!("cannot read the config file {}", path.display()))
+                    .with_source(e),
+            );
+        }
+    };
+    toml::from_str(&text).map_err(|e| {
+        CliError::usage(format!("the config file {} is invalid", path.display())).with_source(e)
+    })
+}
+
+/// `<data dir>/pleo-auth`, such as `~/.local/share/pleo-auth`.
+fn default_store_dir() -> Result<PathBuf, CliError> {
+    dirs::data_dir()
+        .map(|dir| dir.join("pleo-auth"))
+        .ok_or_else(|| {
+            CliError::usage("cannot find the user's data directory for the default file store")
+                .hint("set PLEO_STORE=file:/some/private/directory")
+        })
+}
+
+/// A store URL needs a feature this binary was built without.
+#[cfg_attr(
+    all(
+        feature = "vault",
+        feature = "aws",
+        feature = "redis",
+        feature = "encryption"
+    ),
+    expect(dead_code, reason = "every optional store is built in")
+)]
+fn not_built(what: &str, feature: &str) -> CliError {
+    CliError::usage(format!(
+        "{what} needs the `{feature}` feature, which this pleo-auth was built without"
+    ))
+    .hint(format!(
+        "install it with `cargo install pleo-auth --features cli,{feature}`"
+    ))
+}
+
+/// Opens the store named by `url`, with its own lease if it has one.
+async fn open_store(url: &str) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
+    if let Some(rest) = url.strip_prefix("file:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        if path.is_empty() {
+            return Err(CliError::usage("a file store URL needs a path: file:/path"));
+        }
+        return open_file(Path::new(path)).map(|store| (store, None));
+    }
+    let parsed = url::Url::parse(url).map_err(|_| {
+        CliError::usage("the store URL is not a URL")
+            .hint("use file:PATH, vault://HOST:PORT/MOUNT/PREFIX, aws://REGION/PREFIX or redis://HOST:PORT")
+    })?;
+    match parsed.scheme() {
+        "vault" | "vault+http" => open_vault(&parsed),
+        "aws" => open_aws(&parsed).await,
+        "redis" | "rediss" => open_redis(&parsed).await,
+        other => Err(CliError::usage(format!("unknown store URL scheme {other:?}")).hint(
+            "use file:PATH, vault://HOST:PORT/MOUNT/PREFIX, aws://REGION/PREFIX or redis://HOST:PORT",
+        )),
+    }
+}
+
+fn open_file(path: &Path) -> Result<DynSecretStore, CliError> {
+    let store = pleo_auth::stores::file::FileStore::open(path)
+        .map_err(|e| CliError::core("opening the file store failed", e))?;
+    Ok(Arc::new(store))
+}
+
+/// `vault://HOST:PORT/MOUNT[/PREFIX...][?namespace=NS]` (https) or `vault+http://` (http, for
+/// a loopback dev server). The token comes from `VAULT_TOKEN`, or AppRole from `VAULT_ROLE_ID`
+/// and `VAULT_SECRET_ID`.
+#[cfg(feature = "vault")]
+fn open_vault(url: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
+    use pleo_auth::stores::vault::VaultStore;
+    let scheme = if url.scheme() == "vault+http" {
+        "http"
+    } else {
+        "https"
+    };
+    let host = url
+        .host_str()
+        .ok_or_else(|| CliError::usage("a vault:// store URL needs a host"))?;
+    let address = match url.port() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    };
+    let mut segments = url
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if segments.is_empty() {
+        segments.push("secret");
+    }
+    let mut builder = VaultStore::builder(address).mount(segments[0]);
+    if segments.len() > 1 {
+        builder = builder.path_prefix(segments[1..].join("/"));
+    }
+    if let Some((_, namespace)) = url.query_pairs().find(|(k, _)| k == "namespace") {
+        builder = builder.namespace(namespace.into_owned());
+    }
+    builder = match (
+        env_var("VAULT_TOKEN"),
+        env_var("VAULT_ROLE_ID"),
+        env_var("VAULT_SECRET_ID"),
+    ) {
+        (Some(token), _, _) => builder.token(token),
+        (None, Some(role), Some(secret)) => builder.approle(role, secret),
+        _ => {
+            return Err(CliError::usage("a vault:// store needs credentials")
+                .hint("set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID"));
+        }
+    };
+    let store = builder
+        .build()
+        .map_err(|e| CliError::core("opening the Vault store failed", e))?;
+    Ok((Arc::new(store), None))
+}
+
+#[cfg(not(feature = "vault"))]
+fn open_vault(_: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
+    Err(not_built("a vault:// store", "vault"))
+}
+
+/// `aws://[REGION]/[NAME PREFIX][?endpoint=URL]`; credentials come from the standard AWS chain.
+#[cfg(feature = "aws")]
+async fn open_aws(url: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
+    use pleo_auth::stores::aws::AwsStore;
+    let mut builder = AwsStore::builder();
+    if let Some(region) = url.host_str().filter(|h| !h.is_empty()) {
+        builder = builder.region(region);
+    }
+    let prefix = url.path().trim_start_matches('/');
+    if !prefix.is_empty() {
+        builder = builder.name_prefix(prefix);
+    }
+    if let Some((_, endpoint)) = url.query_pairs().find(|(k, _)| k == "endpoint") {
+        builder = builder.endpoint_url(endpoint.into_owned());
+    }
+    let store = builder
+        .build()
+        .await
+        .map_err(|e| CliError::core("opening the AWS Secrets Manager store failed", e))?;
+    Ok((Arc::new(store), None))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn open_aws(_: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
+    Err(not_built("an aws:// store", "aws"))
+}
+
+/// `redis://` or `rediss://`, as the redis crate reads it, plus `?prefix=KEY PREFIX`. The
+/// Redis lease coordinates refreshes.
+#[cfg(feature = "redis")]
+async fn open_redis(url: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
+    use pleo_auth::stores::redis::RedisStore;
+    let mut url = url.clone();
+    let prefix = url
+        .query_pairs()
+        .find(|(k, _)| k == "prefix")
+        .map(|(_, v)| v.into_owned());
+    let rest: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "prefix")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if rest.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    let mut builder = RedisStore::builder(url.as_str());
+    if let Some(prefix) = prefix {
+        builder = builder.key_prefix(prefix);
+    }
+    let store = builder
+        .connect()
+        .await
+        .map_err(|e| CliError::core("opening the Redis store failed", e))?;
+    let lease: DynLease = Arc::new(store.lease());
+    Ok((Arc::new(store), Some(lease)))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
+    Err(not_built("a redis:// store", "redis"))
+}

@@ -1,0 +1,183 @@
+//! Authenticate integrations to the **Pleo External API**, for many customer companies at once.
+//!
+//! `pleo-auth` is a facade over the crates of the toolkit, each behind a feature:
+//!
+//! | module | what it holds | feature |
+//! |---|---|---|
+//! | crate root | environments, subjects, scopes, secret newtypes, records, the `SecretStore`, `Lease` and `CredentialProvider` traits, tenant links (from `pleo-auth-core`), and [`PleoAuth`] | always |
+//! | [`oauth`] | OAuth 2.0 with PKCE: authorization URL, callback, code exchange, refresh manager | `oauth` (default) |
+//! | [`apikey`] | Integrated and Standalone API keys | `apikey` (default) |
+//! | [`http`] | the authenticated client with company and environment guards, middleware, the loopback callback listener | `http` (default) |
+//! | [`connect_router`](crate::http) | `/connect` and `/callback` routes for axum | `axum` |
+//! | [`stores::file`] | the embedded file store | `file` (default) |
+//! | [`stores::vault`] | HashiCorp Vault / OpenBao KV v2 | `vault` |
+//! | [`stores::aws`] | AWS Secrets Manager | `aws` |
+//! | [`stores::redis`] | Redis store and lease | `redis` |
+//! | [`stores::encrypted`] | envelope encryption for any store | `encryption` |
+//! | [`sandbox`] | a local emulator of Pleo's authorization server and External API | `sandbox` |
+//! | [`testing`] | the store and lease conformance suites, for a store of your own | `testing` |
+//!
+//! The `cli` feature builds the `pleo-auth` command-line tool. A feature that is off builds
+//! nothing of its crate: without `aws`, the AWS SDK is never compiled.
+//!
+//! # One builder for everything
+//!
+//! [`PleoAuth::builder`] wires a store, the methods and the client:
+//!
+//! ```no_run
+//! use pleo_auth::apikey::ApiKeyConfig;
+//! use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig};
+//! use pleo_auth::{ClientId, ClientSecret, Environment, PleoAuth, TenantId};
+//!
+//! # async fn run(callback_query: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! let environment = Environment::staging();
+//! let auth = PleoAuth::builder()
+//!     .environment(environment.clone())
+//!     .file_store("/var/lib/my-integration/pleo")
+//!     .oauth(
+//!         OAuthConfig::builder()
+//!             .environment(environment.clone())
+//!             .client_id("my-client-id")
+//!             .client_secret(ClientSecret::new(std::env::var("PLEO_CLIENT_SECRET")?))
+//!             .redirect_uri("https://my-integration.example/pleo/callback")
+//!             .scopes("users:read")
+//!             .build()?,
+//!     )
+//!     .api_keys(ApiKeyConfig::new(environment, ClientId::new("my-integration")?))
+//!     .build()?;
+//!
+//! // "Connect to Pleo" for your customer "erp-4711": send their browser here ...
+//! let request = auth
+//!     .oauth()?
+//!     .authorize(AuthorizeOptions::new().tenant(TenantId::new("erp-4711")?))
+//!     .await?;
+//! println!("{}", request.url);
+//! // ... and finish on the callback.
+//! let connection = auth.oauth()?.complete(callback_query).await?;
+//! println!("connected {}", connection.subject);
+//!
+//! // Call the API for that customer: its OAuth grant, or else its Integrated key, is used.
+//! let employees: serde_json::Value =
+//!     auth.client().get("/v2/employees").tenant("erp-4711").json().await?;
+//! # let _ = employees;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Per subject, the client uses the OAuth grant if one exists, else the Integrated key, else the
+//! Standalone key ([`CompositeProvider`]). A request for one company is never sent with another
+//! company's credential, nor with a credential of another environment.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+#[cfg(all(feature = "oauth", feature = "http"))]
+mod connect;
+mod connections;
+mod error;
+mod provider;
+
+#[doc(inline)]
+pub use pleo_auth_core::*;
+
+pub use builder::{PleoAuth, PleoAuthBuilder};
+#[cfg(all(feature = "oauth", feature = "http"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "oauth", feature = "http"))))]
+pub use connect::OAuthConnectFlow;
+pub use connections::{ConnectionInfo, ConnectionState};
+pub use error::{Error, Result};
+/// The `/connect` and `/callback` routes of a web integration, over
+/// [`PleoAuth::connect_flow`] (also at `pleo_auth::http::connect_router`).
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[doc(inline)]
+pub use pleo_auth_http::connect_router;
+pub use provider::{CompositeProvider, ROUTE_TTL};
+
+/// The error of `pleo-auth-core` and of every [`SecretStore`] (the crate root's [`Error`] is the
+/// facade's).
+pub type CoreError = pleo_auth_core::Error;
+
+/// `Result` with [`CoreError`].
+pub type CoreResult<T, E = CoreError> = pleo_auth_core::Result<T, E>;
+
+/// The store and lease conformance suites, to check a store of your own.
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+#[doc(inline)]
+pub use pleo_auth_core::testing;
+
+/// OAuth 2.0 for the Pleo External API (`pleo-auth-oauth`).
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+#[doc(inline)]
+pub use pleo_auth_oauth as oauth;
+
+/// Integrated and Standalone API keys (`pleo-auth-apikey`).
+#[cfg(feature = "apikey")]
+#[cfg_attr(docsrs, doc(cfg(feature = "apikey")))]
+#[doc(inline)]
+pub use pleo_auth_apikey as apikey;
+
+/// The authenticated HTTP client (`pleo-auth-http`).
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[doc(inline)]
+pub use pleo_auth_http as http;
+
+/// The local emulator of Pleo (`pleo-auth-sandbox`).
+#[cfg(feature = "sandbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sandbox")))]
+#[doc(inline)]
+pub use pleo_auth_sandbox as sandbox;
+
+/// Secret stores (`pleo-auth-stores`), each behind its own feature.
+#[cfg(any(
+    feature = "file",
+    feature = "vault",
+    feature = "aws",
+    feature = "redis",
+    feature = "encryption"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "file",
+        feature = "vault",
+        feature = "aws",
+        feature = "redis",
+        feature = "encryption"
+    )))
+)]
+pub mod stores {
+    /// The embedded file store.
+    #[cfg(feature = "file")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::file;
+
+    /// HashiCorp Vault / OpenBao KV v2.
+    #[cfg(feature = "vault")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::vault;
+
+    /// AWS Secrets Manager.
+    #[cfg(feature = "aws")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::aws;
+
+    /// Redis store and lease.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::redis;
+
+    /// Envelope encryption for any store.
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::encrypted;
+}
