@@ -170,7 +170,8 @@ async fn redis_killed_and_restarted() {
         let err = result.expect_err("the store is gone at expiry");
         assert!(err.is_retryable(), "{err:?}");
         assert_eq!(err.kind(), CoreKind::Unavailable);
-        assert!(took <= deadline + Duration::from_millis(300), "{took:?}");
+        // Bounded by the deadline (with slack for a loaded CI machine), never hanging.
+        assert!(took <= deadline + Duration::from_secs(2), "{took:?}");
         let err = manager.access_token(&acme()).await.unwrap_err();
         assert!(err.is_retryable());
     }
