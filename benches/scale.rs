@@ -856,6 +856,17 @@ fn stores(criterion: &mut Criterion, summary: &mut Summary) {
         "GetSecretValue",
         "PutSecretValue + UpdateSecretVersionStage",
     );
+    // moto finds a secret by scanning them all: leave none behind.
+    runtime.block_on(async {
+        for name in [raw_name.clone(), aws_store.secret_name(&key)] {
+            sdk.delete_secret()
+                .secret_id(name)
+                .force_delete_without_recovery(true)
+                .send()
+                .await
+                .unwrap();
+        }
+    });
 }
 
 /// Calls per command since the server started (`INFO commandstats`).

@@ -35,6 +35,7 @@ fn steps(root: &Path, args: &[String], started: &mut Vec<Service>) -> Result<()>
             root,
             [
                 "test",
+                "--release",
                 "-p",
                 "pleo-auth",
                 "--all-features",
