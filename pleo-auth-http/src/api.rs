@@ -129,24 +129,10 @@ pub async fn create_installation(
     company: Option<CompanyId>,
 ) -> Result<()> {
     let url = installation_url(environment, "/v1/installations/me", company)?;
-    let response = client
+    let request = client
         .post(url)
-        .header(AUTHORIZATION, sensitive_header(auth)?)
-        .json(&serde_json::json!({ "status": "ACTIVATED" }))
-        .send()
-        .await
-        .map_err(transport_error)?;
-    let status = response.status();
-    if status.is_success() || status.as_u16() == 409 {
-        return Ok(());
-    }
-    Err(Error::new(
-        status_kind(status),
-        format!(
-            "creating the installation answered HTTP {}",
-            status.as_u16()
-        ),
-    ))
+        .json(&serde_json::json!({ "status": "ACTIVATED" }));
+    send_installation(request, auth, 409, "creating").await
 }
 
 /// `DELETE {api}/v1/installations/me`: deletes the installation, which revokes every access
@@ -159,22 +145,28 @@ pub async fn delete_installation(
     company: Option<CompanyId>,
 ) -> Result<()> {
     let url = installation_url(environment, "/v1/installations/me", company)?;
-    let response = client
-        .delete(url)
+    send_installation(client.delete(url), auth, 404, "deleting").await
+}
+
+/// Sends an installation call; a success status or `also_ok` (the state already reached) is Ok.
+async fn send_installation(
+    request: reqwest::RequestBuilder,
+    auth: &AuthorizationHeader,
+    also_ok: u16,
+    doing: &str,
+) -> Result<()> {
+    let response = request
         .header(AUTHORIZATION, sensitive_header(auth)?)
         .send()
         .await
         .map_err(transport_error)?;
     let status = response.status();
-    if status.is_success() || status.as_u16() == 404 {
+    if status.is_success() || status.as_u16() == also_ok {
         return Ok(());
     }
     Err(Error::new(
         status_kind(status),
-        format!(
-            "deleting the installation answered HTTP {}",
-            status.as_u16()
-        ),
+        format!("{doing} the installation answered HTTP {}", status.as_u16()),
     ))
 }
 
