@@ -40,6 +40,9 @@ pub enum ErrorKind {
     WrongEnvironment,
     /// A lease or lock could not be acquired in time.
     LeaseUnavailable,
+    /// The implementation does not support the operation (for example a lease that cannot be
+    /// renewed).
+    Unsupported,
     /// Anything else: a bug or an unexpected answer.
     Unexpected,
 }
@@ -72,6 +75,7 @@ impl ErrorKind {
             ErrorKind::WrongCompany => "wrong_company",
             ErrorKind::WrongEnvironment => "wrong_environment",
             ErrorKind::LeaseUnavailable => "lease_unavailable",
+            ErrorKind::Unsupported => "unsupported",
             ErrorKind::Unexpected => "unexpected",
         }
     }

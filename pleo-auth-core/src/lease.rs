@@ -3,9 +3,14 @@
 //! A lease only saves work (one refresh instead of many). Correctness comes from the store's
 //! compare-and-swap: a holder paused past its lease can still try to write, and the version
 //! check rejects it.
+//!
+//! A holder that needs the lease longer than its TTL renews it ([`LeaseGuard::renew`]) before it
+//! expires. Renewal succeeds only while the holder still holds the lease, and keeps its fencing
+//! number.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +18,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{DynClock, SystemClock};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::key::StoreKey;
 use crate::record::{Record, Timestamp};
 use crate::secret::random_urlsafe;
@@ -36,20 +41,41 @@ impl<T: Lease + ?Sized> Lease for Arc<T> {
     }
 }
 
-/// How a lease implementation gives a lease back; called once, by [`LeaseGuard`].
+/// The backend's handle on one held lease, kept inside its [`LeaseGuard`]: gives the lease back
+/// and renews it.
 #[async_trait]
 pub trait LeaseRelease: Send + Sync + 'static {
-    /// Releases the lease if it is still held by this holder.
+    /// Releases the lease if it is still held by this holder. Called at most once, by
+    /// [`LeaseGuard`].
     async fn release(&self) -> Result<()>;
+
+    /// Extends the lease to `ttl` from now, keeping its fencing number, if this holder still
+    /// holds it. Fails with [`ErrorKind::Conflict`] when the lease expired, was released, or
+    /// was taken by another holder; it is never taken back.
+    ///
+    /// The default implementation fails with [`ErrorKind::Unsupported`], so a lease written
+    /// before renewal existed keeps compiling; its holders cannot keep the lease past its TTL.
+    async fn renew(&self, _ttl: Duration) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this lease implementation cannot renew a lease",
+        ))
+    }
+}
+
+/// The error of a renewal by a holder that no longer holds the lease.
+fn not_held() -> Error {
+    Error::conflict("the lease is no longer held by this holder")
 }
 
 /// Proof of holding a lease. Released by [`LeaseGuard::release`], or in the background when
-/// dropped inside a Tokio runtime; otherwise the lease expires after its TTL.
+/// dropped inside a Tokio runtime; otherwise the lease expires after its TTL unless renewed.
 #[must_use = "a lease is released when its guard is dropped"]
 pub struct LeaseGuard {
     key: StoreKey,
     fencing: u64,
-    release: Option<Box<dyn LeaseRelease>>,
+    handle: Option<Box<dyn LeaseRelease>>,
+    released: AtomicBool,
 }
 
 impl LeaseGuard {
@@ -58,7 +84,8 @@ impl LeaseGuard {
         Self {
             key,
             fencing,
-            release: Some(Box::new(release)),
+            handle: Some(Box::new(release)),
+            released: AtomicBool::new(false),
         }
     }
 
@@ -72,18 +99,34 @@ impl LeaseGuard {
         self.fencing
     }
 
-    /// Releases the lease now.
-    pub async fn release(mut self) -> Result<()> {
-        match self.release.take() {
-            Some(r) => r.release().await,
+    /// Releases the lease now. Only the first call reaches the backend; the guard cannot be
+    /// renewed afterwards.
+    pub async fn release(&self) -> Result<()> {
+        if self.released.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        match &self.handle {
+            Some(handle) => handle.release().await,
             None => Ok(()),
+        }
+    }
+
+    /// Extends the lease to `ttl` from now, keeping the fencing number. Fails with
+    /// [`ErrorKind::Conflict`] if this holder no longer holds the lease (it expired, was
+    /// released, or another holder took it), and with [`ErrorKind::Unsupported`] if the lease
+    /// implementation cannot renew.
+    pub async fn renew(&self, ttl: Duration) -> Result<()> {
+        match &self.handle {
+            Some(handle) => handle.renew(ttl).await,
+            None => Err(not_held()),
         }
     }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        if let Some(r) = self.release.take()
+        if !*self.released.get_mut()
+            && let Some(r) = self.handle.take()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             handle.spawn(async move {
@@ -157,6 +200,7 @@ impl Lease for InProcessLease {
         held.expires = Some(now + ttl);
         let release = InProcessRelease {
             state: self.state.clone(),
+            clock: self.clock.clone(),
             key: key.clone(),
             holder: held.holder,
         };
@@ -166,6 +210,7 @@ impl Lease for InProcessLease {
 
 struct InProcessRelease {
     state: Arc<Mutex<HashMap<StoreKey, Held>>>,
+    clock: DynClock,
     key: StoreKey,
     holder: u64,
 }
@@ -180,6 +225,18 @@ impl LeaseRelease for InProcessRelease {
             held.expires = None;
         }
         Ok(())
+    }
+
+    async fn renew(&self, ttl: Duration) -> Result<()> {
+        let now = self.clock.instant();
+        let mut state = self.state.lock().expect("lease lock");
+        match state.get_mut(&self.key) {
+            Some(held) if held.holder == self.holder && held.expires.is_some_and(|e| e > now) => {
+                held.expires = Some(now + ttl);
+                Ok(())
+            }
+            _ => Err(not_held()),
+        }
     }
 }
 
@@ -241,6 +298,7 @@ impl<S: SecretStore + ?Sized> Lease for StoreLease<S> {
                 fencing,
                 StoreRelease {
                     store: self.store.clone(),
+                    clock: self.clock.clone(),
                     key: key.clone(),
                     holder,
                 },
@@ -253,6 +311,7 @@ impl<S: SecretStore + ?Sized> Lease for StoreLease<S> {
 
 struct StoreRelease<S: ?Sized> {
     store: Arc<S>,
+    clock: DynClock,
     key: StoreKey,
     holder: String,
 }
@@ -280,5 +339,56 @@ impl<S: SecretStore + ?Sized> LeaseRelease for StoreRelease<S> {
             Err(e) if is_conflict(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Compare-and-swap on the lease record, only while it still names this holder and has
+    /// not expired.
+    async fn renew(&self, ttl: Duration) -> Result<()> {
+        let now = self.clock.timestamp();
+        let Some((rec, version)) = self.store.get_record::<LeaseRecord>(&self.key).await? else {
+            return Err(not_held());
+        };
+        if rec.holder != self.holder || rec.expires_at <= now {
+            return Err(not_held());
+        }
+        let renewed = LeaseRecord {
+            holder: rec.holder,
+            fencing: rec.fencing,
+            expires_at: now.saturating_add(ttl),
+        };
+        match self
+            .store
+            .put_record(&self.key, &renewed, Precondition::Version(version))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Err(not_held().with_source(e)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lease backend written before renewal existed: it only releases.
+    struct ReleaseOnly;
+
+    #[async_trait]
+    impl LeaseRelease for ReleaseOnly {
+        async fn release(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_without_renewal_says_so_with_a_typed_error() {
+        let key = StoreKey::from_parts(["lease", "unsupported"]).unwrap();
+        let guard = LeaseGuard::new(key, 1, ReleaseOnly);
+        let err = guard.renew(Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(!err.is_retryable());
+        guard.release().await.unwrap();
     }
 }

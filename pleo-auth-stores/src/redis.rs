@@ -37,7 +37,9 @@
 //! same script, `INCR <key>#fencing`: the fencing number grows with every acquisition and never
 //! resets, also after the lease expired. Release deletes the lease only if it still holds the
 //! holder's token (compare-and-delete in Lua), so a holder whose lease expired cannot release its
-//! successor's. Expiry runs on the Redis server's clock.
+//! successor's. Renewal is the same comparison followed by `PEXPIRE`, in one script: it extends
+//! only a lease that still holds the holder's token, and leaves the fencing counter alone. Expiry
+//! runs on the Redis server's clock.
 //!
 //! # Connections
 //!
@@ -149,6 +151,17 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// Renews a lease if it is still held by the token; returns 1, or 0 if it is not.
+/// KEYS: lease. ARGV: holder token, TTL in milliseconds.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 ",
     )
@@ -505,6 +518,24 @@ impl LeaseRelease for RedisRelease {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| map_error("release lease", &e))?;
+        Ok(())
+    }
+
+    /// Compare-then-`PEXPIRE` in one script, one round trip.
+    async fn renew(&self, ttl: Duration) -> Result<()> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let renewed: u64 = RENEW
+            .key(&self.lease_key)
+            .arg(&self.token)
+            .arg(ttl_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| map_error("renew lease", &e))?;
+        if renewed == 0 {
+            return Err(
+                Error::conflict("the lease is no longer held by this holder").with_backend(BACKEND),
+            );
+        }
         Ok(())
     }
 }

@@ -402,6 +402,74 @@ pub async fn lease_conformance(lease: DynLease) {
         "the next holder gets a larger fencing number"
     );
     after.release().await.expect("release");
+
+    lease_renewal(&lease, &root).await;
+}
+
+/// Renewal: it keeps a lease past its first TTL, and fails with `Conflict` once the holder no
+/// longer holds the lease (expired, taken over, or released).
+async fn lease_renewal(lease: &DynLease, root: &StoreKey) {
+    let ttl = Duration::from_secs(30);
+    let short = Duration::from_millis(400);
+    let acquire = |key: StoreKey, ttl: Duration| {
+        let lease = lease.clone();
+        async move { lease.acquire(&key, ttl).await.expect("acquire") }
+    };
+
+    let key = root.child("renewed").unwrap();
+    let first_ttl = Duration::from_secs(1);
+    let held = acquire(key.clone(), first_ttl).await.expect("granted");
+    let fencing = held.fencing();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.renew(Duration::from_secs(4))
+        .await
+        .expect("the holder renews its lease");
+    assert_eq!(held.fencing(), fencing, "renewal keeps the fencing number");
+    tokio::time::sleep(first_ttl + Duration::from_millis(300)).await;
+    assert!(
+        acquire(key.clone(), ttl).await.is_none(),
+        "a renewed lease is held past its first ttl"
+    );
+    held.renew(short).await.expect("renewed again");
+    held.release().await.expect("release");
+    let next = acquire(key.clone(), ttl)
+        .await
+        .expect("a released lease is granted");
+    assert!(next.fencing() > fencing, "fencing numbers increase");
+    next.release().await.expect("release");
+
+    let key = root.child("lapsed").unwrap();
+    let lapsed = acquire(key.clone(), short).await.expect("granted");
+    tokio::time::sleep(short + Duration::from_millis(400)).await;
+    let err = lapsed
+        .renew(ttl)
+        .await
+        .expect_err("an expired lease is not renewed");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "expired: {err:?}");
+    let taken = acquire(key.clone(), ttl)
+        .await
+        .expect("an expired lease is granted to the next holder");
+    let err = lapsed
+        .renew(ttl)
+        .await
+        .expect_err("a lease taken over is not renewed by its old holder");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "taken over: {err:?}");
+    lapsed.release().await.expect("release of a lost lease");
+    assert!(
+        acquire(key.clone(), ttl).await.is_none(),
+        "the old holder neither renewed nor released its successor's lease"
+    );
+    taken.renew(ttl).await.expect("the new holder renews");
+    taken.release().await.expect("release");
+    let err = taken
+        .renew(ttl)
+        .await
+        .expect_err("a released lease is not renewed");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "released: {err:?}");
+    let again = acquire(key, ttl)
+        .await
+        .expect("a renewal after release did not take the lease back");
+    again.release().await.expect("release");
 }
 
 /// The value of a live-service setting such as `PLEO_AUTH_TEST_REDIS_URL`, from the environment
