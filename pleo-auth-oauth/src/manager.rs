@@ -9,6 +9,7 @@
 //! ```text
 //!   (not loaded) --load--> Active --refresh ok, write ok--> Active (generation + 1)
 //!                            |  \--refresh ok, write failed--> PersistPending --write ok--> Active
+//!                            |      (lease kept and renewed)    (lease released)
 //!                            |--invalid_grant--> NeedsReauthorization --complete()--> Active
 //!                            |--transient failure--> CoolingDown --cooldown over--> Active
 //!                            \--disconnect()--> Revoked, or RevocationPending --retry ok--> Revoked
@@ -22,6 +23,13 @@
 //! the next refresh, and written again with backoff. `superseded` remembers which refresh
 //! tokens the pending pair replaced, so a later read of the store can tell an older record of
 //! ours (overwrite it) from another writer's newer one (adopt it).
+//!
+//! The flight gives the lease back when it ends, unless the pair it made is still pending: then
+//! the cell keeps the lease, a task renews it every third of its TTL, and it is released once
+//! the pair is stored (or adopted over, or the manager is dropped). Meanwhile another replica,
+//! which can only read the superseded refresh token from the store, waits at the lease instead
+//! of presenting that token (which would make Pleo revoke the grant). The next flight of this
+//! process takes the kept lease over instead of acquiring it again.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -129,7 +137,8 @@ pub enum GrantState {
     Active,
     /// A refresh is in flight.
     Refreshing,
-    /// Rotated tokens are held in memory and served; the store write is being retried.
+    /// Rotated tokens are held in memory and served; the store write is being retried, and the
+    /// refresh lease is kept (renewed) until it lands.
     PersistPending,
     /// A refresh failed recently; further refreshes fail fast until the cooldown ends.
     CoolingDown,
@@ -241,6 +250,8 @@ pub(crate) struct CellState {
     pending_announced: bool,
     persist_task: bool,
     revoke_task: bool,
+    /// Numbers the hand-offs of the refresh lease to [`GrantCell::kept_lease`].
+    next_handoff: u64,
 }
 
 impl CellState {
@@ -248,6 +259,13 @@ impl CellState {
         self.authority = authority;
         self.epoch += 1;
     }
+}
+
+/// The refresh lease, kept while the pair made under it is pending.
+struct KeptLease {
+    guard: LeaseGuard,
+    /// The hand-off that put it here; the renewal task of that hand-off runs while it stays.
+    handoff: u64,
 }
 
 /// One grant in the cache.
@@ -259,6 +277,10 @@ pub(crate) struct GrantCell {
     state: Mutex<CellState>,
     /// One store writer at a time for this grant within this process.
     writer: tokio::sync::Mutex<()>,
+    /// The refresh lease while the authority is pending (boxed: most cells never keep one).
+    /// Changed and checked against the state under this lock, so it is released once the pair
+    /// is no longer pending.
+    kept_lease: tokio::sync::Mutex<Option<Box<KeptLease>>>,
 }
 
 impl GrantCell {
@@ -270,11 +292,20 @@ impl GrantCell {
             token: ArcSwapOption::empty(),
             state: Mutex::new(CellState::default()),
             writer: tokio::sync::Mutex::new(()),
+            kept_lease: tokio::sync::Mutex::new(None),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, CellState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the authority is a pair (or mark) not yet written to the store.
+    fn pending(&self) -> bool {
+        self.lock()
+            .authority
+            .as_ref()
+            .is_some_and(|a| a.stored.is_none())
     }
 }
 
@@ -743,22 +774,189 @@ async fn flight(inner: &Arc<Inner>, cell: &Arc<GrantCell>, trigger: &Trigger) ->
     if let Some(token) = inner.check(cell, trigger)? {
         return Ok(token);
     }
-    let guard = match acquire_or_follow(inner, cell, trigger).await? {
-        LeaseStep::Acquired(guard) => guard,
-        LeaseStep::Satisfied(token) => return Ok(token),
+    let guard = match take_kept_lease(inner, cell).await {
+        Some(guard) => guard,
+        None => match acquire_or_follow(inner, cell, trigger).await? {
+            LeaseStep::Acquired(guard) => guard,
+            LeaseStep::Satisfied(token) => return Ok(token),
+        },
     };
     let leased_at = tokio::time::Instant::now();
     let result = refresh_under_lease(inner, cell, trigger, leased_at).await;
+    keep_or_release(inner, cell, guard).await;
+    result
+}
+
+/// Gives the refresh lease back; a release that fails leaves it to expire by its TTL.
+async fn release_lease(guard: LeaseGuard) {
     // Failpoint (feature `failpoints`, tests only): the release never reaches the lease backend.
     #[cfg(feature = "failpoints")]
     if fail::eval("pleo_auth_oauth::lease::release", |_| ()).is_some() {
         std::mem::forget(guard);
-        return result;
+        return;
     }
     if let Err(e) = guard.release().await {
         tracing::debug!(error = %e, "releasing the refresh lease failed; it expires by ttl");
     }
-    result
+}
+
+/// The lease this process kept for its pending pair, renewed for a new flight; `None` if there
+/// is none or it could not be renewed (then it is given back and the flight acquires anew).
+async fn take_kept_lease(inner: &Inner, cell: &GrantCell) -> Option<LeaseGuard> {
+    let kept = cell.kept_lease.lock().await.take()?;
+    match kept.guard.renew(inner.policy.lease_ttl).await {
+        Ok(()) => Some(kept.guard),
+        Err(e) => {
+            tracing::debug!(kind = %e.kind(), "the kept refresh lease could not be renewed; acquiring it anew");
+            release_lease(kept.guard).await;
+            None
+        }
+    }
+}
+
+/// After a flight: while the cell's pair is still pending, keeps the lease (renewed in the
+/// background, released once the pair is stored); otherwise releases it.
+async fn keep_or_release(inner: &Arc<Inner>, cell: &Arc<GrantCell>, guard: LeaseGuard) {
+    let mut slot = cell.kept_lease.lock().await;
+    let handoff = {
+        let mut st = cell.lock();
+        if st.authority.as_ref().is_some_and(|a| a.stored.is_none()) {
+            st.next_handoff += 1;
+            Some(st.next_handoff)
+        } else {
+            None
+        }
+    };
+    let Some(handoff) = handoff else {
+        drop(slot);
+        release_lease(guard).await;
+        return;
+    };
+    let replaced = slot.replace(Box::new(KeptLease { guard, handoff }));
+    drop(slot);
+    if let Some(old) = replaced {
+        release_lease(old.guard).await;
+    }
+    ensure_persist_loop(inner, cell);
+    let span = tracing::info_span!("pleo_auth_lease", subject = %cell.subject);
+    tokio::spawn(renew_loop(Arc::downgrade(inner), cell.clone(), handoff).instrument(span));
+}
+
+/// Releases the kept lease if the cell's pair is no longer pending, or unconditionally when
+/// `always` (the manager is gone).
+async fn release_kept_lease(cell: &GrantCell, always: bool) {
+    let mut slot = cell.kept_lease.lock().await;
+    if !always && cell.pending() {
+        return;
+    }
+    let kept = slot.take();
+    drop(slot);
+    if let Some(kept) = kept {
+        release_lease(kept.guard).await;
+    }
+}
+
+/// What one renewal of a kept lease came to.
+enum Renewal {
+    Renewed,
+    /// The lease implementation cannot renew: the lease expires by its TTL.
+    Unsupported,
+    /// The lease had lapsed and nobody held it: this is the new one.
+    Retaken(LeaseGuard),
+    /// Not renewed (logged); tried again at the next interval.
+    Failed,
+}
+
+/// Renews `guard`; if it lapsed, takes the lease again unless another holder has it.
+async fn renew_or_retake(
+    inner: &Inner,
+    cell: &GrantCell,
+    guard: &LeaseGuard,
+    ttl: Duration,
+) -> Renewal {
+    let err = match guard.renew(ttl).await {
+        Ok(()) => return Renewal::Renewed,
+        Err(e) => e,
+    };
+    match err.kind() {
+        CoreKind::Unsupported => {
+            tracing::warn!(
+                "the refresh lease cannot be renewed; it expires by its ttl while the rotated tokens are not stored"
+            );
+            Renewal::Unsupported
+        }
+        CoreKind::Conflict => match inner.lease.acquire(&cell.lease_key, ttl).await {
+            Ok(Some(guard)) => {
+                tracing::warn!(
+                    "the refresh lease lapsed while the rotated tokens were not stored; took it again"
+                );
+                Renewal::Retaken(guard)
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    "the refresh lease lapsed while the rotated tokens are not stored, and another holder took it"
+                );
+                Renewal::Failed
+            }
+            Err(e) => {
+                tracing::warn!(
+                    kind = %e.kind(),
+                    "the refresh lease lapsed while the rotated tokens are not stored; taking it again failed"
+                );
+                Renewal::Failed
+            }
+        },
+        kind => {
+            tracing::warn!(
+                %kind,
+                "renewing the refresh lease failed while the rotated tokens are not stored; retrying"
+            );
+            Renewal::Failed
+        }
+    }
+}
+
+/// Renews the lease of hand-off `handoff` every third of its TTL while it stays kept; releases
+/// it once the pair is no longer pending or the manager is dropped.
+async fn renew_loop(inner: Weak<Inner>, cell: Arc<GrantCell>, handoff: u64) {
+    loop {
+        let Some(ttl) = inner.upgrade().map(|i| i.policy.lease_ttl) else {
+            release_kept_lease(&cell, true).await;
+            return;
+        };
+        let interval = ttl / 3;
+        tokio::time::sleep(interval).await;
+        let Some(strong) = inner.upgrade() else {
+            release_kept_lease(&cell, true).await;
+            return;
+        };
+        let mut slot = cell.kept_lease.lock().await;
+        let Some(kept) = slot.as_mut().filter(|k| k.handoff == handoff) else {
+            // A flight took the lease over (it hands it off anew), or it was released.
+            return;
+        };
+        if !cell.pending() {
+            let kept = slot.take();
+            drop(slot);
+            if let Some(kept) = kept {
+                release_lease(kept.guard).await;
+            }
+            return;
+        }
+        let renewal = renew_or_retake(&strong, &cell, &kept.guard, ttl);
+        match tokio::time::timeout(interval, renewal).await {
+            Ok(Renewal::Renewed | Renewal::Failed) => {}
+            Ok(Renewal::Unsupported) => return,
+            Ok(Renewal::Retaken(guard)) => {
+                let lost = std::mem::replace(&mut kept.guard, guard);
+                drop(slot);
+                release_lease(lost).await;
+            }
+            Err(_) => tracing::warn!(
+                "renewing the refresh lease timed out while the rotated tokens are not stored; retrying"
+            ),
+        }
+    }
 }
 
 enum LeaseStep {
@@ -1061,12 +1259,11 @@ fn mark_stored(inner: &Inner, cell: &GrantCell, written: &OAuthGrant, version: V
 }
 
 fn persist_failed(inner: &Arc<Inner>, cell: &Arc<GrantCell>, err: pleo_auth_core::Error) -> Error {
-    let (announce, spawn, generation) = {
+    let (announce, generation) = {
         let mut st = cell.lock();
         let generation = st.authority.as_ref().map_or(0, |a| a.record.generation);
         let announce = !std::mem::replace(&mut st.pending_announced, true);
-        let spawn = !std::mem::replace(&mut st.persist_task, true);
-        (announce, spawn, generation)
+        (announce, generation)
     };
     if announce {
         inner.emit(OAuthEvent::PersistPending {
@@ -1074,43 +1271,58 @@ fn persist_failed(inner: &Arc<Inner>, cell: &Arc<GrantCell>, err: pleo_auth_core
             generation,
         });
     }
+    ensure_persist_loop(inner, cell);
+    Error::store("writing the rotated tokens failed", err)
+}
+
+/// Starts the background retry of the pending write, unless it runs already.
+fn ensure_persist_loop(inner: &Arc<Inner>, cell: &Arc<GrantCell>) {
+    let spawn = !std::mem::replace(&mut cell.lock().persist_task, true);
     if spawn {
         let span = tracing::info_span!("pleo_auth_persist", subject = %cell.subject);
         tokio::spawn(persist_loop(Arc::downgrade(inner), cell.clone()).instrument(span));
     }
-    Error::store("writing the rotated tokens failed", err)
 }
 
-/// Retries the pending write with backoff until it lands or the manager is dropped.
+/// Retries the pending write with backoff until it lands or the manager is dropped; then gives
+/// the kept refresh lease back.
 async fn persist_loop(inner: Weak<Inner>, cell: Arc<GrantCell>) {
     let mut attempt = 0u32;
     loop {
         attempt = attempt.saturating_add(1);
         let Some(delay) = inner.upgrade().map(|i| i.policy.persist_backoff(attempt)) else {
+            release_kept_lease(&cell, true).await;
             return;
         };
         tokio::time::sleep(delay).await;
         let Some(strong) = inner.upgrade() else {
+            release_kept_lease(&cell, true).await;
             return;
         };
-        {
-            let mut st = cell.lock();
-            if st.authority.as_ref().is_none_or(|a| a.stored.is_some()) {
-                st.persist_task = false;
-                return;
-            }
+        if finish_persist_loop(&cell) {
+            release_kept_lease(&cell, false).await;
+            return;
         }
         match persist(&strong, &cell).await {
             Ok(()) => {
-                let mut st = cell.lock();
-                if st.authority.as_ref().is_none_or(|a| a.stored.is_some()) {
-                    st.persist_task = false;
+                if finish_persist_loop(&cell) {
+                    release_kept_lease(&cell, false).await;
                     return;
                 }
             }
             Err(err) => tracing::debug!(attempt, kind = ?err.kind(), "pending write failed again"),
         }
     }
+}
+
+/// Whether nothing is pending any more; then the persist loop ends (and says so in the state).
+fn finish_persist_loop(cell: &GrantCell) -> bool {
+    let mut st = cell.lock();
+    let done = st.authority.as_ref().is_none_or(|a| a.stored.is_some());
+    if done {
+        st.persist_task = false;
+    }
+    done
 }
 
 /// Pleo refused the refresh token: unless another writer rotated first, mark the grant as
@@ -1455,6 +1667,7 @@ impl TokenManager {
                 .is_some_and(|a| a.stored.is_none());
             if pending {
                 persist(&self.inner, &cell).await?;
+                release_kept_lease(&cell, false).await;
             }
         }
         Ok(())
@@ -1735,10 +1948,13 @@ async fn revoke_loop(inner: Weak<Inner>, subject: Subject) {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use pleo_auth_core::{
-        ClientSecret, Environment, ManualClock, Record, SecretBytes, SecretStore, Versioned,
+        ClientSecret, Environment, LeaseRelease, ManualClock, Record, SecretBytes, SecretStore,
+        Versioned,
     };
+    use pleo_auth_http::transport::TransportConfig;
 
     use super::*;
     use crate::{EventSink, OAuthClient, OAuthConfig, RefreshPolicy};
@@ -1814,6 +2030,15 @@ mod tests {
     /// A manager over `store` with a cell holding a rotated pair (generation 2, `CANARY-rt-2`)
     /// that is not yet written and supersedes `CANARY-rt-1`.
     fn pending(store: MockStore) -> (Arc<Inner>, Arc<GrantCell>, Arc<Events>) {
+        pending_with(store, RefreshPolicy::default(), TransportConfig::default())
+    }
+
+    /// [`pending`] with `policy` (its persist backoffs shortened) and `transport`.
+    fn pending_with(
+        store: MockStore,
+        policy: RefreshPolicy,
+        transport: TransportConfig,
+    ) -> (Arc<Inner>, Arc<GrantCell>, Arc<Events>) {
         let config = OAuthConfig::builder()
             .environment(Environment::staging())
             .client_id("client")
@@ -1829,8 +2054,9 @@ mod tests {
             .policy(RefreshPolicy {
                 persist_initial_backoff: Duration::from_millis(5),
                 persist_max_backoff: Duration::from_millis(5),
-                ..RefreshPolicy::default()
+                ..policy
             })
+            .transport(transport)
             .build()
             .unwrap();
         let inner = client.inner.clone();
@@ -1978,6 +2204,130 @@ mod tests {
         let err = inner.check(&cell, &Trigger::Fresh).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::Revoked);
         assert!(cell.token.load_full().is_none());
+    }
+
+    /// A lease handle that logs its renewals and release.
+    struct LoggedLease {
+        log: Arc<StdMutex<Vec<&'static str>>>,
+        held: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl LeaseRelease for LoggedLease {
+        async fn release(&self) -> pleo_auth_core::Result<()> {
+            self.held.store(false, Ordering::SeqCst);
+            self.log.lock().unwrap().push("release");
+            Ok(())
+        }
+
+        async fn renew(&self, _ttl: Duration) -> pleo_auth_core::Result<()> {
+            if !self.held.load(Ordering::SeqCst) {
+                return Err(pleo_auth_core::Error::conflict("not held"));
+            }
+            self.log.lock().unwrap().push("renew");
+            Ok(())
+        }
+    }
+
+    /// A pending cell whose store write fails until `healed` is set, with a 300 ms lease, and
+    /// the log of a lease guard handed to it as a flight would.
+    async fn pending_with_kept_lease(
+        healed: Arc<AtomicBool>,
+    ) -> (Arc<Inner>, Arc<GrantCell>, Arc<StdMutex<Vec<&'static str>>>) {
+        let mut store = MockStore::new();
+        store
+            .expect_get()
+            .returning(|_| stored(&grant("CANARY-rt-1", 1), 7));
+        store.expect_put().returning(move |_, _, _| {
+            if healed.load(Ordering::SeqCst) {
+                Ok(Version::from_u64(8))
+            } else {
+                Err(pleo_auth_core::Error::unavailable("partitioned").with_backend("mock"))
+            }
+        });
+        let policy = RefreshPolicy {
+            lease_ttl: Duration::from_millis(300),
+            lease_wait: Duration::from_millis(300),
+            ..RefreshPolicy::default()
+        };
+        let transport = TransportConfig {
+            timeout: Duration::from_millis(200),
+            ..TransportConfig::default()
+        };
+        let (inner, cell, _) = pending_with(store, policy, transport);
+        persist(&inner, &cell).await.unwrap_err();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let guard = LeaseGuard::new(
+            cell.lease_key.clone(),
+            1,
+            LoggedLease {
+                log: log.clone(),
+                held: Arc::new(AtomicBool::new(true)),
+            },
+        );
+        keep_or_release(&inner, &cell, guard).await;
+        (inner, cell, log)
+    }
+
+    fn count(log: &StdMutex<Vec<&'static str>>, what: &str) -> usize {
+        log.lock().unwrap().iter().filter(|e| **e == what).count()
+    }
+
+    #[tokio::test]
+    async fn a_pending_pair_keeps_the_lease_renewed_until_it_is_stored() {
+        let healed = Arc::new(AtomicBool::new(false));
+        let (_inner, cell, log) = pending_with_kept_lease(healed.clone()).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(count(&log, "renew") >= 4, "renewed every ttl/3: {log:?}");
+        assert_eq!(count(&log, "release"), 0, "kept while pending");
+        assert_eq!(stored_version(&cell), None);
+
+        healed.store(true, Ordering::SeqCst);
+        for _ in 0..200 {
+            if count(&log, "release") > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stored_version(&cell), Some(Version::from_u64(8)));
+        assert_eq!(count(&log, "release"), 1, "released once stored: {log:?}");
+        let renewals = count(&log, "renew");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            count(&log, "renew"),
+            renewals,
+            "no renewal after the release"
+        );
+        assert!(cell.kept_lease.lock().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_kept_lease_is_released_when_the_manager_is_dropped() {
+        let (inner, cell, log) = pending_with_kept_lease(Arc::new(AtomicBool::new(false))).await;
+        drop(inner);
+        for _ in 0..100 {
+            if count(&log, "release") > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(count(&log, "release"), 1, "{log:?}");
+        assert_eq!(stored_version(&cell), None, "the pair was never stored");
+    }
+
+    #[tokio::test]
+    async fn the_next_flight_takes_the_kept_lease_over() {
+        let (inner, cell, log) = pending_with_kept_lease(Arc::new(AtomicBool::new(false))).await;
+        let guard = take_kept_lease(&inner, &cell)
+            .await
+            .expect("the kept lease, renewed");
+        assert_eq!(count(&log, "renew"), 1, "{log:?}");
+        assert!(cell.kept_lease.lock().await.is_none());
+        // Handed back while still pending: kept again, renewed by a new task.
+        keep_or_release(&inner, &cell, guard).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(count(&log, "renew") >= 2, "{log:?}");
+        assert_eq!(count(&log, "release"), 0, "{log:?}");
     }
 
     #[test]
