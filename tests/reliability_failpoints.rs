@@ -1,5 +1,7 @@
 //! Failpoints on the refresh path (the `fail` crate, facade feature `_failpoints`): after the
-//! token response, before and after the store write, inside lease acquire and release.
+//! token response, before and after the store write, inside lease acquire and release; and a
+//! replica whose store goes down the moment Pleo answers, for several lease TTLs, while another
+//! replica still reads the old record.
 //!
 //! The main test runs 1,000 randomized refreshes whose store write fails after Pleo answered
 //! (failpoint before the write, failpoint after a write that landed, a store that refuses a few
@@ -20,8 +22,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fail::FailScenario;
-use pleo_auth_core::{CredentialStatus, ErrorKind as CoreKind, MemoryStore};
-use pleo_auth_oauth::{ErrorKind, GrantState, OAuthEvent, RefreshPolicy};
+use pleo_auth_core::{
+    CredentialStatus, DynLease, DynSecretStore, ErrorKind as CoreKind, InProcessLease, ManualClock,
+    MemoryStore, StoreLease, layout,
+};
+use pleo_auth_http::transport::TransportConfig;
+use pleo_auth_oauth::{ErrorKind, GrantState, OAuthClient, OAuthEvent, RefreshPolicy};
 use pleo_auth_sandbox::RevocationCause;
 use support::*;
 
@@ -351,4 +357,152 @@ async fn a_lost_answer_ends_in_reauthorization_without_a_retry_storm() {
         1
     );
     scenario.teardown();
+}
+
+/// A pair stuck in `PersistPending` keeps the refresh lease. Replica A refreshes and its store
+/// goes down the moment Pleo answers, for three lease TTLs; replica B can still read the store,
+/// which holds the superseded refresh token. B's access token expires: B waits at the lease
+/// (renewed by A) and gives up with `LeaseUnavailable` instead of presenting the old token, which
+/// would make Pleo revoke the grant. Once A's store is back, A stores the pair and releases the
+/// lease, and B adopts the new token. With an in-process lease and a store lease (each on real
+/// time, reached by both replicas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pending_pair_keeps_the_lease_so_no_replica_presents_the_old_token() {
+    let _turn = TURN.lock().await;
+    let scenario = FailScenario::setup();
+    let leases: [(&str, DynLease); 2] = [
+        ("in-process lease", Arc::new(InProcessLease::new())),
+        (
+            "store lease",
+            Arc::new(StoreLease::new(Arc::new(MemoryStore::new()))),
+        ),
+    ];
+    for (name, lease) in leases {
+        pending_pair_keeps_the_lease(name, lease).await;
+    }
+    scenario.teardown();
+}
+
+async fn pending_pair_keeps_the_lease(name: &str, lease: DynLease) {
+    let shared = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new();
+    let h = Harness::with_lease(
+        SandboxSpec::default(),
+        shared.clone(),
+        clock.clone(),
+        lease.clone(),
+    )
+    .await;
+    let policy = RefreshPolicy {
+        lease_ttl: Duration::from_secs(1),
+        lease_wait: Duration::from_secs(1),
+        ..fast_policy()
+    };
+    let replica = |store: DynSecretStore| {
+        OAuthClient::builder(config(&h.environment, 0), store)
+            .lease(lease.clone())
+            .clock(Arc::new(clock.clone()))
+            .policy(policy.clone())
+            .transport(TransportConfig {
+                timeout: Duration::from_millis(500),
+                ..TransportConfig::default()
+            })
+            .events(h.events.clone())
+            .build()
+            .expect("the client builds")
+    };
+    // A reaches the store through a wrapper that goes down; B reaches it directly.
+    let a_store = Arc::new(FlakyStore::new(shared.clone()));
+    let a = replica(a_store.clone());
+    h.connect(&a, acme()).await;
+    let a = a.token_manager();
+    let b = replica(shared.clone()).token_manager();
+    assert_eq!(b.access_token(&acme()).await.unwrap().generation(), 1);
+    let old = h.stored(0, &acme()).await.unwrap().0.refresh_token.unwrap();
+
+    // A refreshes in its refresh window; its store goes down the moment Pleo answers.
+    h.advance(ACCESS_TTL - Duration::from_secs(30));
+    let down = a_store.clone();
+    fail::cfg_callback(AFTER_RESPONSE, move || down.set_down(true)).unwrap();
+    let rotated = a.access_token(&acme()).await.unwrap();
+    fail::remove(AFTER_RESPONSE);
+    assert_eq!(rotated.generation(), 2, "{name}");
+    assert_eq!(
+        h.stored(0, &acme()).await.unwrap().0.generation,
+        1,
+        "{name}: B still reads the superseded pair"
+    );
+
+    // The old access token expires (the new one is fresh). For three lease TTLs, B waits at
+    // the lease A keeps renewing, and never presents the refresh token A's pair superseded.
+    h.advance(Duration::from_secs(60));
+    let outage = Instant::now();
+    let mut waits = 0;
+    while outage.elapsed() < policy.lease_ttl * 3 {
+        let err = b
+            .access_token(&acme())
+            .await
+            .expect_err("no token for B while A's pair is not stored");
+        assert_eq!(err.kind(), &ErrorKind::LeaseUnavailable, "{name}: {err:?}");
+        assert!(err.is_retryable());
+        waits += 1;
+        let served = a.access_token(&acme()).await.unwrap();
+        assert_eq!(served.generation(), 2, "{name}: A serves its pending pair");
+    }
+    assert!(waits >= 2, "{name}: B waited {waits} times");
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.refreshes, 1, "{name}");
+    assert_eq!(
+        stats.uses_of_refresh_token(old.expose_secret()),
+        1,
+        "{name}"
+    );
+    assert_eq!(stats.refresh_token_reuses, 0, "{name}");
+    assert_eq!(stats.total_revocations(), 0, "{name}");
+    assert!(
+        a_store.refused_reads.load(Ordering::SeqCst) >= 3,
+        "{name}: A kept retrying the write"
+    );
+
+    // A's store comes back: the pair is stored, the lease released, and B adopts the pair.
+    a_store.set_down(false);
+    let lease_key = layout::lease(&grant_key(&h.environment, 0, &acme()));
+    let started = Instant::now();
+    loop {
+        let stored = h.stored(0, &acme()).await.unwrap().0.generation;
+        if stored == 2
+            && let Some(guard) = lease.acquire(&lease_key, policy.lease_ttl).await.unwrap()
+        {
+            guard.release().await.unwrap();
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name}: stored generation {stored}, the lease still held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (stored, _) = h.stored(0, &acme()).await.unwrap();
+    assert_eq!(
+        stored.access_token.unwrap().expose_secret(),
+        rotated.access_token().expose_secret(),
+        "{name}: A's pair is the stored one"
+    );
+    let adopted = b.access_token(&acme()).await.unwrap();
+    assert_eq!(adopted.generation(), 2, "{name}");
+    assert_eq!(
+        adopted.access_token().expose_secret(),
+        rotated.access_token().expose_secret(),
+        "{name}"
+    );
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.refreshes, 1, "{name}");
+    assert_eq!(stats.refresh_token_reuses, 0, "{name}");
+    assert_eq!(stats.total_revocations(), 0, "{name}");
+    assert_eq!(
+        h.events
+            .count(|e| matches!(e, OAuthEvent::ReauthorizationRequired { .. })),
+        0,
+        "{name}"
+    );
 }
