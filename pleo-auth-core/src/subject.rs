@@ -77,13 +77,26 @@ fn parse_uuid(s: &str, what: &str) -> Result<Uuid> {
 /// assert!("urn:pleo:user:0b6f1c7e-8a55-4c2e-9d43-0d8a2a7a1f10".parse::<Subject>().is_err());
 /// # Ok::<(), pleo_auth_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Subject {
     /// One company.
     Company(CompanyId),
     /// An organisation, which may act for each of its companies when a request names one.
     Organisation(OrganisationId),
+}
+
+/// Hashes the kind and the UUID as one `u128`: token caches look a subject up on every request,
+/// and one wide write is cheaper for fast hashers than the derived form's length-prefixed bytes.
+impl std::hash::Hash for Subject {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (kind, id) = match self {
+            Subject::Company(c) => (0u8, c.as_uuid()),
+            Subject::Organisation(o) => (1u8, o.as_uuid()),
+        };
+        state.write_u8(kind);
+        state.write_u128(id.as_u128());
+    }
 }
 
 const COMPANY_PREFIX: &str = "urn:pleo:company:";

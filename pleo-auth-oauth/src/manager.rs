@@ -411,15 +411,14 @@ impl Inner {
         })
     }
 
-    /// The fresh cached token of `subject`: no lock, no I/O, one `Arc` clone.
+    /// The fresh cached token of `subject`: no lock, no I/O, one `Arc` clone. Freshness is
+    /// read on the coarse clock: `refresh_at` lies a margin of seconds before expiry, so a few
+    /// milliseconds either way change nothing.
     fn fresh(&self, subject: &Subject) -> Option<Arc<ActiveToken>> {
         let shard = self.cells.shard(subject).load();
         let cell = shard.get(subject)?;
-        let token = cell.token.load();
-        match &*token {
-            Some(t) if self.clock.instant() < t.refresh_at => Some(Arc::clone(t)),
-            _ => None,
-        }
+        let token = cell.token.load_full()?;
+        (self.clock.coarse_instant() < token.refresh_at).then_some(token)
     }
 
     /// A token that satisfies `trigger` according to the state, if there is one.

@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshPolicy {
-    /// Refresh this long before the access token expires (default 60 s).
+    /// Refresh this long before the access token expires (default 60 s, at least 1 s: the
+    /// request must still reach Pleo in time, and the cache's freshness check reads a clock that
+    /// may be a few milliseconds off).
     pub refresh_margin: Duration,
     /// An extra margin between zero and this, so grants do not all refresh at the same instant
     /// (default 30 s). The share is derived from the grant's subject and generation, so every
@@ -90,6 +92,9 @@ impl RefreshPolicy {
     pub fn validate(&self) -> Result<()> {
         if self.max_attempts == 0 {
             return Err(Error::config("max_attempts must be at least 1"));
+        }
+        if self.refresh_margin < Duration::from_secs(1) {
+            return Err(Error::config("refresh_margin must be at least 1 second"));
         }
         if self.lease_ttl.is_zero() {
             return Err(Error::config("lease_ttl must be positive"));
@@ -190,6 +195,10 @@ mod tests {
         let bad = [
             RefreshPolicy {
                 max_attempts: 0,
+                ..RefreshPolicy::default()
+            },
+            RefreshPolicy {
+                refresh_margin: Duration::from_millis(999),
                 ..RefreshPolicy::default()
             },
             RefreshPolicy {
