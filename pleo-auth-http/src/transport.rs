@@ -56,12 +56,24 @@ pub async fn read_body_capped(mut response: reqwest::Response, limit: usize) -> 
     {
         return Err(body_too_large(limit));
     }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+    // Most bodies arrive in one chunk, which is returned as it is, without a copy.
+    let Some(first) = response.chunk().await.map_err(transport_error)? else {
+        return Ok(Bytes::new());
+    };
+    if first.len() > limit {
+        return Err(body_too_large(limit));
+    }
+    let Some(second) = response.chunk().await.map_err(transport_error)? else {
+        return Ok(first);
+    };
+    let mut body = BytesMut::from(first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
         if body.len() + chunk.len() > limit {
             return Err(body_too_large(limit));
         }
         body.extend_from_slice(&chunk);
+        next = response.chunk().await.map_err(transport_error)?;
     }
     Ok(body.freeze())
 }
@@ -210,6 +222,76 @@ mod tests {
         );
         assert_eq!(status_kind(StatusCode::BAD_GATEWAY), ErrorKind::Unavailable);
         assert_eq!(status_kind(StatusCode::BAD_REQUEST), ErrorKind::Unexpected);
+    }
+
+    /// A response served by a one-shot loopback server that writes `raw` as it is, in
+    /// `pieces` writes with a pause between them (so chunked bodies arrive in several chunks).
+    async fn served(pieces: Vec<Vec<u8>>) -> reqwest::Response {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await.unwrap();
+            for piece in pieces {
+                socket.write_all(&piece).await.unwrap();
+                socket.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        http_client(&TransportConfig::default())
+            .unwrap()
+            .get(format!("http://{address}/"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn chunked(chunks: &[&str]) -> Vec<Vec<u8>> {
+        let mut pieces = vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()];
+        for chunk in chunks {
+            pieces.push(format!("{:x}\r\n{chunk}\r\n", chunk.len()).into_bytes());
+        }
+        pieces.push(b"0\r\n\r\n".to_vec());
+        pieces
+    }
+
+    #[tokio::test]
+    async fn capped_bodies_arrive_whole_or_are_refused() {
+        let whole = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_vec();
+        let body = read_body_capped(served(vec![whole]).await, 5)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"hello");
+
+        let empty = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let body = read_body_capped(served(vec![empty]).await, 5)
+            .await
+            .unwrap();
+        assert!(body.is_empty());
+
+        let response = served(chunked(&["abc", "def", "gh"])).await;
+        let body = read_body_capped(response, 8).await.unwrap();
+        assert_eq!(&body[..], b"abcdefgh");
+
+        // Declared too large: refused before reading.
+        let declared = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello!".to_vec();
+        let err = read_body_capped(served(vec![declared]).await, 5)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("larger than 5 bytes"), "{err}");
+
+        // Undeclared and too large, in the first chunk and across chunks.
+        for chunks in [&["abcdef"][..], &["abc", "def"][..]] {
+            let err = read_body_capped(served(chunked(chunks)).await, 5)
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("larger than 5 bytes"),
+                "{chunks:?}: {err}"
+            );
+        }
     }
 
     proptest! {
