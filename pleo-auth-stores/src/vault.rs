@@ -11,37 +11,38 @@
 //! { "value": "<base64 of the bytes>", "nonce": "<random>" }
 //! ```
 //!
-//! A conditional delete first writes a tombstone, `{ "nonce": "...", "deleted_at_ms": <unix ms> }`,
-//! which reads as absent. Data of any other shape is an [`ErrorKind::Corrupt`] error.
+//! A delete writes a tombstone, which reads as absent (see [Deletes](#deletes)).
 //!
 //! # Versions
 //!
 //! A [`Version`] is `<kv version>:<nonce>`, for example `7:Xw2s_c1eA9kq0b3M`. Compare-and-swap
-//! uses KV v2 check-and-set (`cas`): `cas: 0` creates only, `cas: n` writes only if version `n`
-//! is current; Vault answers a mismatch with HTTP 400 "check-and-set parameter did not match",
-//! which is [`ErrorKind::Conflict`].
+//! is KV v2 check-and-set (`cas`), in one request: `cas: 0` creates only, `cas: n` writes only
+//! if version `n` is current; Vault answers a mismatch with HTTP 400 "check-and-set parameter did
+//! not match", which is [`ErrorKind::Conflict`].
 //!
-//! KV v2 restarts a secret's version numbers at 1 after its metadata is deleted, so the number
-//! alone could match a later incarnation of the key. The nonce is new on every write: a
-//! [`Precondition::Version`] names one write, and a `put` or `delete` with it first reads the
-//! secret and compares number and nonce, then writes with `cas` set to that number. What remains
-//! is a window of one round trip: only a delete, a re-creation and enough further writes to reach
-//! the same number, all landing between that read and that write, could be overwritten.
+//! The version number alone names one write because this store never deletes a secret's
+//! metadata, where KV v2 keeps the count: deleting the metadata would restart the numbers at 1,
+//! and a writer holding version `n` of the old secret could then overwrite a new secret that
+//! reached `n` again. So delete secrets through the store, not with `kv metadata delete`, while
+//! replicas that may hold versions of them run. (The nonce is new on every write; it keeps
+//! versions distinct in logs and for stores written by earlier releases, which did delete
+//! metadata and read the nonce back before every conditional write.)
 //!
 //! # Deletes
 //!
-//! `delete` removes every version and the metadata (`DELETE <mount>/metadata/<path>`). With
-//! [`Precondition::Version`] it is two steps, so that the version check is atomic:
-//! 1. a tombstone is written with `cas` set to the expected version; from here on the key reads as
-//!    absent, and a writer that still holds the old version gets `Conflict`;
-//! 2. the metadata is deleted.
+//! A delete is a tombstone, `{ "nonce": "...", "deleted_at_ms": <unix ms> }`, written with
+//! check-and-set (for [`Precondition::Version`], against the expected version, so the check is
+//! atomic; for [`Precondition::None`], against the current version, retried on a conflict). From
+//! then on the key reads as absent and is not listed. Then the data of every earlier version is
+//! destroyed (`PUT <mount>/destroy/<path>`), so no value stays readable in the secret's history;
+//! the metadata, with the version count, stays. Data of any other shape than a value or a
+//! tombstone is an [`ErrorKind::Corrupt`] error.
 //!
-//! If step 2 fails, `delete` returns the error and the tombstone stays: the key reads as absent,
-//! [`SecretStore::list`] still names it, and a create ([`Precondition::Absent`]) answers a
-//! retryable `Conflict` for [`VaultStoreBuilder::tombstone_grace`] (one minute by default),
-//! so that it cannot be wiped by a delete still in flight; after that it writes over the
-//! tombstone. A delete with [`Precondition::None`] is one metadata delete. An unconditional put
-//! that races with a conditional delete of the same key can be removed by that delete's step 2.
+//! If destroying fails, `delete` returns the error; the key already reads as absent, and a later
+//! delete or create of it destroys what is left (a create writes over the tombstone at once: the
+//! version numbers a destroy names all lie below the tombstone, so it can never remove a newer
+//! write). The store's Vault policy needs `create`, `read` and `update` on `<mount>/data/...`,
+//! `update` on `<mount>/destroy/...` and `read` and `list` on `<mount>/metadata/...`.
 //!
 //! # Authentication
 //!
@@ -121,7 +122,6 @@ pub const DEFAULT_MOUNT: &str = "secret";
 pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(60);
 /// How many concurrent LIST requests one `list` call makes.
 const LIST_CONCURRENCY: usize = 8;
 /// How often a write retries when another writer or a delete keeps moving the key.
@@ -163,7 +163,6 @@ pub struct VaultStoreBuilder {
     ca_cert_pem: Option<Vec<u8>>,
     timeout: Duration,
     connect_timeout: Duration,
-    tombstone_grace: Duration,
     clock: DynClock,
 }
 
@@ -241,13 +240,6 @@ impl VaultStoreBuilder {
     /// The timeout of establishing a connection (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long a tombstone left by an interrupted conditional delete blocks creating the key
-    /// again (default one minute); see the module documentation.
-    pub fn tombstone_grace(mut self, grace: Duration) -> Self {
-        self.tombstone_grace = grace;
         self
     }
 
@@ -332,7 +324,6 @@ impl VaultStoreBuilder {
             mount,
             path_prefix,
             namespace: self.namespace,
-            tombstone_grace: self.tombstone_grace,
             clock: self.clock,
             session: RwLock::new(None),
             login_lock: tokio::sync::Mutex::new(()),
@@ -367,7 +358,6 @@ struct Inner {
     mount: String,
     path_prefix: Option<String>,
     namespace: Option<String>,
-    tombstone_grace: Duration,
     clock: DynClock,
     session: RwLock<Option<Session>>,
     login_lock: tokio::sync::Mutex<()>,
@@ -405,7 +395,6 @@ impl VaultStore {
             ca_cert_pem: None,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
             clock: Arc::new(SystemClock),
         }
     }
@@ -563,17 +552,42 @@ impl VaultStore {
         Ok(meta.version)
     }
 
-    async fn delete_metadata(&self, path: &str) -> Result<()> {
+    /// Destroys the data of every version of `path` below `number` that still holds some.
+    async fn destroy_before(&self, path: &str, number: u64) -> Result<()> {
         let mount = self.inner.mount.as_str();
         let result = self
-            .call("delete", |client| async move {
-                vaultrs::kv2::delete_metadata(&*client, mount, path).await
+            .call("read metadata", |client| async move {
+                vaultrs::kv2::read_metadata(&*client, mount, path).await
             })
             .await;
-        match result {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let meta = match result {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut versions: Vec<u64> = meta
+            .versions
+            .iter()
+            .filter(|(_, v)| !v.destroyed)
+            .filter_map(|(n, _)| n.parse().ok())
+            .filter(|n| *n < number)
+            .collect();
+        if versions.is_empty() {
+            return Ok(());
         }
+        versions.sort_unstable();
+        self.call("destroy", |client| {
+            let versions = versions.clone();
+            async move { vaultrs::kv2::destroy_versions(&*client, mount, path, versions).await }
+        })
+        .await
+    }
+
+    /// Writes a tombstone over version `number` and destroys the data of the versions before it.
+    async fn bury(&self, path: &str, number: u64) -> Result<()> {
+        let tombstone = KvData::tombstone(self.inner.clock.timestamp());
+        let buried = self.write(path, &tombstone, Some(number)).await?;
+        self.destroy_before(path, buried).await
     }
 
     async fn list_folder(&self, folder: String) -> Result<(String, Vec<String>)> {
@@ -599,24 +613,29 @@ impl VaultStore {
                 Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
                 Err(_) => {}
             }
-            let cas = match self.read(path).await? {
+            let (cas, tombstone) = match self.read(path).await? {
                 Current::Live { .. } => return Err(exists()),
-                Current::Tombstone { number, deleted_at } => {
-                    let age = self.inner.clock.timestamp().saturating_since(deleted_at);
-                    if age < self.inner.tombstone_grace {
-                        return Err(Error::conflict("a delete of this key is in progress")
-                            .with_backend(BACKEND)
-                            .with_retryable(true));
-                    }
-                    number
-                }
+                Current::Tombstone { number, .. } => (number, true),
                 // The latest version was deleted or destroyed by other means, or the metadata
                 // went away meanwhile: the key is absent, continue from its current number.
-                Current::Missing => self.current_number(path).await?,
+                Current::Missing => (self.current_number(path).await?, false),
             };
             let data = KvData::live(value);
             match self.write(path, &data, Some(cas)).await {
-                Ok(n) => return Ok(data.version(n)),
+                Ok(n) => {
+                    if tombstone {
+                        // What an interrupted delete left in the history (versions below its
+                        // tombstone only, never this write).
+                        if let Err(e) = self.destroy_before(path, cas).await {
+                            tracing::debug!(
+                                backend = BACKEND,
+                                kind = ?e.kind(),
+                                "destroying the versions before a tombstone failed"
+                            );
+                        }
+                    }
+                    return Ok(data.version(n));
+                }
                 Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
                 Err(_) => {}
             }
@@ -642,20 +661,13 @@ impl VaultStore {
         }
         Err(contended())
     }
+}
 
-    /// Checks that `want` is the current version of `path` and returns its number.
-    async fn expect_version(&self, path: &str, want: &Version) -> Result<u64> {
-        let Some((number, nonce)) = parse_version(want) else {
-            return Err(mismatch());
-        };
-        match self.read(path).await? {
-            Current::Live {
-                number: n,
-                nonce: have,
-                ..
-            } if n == number && have == nonce => Ok(number),
-            _ => Err(mismatch()),
-        }
+/// The KV version number of `want`: a version this store did not hand out matches nothing.
+fn expected_number(want: &Version) -> Result<u64> {
+    match parse_version(want) {
+        Some((number, _)) if number > 0 => Ok(number),
+        _ => Err(mismatch()),
     }
 }
 
@@ -705,9 +717,10 @@ impl SecretStore for VaultStore {
             Precondition::None => self.put_unconditional(&path, &value).await,
             Precondition::Absent => self.put_absent(&path, &value).await,
             Precondition::Version(want) => {
-                let number = self.expect_version(&path, &want).await?;
                 let data = KvData::live(&value);
-                let n = self.write(&path, &data, Some(number)).await?;
+                let n = self
+                    .write(&path, &data, Some(expected_number(&want)?))
+                    .await?;
                 Ok(data.version(n))
             }
         }
@@ -720,12 +733,22 @@ impl SecretStore for VaultStore {
             Precondition::Absent => {
                 Err(Error::invalid_input("delete cannot require absence").with_backend(BACKEND))
             }
-            Precondition::None => self.delete_metadata(&path).await,
-            Precondition::Version(want) => {
-                let number = self.expect_version(&path, &want).await?;
-                let tombstone = KvData::tombstone(self.inner.clock.timestamp());
-                self.write(&path, &tombstone, Some(number)).await?;
-                self.delete_metadata(&path).await
+            Precondition::Version(want) => self.bury(&path, expected_number(&want)?).await,
+            Precondition::None => {
+                for _ in 0..WRITE_ATTEMPTS {
+                    let number = match self.read(&path).await? {
+                        Current::Live { number, .. } => number,
+                        Current::Tombstone { number, .. } => {
+                            return self.destroy_before(&path, number).await;
+                        }
+                        Current::Missing => return Ok(()),
+                    };
+                    match self.bury(&path, number).await {
+                        Err(e) if e.kind() == ErrorKind::Conflict => {}
+                        done => return done,
+                    }
+                }
+                Err(contended())
             }
         }
     }
@@ -749,7 +772,7 @@ impl SecretStore for VaultStore {
                     } else {
                         let relative = &full[root.len() - prefix.as_str().len()..];
                         match StoreKey::parse(relative) {
-                            Ok(key) => keys.push(key),
+                            Ok(key) => keys.push((key, full)),
                             Err(_) => tracing::debug!(
                                 backend = BACKEND,
                                 "skipping a secret whose name is not a store key"
@@ -759,8 +782,22 @@ impl SecretStore for VaultStore {
                 }
             }
         }
-        keys.sort();
-        Ok(keys)
+        // Deleted keys keep their metadata (see Deletes), so LIST names them: read each and
+        // keep those that hold a value, or data that is not ours (for the caller to see).
+        let mut present = Vec::with_capacity(keys.len());
+        let mut reads = futures::stream::iter(keys)
+            .map(|(key, path)| async move { (key, self.read(&path).await) })
+            .buffer_unordered(LIST_CONCURRENCY);
+        while let Some((key, read)) = reads.next().await {
+            match read {
+                Ok(Current::Live { .. }) => present.push(key),
+                Ok(Current::Tombstone { .. } | Current::Missing) => {}
+                Err(e) if e.kind() == ErrorKind::Corrupt => present.push(key),
+                Err(e) => return Err(e),
+            }
+        }
+        present.sort();
+        Ok(present)
     }
 }
 
@@ -813,7 +850,6 @@ enum Current {
     },
     Tombstone {
         number: u64,
-        deleted_at: Timestamp,
     },
     Missing,
 }
@@ -839,10 +875,7 @@ impl Current {
                     value: SecretBytes::new(bytes),
                 })
             }
-            (None, Some(ms)) => Ok(Current::Tombstone {
-                number,
-                deleted_at: Timestamp::from_millis(ms),
-            }),
+            (None, Some(_)) => Ok(Current::Tombstone { number }),
             _ => Err(
                 Error::corrupt("the secret's data is not a pleo-auth record").with_backend(BACKEND),
             ),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pleo_auth_core::testing::{self, service_env};
 use pleo_auth_core::{
-    Clock, ErrorKind, ManualClock, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease,
+    ErrorKind, ManualClock, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease,
     random_urlsafe,
 };
 use pleo_auth_stores::vault::VaultStore;
@@ -87,12 +87,11 @@ async fn a_version_of_a_deleted_key_never_matches_its_next_incarnation() {
         .put(&k, bytes("second life"), Precondition::Absent)
         .await
         .unwrap();
-    // KV v2 restarted the version number at 1: the numbers agree, the versions do not.
-    assert_eq!(
-        old.as_str().split(':').next(),
-        new.as_str().split(':').next()
-    );
-    assert_ne!(old, new);
+    // The metadata outlived the delete, so the count went on (1, the tombstone 2, then 3).
+    let number = |v: &pleo_auth_core::Version| -> u64 {
+        v.as_str().split(':').next().unwrap().parse().unwrap()
+    };
+    assert_eq!((number(&old), number(&new)), (1, 3));
     let err = store
         .put(
             &k,
@@ -113,57 +112,84 @@ async fn a_version_of_a_deleted_key_never_matches_its_next_incarnation() {
 }
 
 #[tokio::test]
-async fn conditional_delete_removes_all_versions_and_metadata() {
+async fn a_delete_destroys_every_value_and_keeps_the_version_count() {
     let prefix = format!("pleo-tests/{}", random_urlsafe(6));
     let store = VaultStore::builder(addr())
         .token(root_token())
         .path_prefix(prefix.clone())
         .build()
         .unwrap();
-    let k = key(&["gone"]);
+    let path = format!("{prefix}/d/gone");
+    let k = key(&["d", "gone"]);
     let v1 = store
-        .put(&k, bytes("a"), Precondition::Absent)
+        .put(&k, bytes("CANARY-first"), Precondition::Absent)
         .await
         .unwrap();
     let v2 = store
-        .put(&k, bytes("b"), Precondition::Version(v1))
+        .put(&k, bytes("CANARY-second"), Precondition::Version(v1.clone()))
         .await
         .unwrap();
-    store.delete(&k, Precondition::Version(v2)).await.unwrap();
-    let err = vaultrs::kv2::read_metadata(&root_client(), "secret", &format!("{prefix}/gone"))
+    store
+        .delete(&k, Precondition::Version(v2.clone()))
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, vaultrs::error::ClientError::APIError { code: 404, .. }),
-        "metadata and every version are gone: {err:?}"
+        .unwrap();
+    assert!(store.get(&k).await.unwrap().is_none());
+    assert!(store.list(&key(&["d"])).await.unwrap().is_empty(), "not listed");
+
+    let meta = vaultrs::kv2::read_metadata(&root_client(), "secret", &path)
+        .await
+        .unwrap();
+    assert_eq!(meta.current_version, 3, "the tombstone is version 3");
+    for n in ["1", "2"] {
+        assert!(meta.versions[n].destroyed, "version {n} is destroyed");
+        let read: Result<serde_json::Value, _> =
+            vaultrs::kv2::read_version(&root_client(), "secret", &path, n.parse().unwrap()).await;
+        assert!(
+            !format!("{read:?}").contains("CANARY"),
+            "no value of version {n} is readable"
+        );
+    }
+
+    // Created again, the key continues the count: no old version can match a new write.
+    let v4 = store
+        .put(&k, bytes("new life"), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(v4.as_str().starts_with("4:"), "{v4:?}");
+    for old in [v1, v2] {
+        let err = store
+            .put(&k, bytes("stale"), Precondition::Version(old.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{old:?}");
+    }
+    assert_eq!(
+        store.get(&k).await.unwrap().unwrap().value.expose_secret(),
+        b"new life"
     );
-    assert!(store.list(&key(&["gone"])).await.unwrap().is_empty());
 }
 
 #[tokio::test]
-async fn a_tombstone_of_an_interrupted_delete_reads_as_absent_and_blocks_creation_for_a_while() {
+async fn a_tombstone_of_an_interrupted_delete_reads_as_absent_and_is_cleaned_up_by_a_create() {
     let prefix = format!("pleo-tests/{}", random_urlsafe(6));
-    let clock = ManualClock::new();
     let store = VaultStore::builder(addr())
         .token(root_token())
         .path_prefix(prefix.clone())
-        .clock(Arc::new(clock.clone()))
-        .tombstone_grace(Duration::from_secs(60))
         .build()
         .unwrap();
-    let k = key(&["half-deleted"]);
+    let path = format!("{prefix}/d/half-deleted");
+    let k = key(&["d", "half-deleted"]);
     let v1 = store
-        .put(&k, bytes("a"), Precondition::Absent)
+        .put(&k, bytes("CANARY-old"), Precondition::Absent)
         .await
         .unwrap();
-    // What a delete leaves behind when it stops between its tombstone and its metadata delete.
+    // What a delete leaves behind when it stops between its tombstone and its destroy.
     let number: u32 = v1.as_str().split(':').next().unwrap().parse().unwrap();
-    let now_ms = clock.timestamp().as_millis();
     vaultrs::kv2::set_with_options(
         &root_client(),
         "secret",
-        &format!("{prefix}/half-deleted"),
-        &serde_json::json!({ "nonce": "tomb", "deleted_at_ms": now_ms }),
+        &path,
+        &serde_json::json!({ "nonce": "tomb", "deleted_at_ms": 1_000 }),
         vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: number },
     )
     .await
@@ -172,29 +198,25 @@ async fn a_tombstone_of_an_interrupted_delete_reads_as_absent_and_blocks_creatio
         store.get(&k).await.unwrap().is_none(),
         "a tombstone reads as absent"
     );
+    assert!(store.list(&key(&["d"])).await.unwrap().is_empty(), "not listed");
     let err = store
         .put(&k, bytes("b"), Precondition::Version(v1.clone()))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    let err = store
-        .put(&k, bytes("b"), Precondition::Absent)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict);
-    assert!(
-        err.is_retryable(),
-        "a delete may still be in flight: {err:?}"
-    );
-    clock.advance(Duration::from_secs(61));
     let v2 = store
         .put(&k, bytes("b"), Precondition::Absent)
         .await
-        .expect("an old tombstone is written over");
+        .expect("a tombstone is written over at once");
     let read = store.get(&k).await.unwrap().unwrap();
     assert_eq!(read.value.expose_secret(), b"b");
     assert_eq!(read.version, v2);
-    assert_ne!(v1, v2);
+    let meta = vaultrs::kv2::read_metadata(&root_client(), "secret", &path)
+        .await
+        .unwrap();
+    assert!(meta.versions["1"].destroyed, "the old value is destroyed");
+    assert!(!meta.versions["3"].destroyed, "the new value is not");
+    assert_eq!(store.list(&key(&["d"])).await.unwrap(), vec![k]);
 }
 
 #[tokio::test]
@@ -255,7 +277,8 @@ async fn approle(role_id: &str) -> (String, String) {
         &policy,
         r#"
 path "secret/data/approle-tests/*" { capabilities = ["create", "read", "update", "delete"] }
-path "secret/metadata/approle-tests/*" { capabilities = ["read", "list", "delete"] }
+path "secret/metadata/approle-tests/*" { capabilities = ["read", "list"] }
+path "secret/destroy/approle-tests/*" { capabilities = ["update"] }
 "#,
     )
     .await
