@@ -24,16 +24,31 @@
 //!
 //! A [`Version`] is the Secrets Manager version id, a random UUID the store sends as
 //! `ClientRequestToken` (so the SDK's retries of one write are idempotent). Version ids are never
-//! reused, also not after a delete. A write with [`Precondition::Version`] is:
-//! 1. `PutSecretValue` with a staging label of its own (`pleo-auth-pending-<random>`), which does
-//!    not touch `AWSCURRENT`;
+//! reused, also not after a delete. A write with [`Precondition::Version`] is two calls:
+//! 1. `PutSecretValue` with the staging label `pleo-auth-pending` (the same for every writer),
+//!    which does not touch `AWSCURRENT`. A label is on at most one version of a secret, so the
+//!    service takes it from whichever version had it: labels never pile up, and no call is
+//!    needed to remove one afterwards;
 //! 2. `UpdateSecretVersionStage` moving `AWSCURRENT` to the new version with
 //!    `RemoveFromVersionId` set to the expected version. Secrets Manager refuses the move unless
 //!    `AWSCURRENT` is still on that version, so of several writers exactly one wins; a stale
-//!    writer's move is rejected and reported as [`ErrorKind::Conflict`];
-//! 3. `UpdateSecretVersionStage` removing the writer's label again. If the writer stops before,
-//!    the label stays on that one version; should the labels of a secret ever reach the service
-//!    quota, a write removes every `pleo-auth-pending-` label and tries once more.
+//!    writer's move is rejected and reported as [`ErrorKind::Conflict`].
+//!
+//! The label only makes the put leave `AWSCURRENT` alone (without `VersionStages` the put would
+//! move it); step 2 names versions by id and does not need it. When two writers race, the second
+//! put takes the label from the first writer's version, which then has no label: Secrets Manager
+//! calls such a version deprecated, but removes deprecated versions only while a secret has more
+//! than 100 versions and never one created less than 24 hours ago, so the first writer's move
+//! still finds its version (a writer that stalls for a day between its calls at worst gets a
+//! `Conflict`, never a wrong value). moto, which the tests run against, moves labels the same way
+//! and never removes a version. The last staged version keeps the label (usually it is also
+//! `AWSCURRENT`; after a lost race it is the loser's version, until the next write).
+//!
+//! Earlier releases used a label per writer (`pleo-auth-pending-<random>`) and a third call to
+//! remove it; a writer that stopped before that call left its label behind. Such secrets keep
+//! working: should the labels of a secret reach the service quota (`LimitExceededException`,
+//! once the SDK's own retries, which take it for throttling, gave up), a write removes every
+//! `pleo-auth-pending-<random>` label and tries once more. The shared label itself counts once.
 //!
 //! A create ([`Precondition::Absent`]) is one `CreateSecret` (`ResourceExistsException` is
 //! `Conflict`). An unconditional write ([`Precondition::None`]) reads the current version and
@@ -128,7 +143,12 @@ use crate::cause::{Cause, is_tls_failure};
 const BACKEND: &str = "aws";
 const CURRENT: &str = "AWSCURRENT";
 const TOMBSTONE: &str = "pleo-auth:tombstone";
-const PENDING_LABEL_PREFIX: &str = "pleo-auth-pending-";
+/// The staging label of every staged version (see the module documentation); it is on at most
+/// one version of a secret at a time.
+const PENDING_LABEL: &str = "pleo-auth-pending";
+/// Prefix of the per-writer labels (`pleo-auth-pending-<random>`) of the earlier three-call
+/// protocol, which secrets written by it may still carry.
+const LEGACY_PENDING_LABEL_PREFIX: &str = "pleo-auth-pending-";
 /// Longest secret name Secrets Manager accepts.
 const MAX_NAME_LEN: usize = 512;
 /// Length of the readable head of a hashed name: the rest is `=` and 64 hex digits.
@@ -551,7 +571,7 @@ impl AwsStore {
         })
     }
 
-    /// `PutSecretValue` under a fresh pending label, then moves `AWSCURRENT` from `from` to it.
+    /// Stages `payload` as a new version, then moves `AWSCURRENT` from `from` to it: two calls.
     async fn compare_and_swap(
         &self,
         name: &Name,
@@ -563,8 +583,15 @@ impl AwsStore {
         if !(32..=64).contains(&from.len()) {
             return Err(mismatch());
         }
+        let version = self.stage(name, key, payload).await?;
+        self.promote(name, &version, from).await?;
+        Ok(version)
+    }
+
+    /// `PutSecretValue` of a new version under [`PENDING_LABEL`], which takes the label from
+    /// whichever version had it and leaves `AWSCURRENT` where it is. Returns the new version id.
+    async fn stage(&self, name: &Name, key: &StoreKey, payload: &Payload<'_>) -> Result<String> {
         let token = new_token();
-        let label = format!("{PENDING_LABEL_PREFIX}{}", &token[..8]);
         let mut cleared = false;
         loop {
             let request = self
@@ -572,13 +599,13 @@ impl AwsStore {
                 .put_secret_value()
                 .secret_id(name.as_str())
                 .client_request_token(&token)
-                .version_stages(&label);
+                .version_stages(PENDING_LABEL);
             let request = match self.payload(name, key, payload)? {
                 Body::Binary(blob) => request.secret_binary(blob),
                 Body::Tombstone => request.secret_string(TOMBSTONE),
             };
             match request.send().await {
-                Ok(_) => break,
+                Ok(_) => return Ok(token),
                 Err(e) => {
                     let e = AwsError::from_sdk(e);
                     match e.code() {
@@ -587,25 +614,28 @@ impl AwsStore {
                         }
                         Some("LimitExceededException") if !cleared => {
                             cleared = true;
-                            self.clear_pending_labels(name).await?;
+                            self.clear_legacy_labels(name).await?;
                         }
                         _ => return Err(e.into_error("write")),
                     }
                 }
             }
         }
-        let moved = self
+    }
+
+    /// `UpdateSecretVersionStage` moving `AWSCURRENT` to `version` if it is still on `from`.
+    async fn promote(&self, name: &Name, version: &str, from: &str) -> Result<()> {
+        match self
             .client
             .update_secret_version_stage()
             .secret_id(name.as_str())
             .version_stage(CURRENT)
-            .move_to_version_id(&token)
+            .move_to_version_id(version)
             .remove_from_version_id(from)
             .send()
-            .await;
-        self.remove_label(name, &label, &token).await;
-        match moved {
-            Ok(_) => Ok(token),
+            .await
+        {
+            Ok(_) => Ok(()),
             Err(e) => {
                 let e = AwsError::from_sdk(e);
                 match e.code() {
@@ -620,25 +650,11 @@ impl AwsStore {
         }
     }
 
-    /// Removes a writer's pending label; a failure only leaves the label behind.
-    async fn remove_label(&self, name: &Name, label: &str, version: &str) {
-        if let Err(e) = self
-            .client
-            .update_secret_version_stage()
-            .secret_id(name.as_str())
-            .version_stage(label)
-            .remove_from_version_id(version)
-            .send()
-            .await
-        {
-            let e = AwsError::from_sdk(e);
-            tracing::debug!(backend = BACKEND, error = %e.cause, "a pending label stays behind");
-        }
-    }
-
-    /// Removes every pending label of the secret (those of crashed writers, and of writers in
-    /// flight, whose moves name versions by id and do not need them).
-    async fn clear_pending_labels(&self, name: &Name) -> Result<()> {
+    /// Removes every per-writer label of the earlier protocol (`pleo-auth-pending-<random>`)
+    /// from the secret: those of writers that stopped between their calls, and those of earlier
+    /// writers still in flight, whose moves name versions by id and do not need them. A label
+    /// that cannot be removed is only logged.
+    async fn clear_legacy_labels(&self, name: &Name) -> Result<()> {
         let out = self
             .client
             .describe_secret()
@@ -652,9 +668,20 @@ impl AwsStore {
         for (version, labels) in stages {
             for label in labels
                 .iter()
-                .filter(|l| l.starts_with(PENDING_LABEL_PREFIX))
+                .filter(|l| l.starts_with(LEGACY_PENDING_LABEL_PREFIX))
             {
-                self.remove_label(name, label, version).await;
+                if let Err(e) = self
+                    .client
+                    .update_secret_version_stage()
+                    .secret_id(name.as_str())
+                    .version_stage(label)
+                    .remove_from_version_id(version)
+                    .send()
+                    .await
+                {
+                    let e = AwsError::from_sdk(e);
+                    tracing::debug!(backend = BACKEND, error = %e.cause, "a legacy label stays behind");
+                }
             }
         }
         Ok(())
@@ -1106,6 +1133,13 @@ fn service_kind(code: &str) -> ErrorKind {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use aws_sdk_secretsmanager::config::interceptors::{
+        BeforeDeserializationInterceptorContextMut, BeforeTransmitInterceptorContextRef,
+    };
+    use aws_sdk_secretsmanager::config::{ConfigBag, Intercept, RuntimeComponents};
+
     use super::*;
 
     async fn store(prefix: &str) -> AwsStore {
@@ -1182,6 +1216,268 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    /// What a [`Calls`] interceptor saw, and whether it answers `PutSecretValue` with
+    /// `LimitExceededException`.
+    #[derive(Debug, Default)]
+    struct Seen {
+        operations: Vec<String>,
+        fail_puts: bool,
+    }
+
+    /// Records the operation (`X-Amz-Target`) of every request the client transmits, retries
+    /// included. It can also play a secret at the label quota: `PutSecretValue` is answered with
+    /// `LimitExceededException` (after moto ran it) until a call of another kind is sent.
+    #[derive(Debug, Clone, Default)]
+    struct Calls(Arc<Mutex<Seen>>);
+
+    impl Calls {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.lock().unwrap().operations)
+        }
+
+        fn fail_puts(&self) {
+            self.0.lock().unwrap().fail_puts = true;
+        }
+    }
+
+    impl Intercept for Calls {
+        fn name(&self) -> &'static str {
+            "Calls"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &BeforeTransmitInterceptorContextRef<'_>,
+            _: &RuntimeComponents,
+            _: &mut ConfigBag,
+        ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let target = context.request().headers().get("x-amz-target");
+            let operation = target.map_or("?", |t| t.trim_start_matches("secretsmanager."));
+            let mut seen = self.0.lock().unwrap();
+            seen.fail_puts &= operation == "PutSecretValue";
+            seen.operations.push(operation.to_owned());
+            Ok(())
+        }
+
+        fn modify_before_deserialization(
+            &self,
+            context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+            _: &RuntimeComponents,
+            _: &mut ConfigBag,
+        ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            if self.0.lock().unwrap().fail_puts {
+                let response = context.response_mut();
+                *response.status_mut() = 400.try_into()?;
+                response.headers_mut().remove("content-length");
+                *response.body_mut() =
+                    r#"{"__type":"LimitExceededException","Message":"quota"}"#.into();
+            }
+            Ok(())
+        }
+    }
+
+    /// A store on moto (`cargo xtask services up`) whose client reports to `calls`.
+    async fn moto_store(calls: &Calls) -> AwsStore {
+        let store = AwsStore::builder()
+            .endpoint_url(pleo_auth_core::testing::service_env(
+                "PLEO_AUTH_TEST_AWS_ENDPOINT",
+            ))
+            .region("eu-west-1")
+            .static_credentials("AKIDTESTING", "CANARY-secret-access-key")
+            .name_prefix(format!("pleo-unit-{}/", pleo_auth_core::random_urlsafe(6)))
+            .build()
+            .await
+            .unwrap();
+        let config = store
+            .client
+            .config()
+            .to_builder()
+            .interceptor(calls.clone())
+            .build();
+        AwsStore {
+            client: Client::from_conf(config),
+            ..store
+        }
+    }
+
+    async fn labels(store: &AwsStore, key: &StoreKey) -> HashMap<String, Vec<String>> {
+        let out = store
+            .client
+            .describe_secret()
+            .secret_id(store.secret_name(key))
+            .send()
+            .await
+            .unwrap();
+        // moto lists label-less (deprecated) versions with no labels; AWS leaves them out.
+        out.version_ids_to_stages()
+            .unwrap()
+            .iter()
+            .filter(|(_, labels)| !labels.is_empty())
+            .map(|(v, labels)| (v.clone(), labels.clone()))
+            .collect()
+    }
+
+    async fn read(store: &AwsStore, key: &StoreKey) -> (Vec<u8>, Version) {
+        let read = store.get(key).await.unwrap().unwrap();
+        (read.value.expose_secret().to_vec(), read.version)
+    }
+
+    fn bytes(s: &str) -> SecretBytes {
+        SecretBytes::new(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_compare_and_swap_put_is_two_calls_and_labels_do_not_pile_up() {
+        let calls = Calls::default();
+        let store = moto_store(&calls).await;
+        let key = StoreKey::from_parts(["calls"]).unwrap();
+        let mut version = store
+            .put(&key, bytes("v0"), Precondition::Absent)
+            .await
+            .unwrap();
+        assert_eq!(calls.take(), ["CreateSecret"]);
+        for n in 1..=4 {
+            let value = format!("v{n}");
+            version = store
+                .put(&key, bytes(&value), Precondition::Version(version))
+                .await
+                .unwrap();
+            assert_eq!(
+                calls.take(),
+                ["PutSecretValue", "UpdateSecretVersionStage"],
+                "write {n}"
+            );
+            assert_eq!(
+                read(&store, &key).await,
+                (value.into_bytes(), version.clone())
+            );
+            calls.take();
+        }
+        // An unconditional put reads the current version first.
+        let version = store
+            .put(&key, bytes("v5"), Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(
+            calls.take(),
+            [
+                "GetSecretValue",
+                "PutSecretValue",
+                "UpdateSecretVersionStage"
+            ]
+        );
+        // Whatever the number of writes: the current version, the previous one, one pending label.
+        let labels = labels(&store, &key).await;
+        assert_eq!(labels.len(), 2, "{labels:?}");
+        assert_eq!(labels[version.as_str()], [PENDING_LABEL, CURRENT]);
+        assert!(labels.values().any(|l| l == &["AWSPREVIOUS"]), "{labels:?}");
+    }
+
+    #[tokio::test]
+    async fn two_writers_staged_from_one_version_have_one_winner_either_way() {
+        let store = moto_store(&Calls::default()).await;
+        for first_promoted_wins in [true, false] {
+            let key = StoreKey::from_parts(["race", &first_promoted_wins.to_string()]).unwrap();
+            let from = store
+                .put(&key, bytes("v0"), Precondition::Absent)
+                .await
+                .unwrap();
+            let name = store.name(&key);
+            let a = store
+                .stage(&name, &key, &Payload::Value(&bytes("a")))
+                .await
+                .unwrap();
+            let b = store
+                .stage(&name, &key, &Payload::Value(&bytes("b")))
+                .await
+                .unwrap();
+            // B's put took the label from A's version, which now has none (deprecated).
+            let staged = labels(&store, &key).await;
+            assert!(!staged.contains_key(&a), "{staged:?}");
+            assert_eq!(staged[&b], [PENDING_LABEL]);
+            let (winner, loser, value) = if first_promoted_wins {
+                (&a, &b, "a")
+            } else {
+                (&b, &a, "b")
+            };
+            store.promote(&name, winner, from.as_str()).await.unwrap();
+            let err = store
+                .promote(&name, loser, from.as_str())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Conflict, "{err:?}");
+            assert_eq!(
+                read(&store, &key).await,
+                (value.as_bytes().to_vec(), Version::new(winner.clone()))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn secrets_with_labels_of_the_three_call_protocol_keep_working() {
+        let calls = Calls::default();
+        let store = moto_store(&calls).await;
+        let key = StoreKey::from_parts(["legacy"]).unwrap();
+        let v0 = store
+            .put(&key, bytes("v0"), Precondition::Absent)
+            .await
+            .unwrap();
+        // Two writers of the earlier protocol that stopped after their put.
+        for label in ["pleo-auth-pending-0badc0de", "pleo-auth-pending-deadbeef"] {
+            store
+                .client
+                .put_secret_value()
+                .secret_id(store.secret_name(&key))
+                .client_request_token(new_token())
+                .version_stages(label)
+                .secret_binary(Blob::new(b"stale".to_vec()))
+                .send()
+                .await
+                .unwrap();
+        }
+        let v1 = store
+            .put(&key, bytes("v1"), Precondition::Version(v0))
+            .await
+            .unwrap();
+        assert_eq!(read(&store, &key).await, (b"v1".to_vec(), v1.clone()));
+        let legacy = |labels: &HashMap<String, Vec<String>>| {
+            labels
+                .values()
+                .flatten()
+                .filter(|l| l.starts_with(LEGACY_PENDING_LABEL_PREFIX))
+                .count()
+        };
+        assert_eq!(legacy(&labels(&store, &key).await), 2);
+
+        // Should the labels reach the quota (moto has none, so the interceptor answers for it),
+        // the write removes the legacy labels and tries once more. The SDK retries
+        // `LimitExceededException` as throttling first, so the put may be sent more than once.
+        calls.take();
+        calls.fail_puts();
+        let v2 = store
+            .put(&key, bytes("v2"), Precondition::Version(v1))
+            .await
+            .unwrap();
+        let mut sent = calls.take();
+        let refused = sent.iter().take_while(|op| *op == "PutSecretValue").count();
+        assert!(refused >= 1, "{sent:?}");
+        sent.drain(..refused);
+        assert_eq!(
+            sent,
+            [
+                "DescribeSecret",
+                "UpdateSecretVersionStage",
+                "UpdateSecretVersionStage",
+                "PutSecretValue",
+                "UpdateSecretVersionStage"
+            ]
+        );
+        assert_eq!(read(&store, &key).await, (b"v2".to_vec(), v2.clone()));
+        let labels = labels(&store, &key).await;
+        assert_eq!(legacy(&labels), 0, "{labels:?}");
+        assert_eq!(labels[v2.as_str()], [PENDING_LABEL, CURRENT]);
     }
 
     #[test]
