@@ -126,7 +126,11 @@ async fn a_delete_destroys_every_value_and_keeps_the_version_count() {
         .await
         .unwrap();
     let v2 = store
-        .put(&k, bytes("CANARY-second"), Precondition::Version(v1.clone()))
+        .put(
+            &k,
+            bytes("CANARY-second"),
+            Precondition::Version(v1.clone()),
+        )
         .await
         .unwrap();
     store
@@ -134,7 +138,10 @@ async fn a_delete_destroys_every_value_and_keeps_the_version_count() {
         .await
         .unwrap();
     assert!(store.get(&k).await.unwrap().is_none());
-    assert!(store.list(&key(&["d"])).await.unwrap().is_empty(), "not listed");
+    assert!(
+        store.list(&key(&["d"])).await.unwrap().is_empty(),
+        "not listed"
+    );
 
     let meta = vaultrs::kv2::read_metadata(&root_client(), "secret", &path)
         .await
@@ -198,7 +205,10 @@ async fn a_tombstone_of_an_interrupted_delete_reads_as_absent_and_is_cleaned_up_
         store.get(&k).await.unwrap().is_none(),
         "a tombstone reads as absent"
     );
-    assert!(store.list(&key(&["d"])).await.unwrap().is_empty(), "not listed");
+    assert!(
+        store.list(&key(&["d"])).await.unwrap().is_empty(),
+        "not listed"
+    );
     let err = store
         .put(&k, bytes("b"), Precondition::Version(v1.clone()))
         .await
