@@ -32,7 +32,11 @@
 //! 2. `UpdateSecretVersionStage` moving `AWSCURRENT` to the new version with
 //!    `RemoveFromVersionId` set to the expected version. Secrets Manager refuses the move unless
 //!    `AWSCURRENT` is still on that version, so of several writers exactly one wins; a stale
-//!    writer's move is rejected and reported as [`ErrorKind::Conflict`].
+//!    writer's move is rejected and reported as [`ErrorKind::Conflict`]. When the SDK sent the
+//!    move again because the answer to the first one was lost, the refusal may be of our own
+//!    earlier move: before reporting a conflict the store reads where `AWSCURRENT` is
+//!    (`DescribeSecret`, a third call only on this path), and if it is on the new version the
+//!    write won.
 //!
 //! The label only makes the put leave `AWSCURRENT` alone (without `VersionStages` the put would
 //! move it); step 2 names versions by id and does not need it. When two writers race, the second
@@ -643,11 +647,45 @@ impl AwsStore {
                         "InvalidParameterException"
                         | "ResourceNotFoundException"
                         | "InvalidRequestException",
-                    ) => Err(mismatch()),
+                    ) => {
+                        // The SDK may have sent this move again after its first answer was
+                        // lost: if that first one went through, the write won.
+                        if self.current_version_id(name).await?.as_deref() == Some(version) {
+                            Ok(())
+                        } else {
+                            Err(mismatch())
+                        }
+                    }
                     _ => Err(e.into_error("promote")),
                 }
             }
         }
+    }
+
+    /// The version id `AWSCURRENT` is on (read from the secret's description, not its value).
+    async fn current_version_id(&self, name: &Name) -> Result<Option<String>> {
+        let out = match self
+            .client
+            .describe_secret()
+            .secret_id(name.as_str())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = AwsError::from_sdk(e);
+                return match e.code() {
+                    Some("ResourceNotFoundException") => Ok(None),
+                    _ => Err(e.into_error("describe")),
+                };
+            }
+        };
+        Ok(out.version_ids_to_stages().and_then(|stages| {
+            stages
+                .iter()
+                .find(|(_, labels)| labels.iter().any(|l| l == CURRENT))
+                .map(|(id, _)| id.clone())
+        }))
     }
 
     /// Removes every per-writer label of the earlier protocol (`pleo-auth-pending-<random>`)
@@ -1224,6 +1262,7 @@ mod tests {
     struct Seen {
         operations: Vec<String>,
         fail_puts: bool,
+        lose_next_move: bool,
     }
 
     /// Records the operation (`X-Amz-Target`) of every request the client transmits, retries
@@ -1239,6 +1278,12 @@ mod tests {
 
         fn fail_puts(&self) {
             self.0.lock().unwrap().fail_puts = true;
+        }
+
+        /// The answer to the next `UpdateSecretVersionStage` (which moto has carried out) is
+        /// replaced by a 500, so the SDK sends the move again.
+        fn lose_next_move(&self) {
+            self.0.lock().unwrap().lose_next_move = true;
         }
     }
 
@@ -1267,7 +1312,18 @@ mod tests {
             _: &RuntimeComponents,
             _: &mut ConfigBag,
         ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            if self.0.lock().unwrap().fail_puts {
+            let mut seen = self.0.lock().unwrap();
+            let last = seen.operations.last().map(String::as_str);
+            if seen.lose_next_move && last == Some("UpdateSecretVersionStage") {
+                seen.lose_next_move = false;
+                let response = context.response_mut();
+                *response.status_mut() = 500.try_into()?;
+                response.headers_mut().remove("content-length");
+                *response.body_mut() =
+                    r#"{"__type":"InternalServiceError","Message":"lost"}"#.into();
+                return Ok(());
+            }
+            if seen.fail_puts {
                 let response = context.response_mut();
                 *response.status_mut() = 400.try_into()?;
                 response.headers_mut().remove("content-length");
@@ -1413,6 +1469,41 @@ mod tests {
                 (value.as_bytes().to_vec(), Version::new(winner.clone()))
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_move_whose_answer_was_lost_and_resent_is_reported_as_won() {
+        let calls = Calls::default();
+        let store = moto_store(&calls).await;
+        let key = StoreKey::from_parts(["lost-answer"]).unwrap();
+        let v0 = store
+            .put(&key, bytes("v0"), Precondition::Absent)
+            .await
+            .unwrap();
+        calls.lose_next_move();
+        calls.take();
+        let v1 = store
+            .put(&key, bytes("v1"), Precondition::Version(v0.clone()))
+            .await
+            .expect("the first move went through, so the write won");
+        assert_eq!(
+            calls.take(),
+            [
+                "PutSecretValue",
+                "UpdateSecretVersionStage",
+                "UpdateSecretVersionStage",
+                "DescribeSecret"
+            ],
+            "the SDK sent the move again and the store looked where AWSCURRENT is"
+        );
+        assert_eq!(read(&store, &key).await, (b"v1".to_vec(), v1.clone()));
+        // A writer that really lost still gets a conflict.
+        let err = store
+            .put(&key, bytes("stale"), Precondition::Version(v0))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        assert_eq!(read(&store, &key).await, (b"v1".to_vec(), v1));
     }
 
     #[tokio::test]
