@@ -1366,34 +1366,34 @@ impl Summary {
                 println!("{what}: no estimate from this run");
                 continue;
             };
-            let ratio = a / b;
-            let verdict = match goal {
-                Some(goal) => format!(" (goal <= {goal}x: {})", met(ratio <= *goal)),
-                None => String::new(),
-            };
-            println!(
-                "{what}: {} vs {} -> {ratio:.2}x{verdict}",
-                show_ns(a),
-                show_ns(b)
-            );
+            print_ratio(what, a, b, *goal);
         }
         for (what, ours, baseline, goal) in &self.measured {
-            let (a, b) = (ours.as_nanos() as f64, baseline.as_nanos() as f64);
-            let ratio = a / b;
-            let verdict = match goal {
-                Some(goal) => format!(" (goal <= {goal}x: {})", met(ratio <= *goal)),
-                None => String::new(),
-            };
-            println!(
-                "{what}: {} vs {} -> {ratio:.2}x{verdict}",
-                show_ns(a),
-                show_ns(b)
+            print_ratio(
+                what,
+                ours.as_nanos() as f64,
+                baseline.as_nanos() as f64,
+                *goal,
             );
         }
         for note in &self.notes {
             println!("{note}");
         }
     }
+}
+
+/// One summary line: `ours` against `baseline` (nanoseconds), and the goal's verdict.
+fn print_ratio(what: &str, ours: f64, baseline: f64, goal: Option<f64>) {
+    let ratio = ours / baseline;
+    let verdict = match goal {
+        Some(goal) => format!(" (goal <= {goal}x: {})", met(ratio <= goal)),
+        None => String::new(),
+    };
+    println!(
+        "{what}: {} vs {} -> {ratio:.2}x{verdict}",
+        show_ns(ours),
+        show_ns(baseline)
+    );
 }
 
 fn show_ns(ns: f64) -> String {
