@@ -516,25 +516,7 @@ async fn trace_output_never_contains_a_secret() {
     let captured = testing::TraceCapture::install();
     let store = store();
     let k = key(&["traced"]);
-    let v1 = store
-        .put(&k, bytes("CANARY-value-1"), Precondition::Absent)
-        .await
-        .unwrap();
-    let v2 = store
-        .put(
-            &k,
-            bytes("CANARY-value-2"),
-            Precondition::Version(v1.clone()),
-        )
-        .await
-        .unwrap();
-    let _ = store
-        .put(&k, bytes("CANARY-value-3"), Precondition::Version(v1))
-        .await
-        .unwrap_err();
-    assert!(store.get(&k).await.unwrap().is_some());
-    store.list(&key(&["traced"])).await.unwrap();
-    store.delete(&k, Precondition::Version(v2)).await.unwrap();
+    testing::canary_operations(&store, &k).await;
 
     let role_id = format!("CANARY-role-{}", random_urlsafe(8));
     let (mount, role) = approle(&role_id).await;

@@ -30,7 +30,7 @@ use crate::error::ErrorKind;
 use crate::key::StoreKey;
 use crate::lease::DynLease;
 use crate::secret::{SecretBytes, random_urlsafe};
-use crate::store::{DynSecretStore, Precondition, Version};
+use crate::store::{DynSecretStore, Precondition, SecretStore, Version};
 
 fn bytes(s: &str) -> SecretBytes {
     SecretBytes::new(s.as_bytes().to_vec())
@@ -216,6 +216,36 @@ async fn list_isolation(store: &DynSecretStore, root: &StoreKey) {
         store.list(&empty).await.unwrap().is_empty(),
         "list of an empty prefix"
     );
+}
+
+/// Runs each store operation on `key` with values that contain the canary `CANARY`: a create,
+/// a compare-and-swap put, a stale one (which must be refused with `Conflict`), a get, a list
+/// below `key` and a delete by version. For tests that capture the logs (see [`TraceCapture`])
+/// and then check that no value reached them; returns with `key` deleted.
+pub async fn canary_operations(store: &dyn SecretStore, key: &StoreKey) {
+    let v1 = store
+        .put(key, bytes("CANARY-value-1"), Precondition::Absent)
+        .await
+        .expect("create");
+    let v2 = store
+        .put(
+            key,
+            bytes("CANARY-value-2"),
+            Precondition::Version(v1.clone()),
+        )
+        .await
+        .expect("compare-and-swap put");
+    let stale = store
+        .put(key, bytes("CANARY-value-3"), Precondition::Version(v1))
+        .await
+        .expect_err("a stale put is refused");
+    assert_eq!(stale.kind(), ErrorKind::Conflict, "{stale:?}");
+    assert!(store.get(key).await.expect("get").is_some());
+    store.list(key).await.expect("list");
+    store
+        .delete(key, Precondition::Version(v2))
+        .await
+        .expect("delete");
 }
 
 /// `writers` tasks race a compare-and-swap on `key`, `rounds` times: exactly one wins each
