@@ -14,7 +14,7 @@ use pleo_auth_http::transport::{TransportConfig, http_client};
 use crate::config::OAuthConfig;
 use crate::error::{Error, Result};
 use crate::events::{DynEventSink, OAuthEvent, TracingEvents};
-use crate::manager::GrantCell;
+use crate::manager::{ActiveToken, GrantCell};
 use crate::policy::RefreshPolicy;
 use crate::token::{OAuth2Client, oauth2_client};
 
@@ -31,23 +31,31 @@ pub(crate) struct Inner {
     pub(crate) events: DynEventSink,
     pub(crate) links: TenantLinks,
     /// The token cache: read without locks; a shard is replaced copy-on-write when a subject
-    /// is added to it.
+    /// is added to it or its token changes.
     pub(crate) cells: Cells,
 }
 
-/// Shards of the token cache. Adding a subject copies one shard, so caching `n` grants copies
-/// about `n² / (2 * CELL_SHARDS)` map entries in all (100,000 grants: about 40 million), where
-/// one map would copy `n² / 2`.
-const CELL_SHARDS: usize = 128;
+/// Shards of the token cache. A change copies one shard, so caching `n` grants copies about
+/// `n² / (2 * CELL_SHARDS)` map entries in all (100,000 grants: about 5 million), and a token
+/// change copies about `n / CELL_SHARDS` (100,000 grants: about 100 entries, a few microseconds).
+const CELL_SHARDS: usize = 1024;
 const _: () = assert!(CELL_SHARDS.is_power_of_two());
 
-/// One shard of the token cache: subject -> cell, replaced copy-on-write. Hashed with foldhash
-/// (randomly seeded per process): subjects are UUIDs that Pleo issues, and a lookup runs on every
-/// cache hit, where SipHash would cost more than the rest of the lookup.
+/// One shard of the token cache, replaced copy-on-write. Hashed with foldhash (randomly seeded
+/// per process): subjects are UUIDs that Pleo issues, and a lookup runs on every cache hit,
+/// where SipHash would cost more than the rest of the lookup.
 type Shard = ArcSwap<CellMap>;
 
 /// The map inside a shard.
-type CellMap = HashMap<Subject, Arc<GrantCell>, foldhash::fast::RandomState>;
+type CellMap = HashMap<Subject, Slot, foldhash::fast::RandomState>;
+
+/// A subject's entry: its cell, and a copy of the cell's current token, so that a cache hit is
+/// one shard load and one map lookup.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub(crate) cell: Arc<GrantCell>,
+    pub(crate) token: Option<Arc<ActiveToken>>,
+}
 
 /// The token cache: one cell per subject, in [`CELL_SHARDS`] maps that are read without locks.
 pub(crate) struct Cells {
@@ -80,12 +88,55 @@ impl Cells {
     pub(crate) fn all(&self) -> Vec<Arc<GrantCell>> {
         self.shards
             .iter()
-            .flat_map(|shard| shard.load().values().cloned().collect::<Vec<_>>())
+            .flat_map(|shard| {
+                shard
+                    .load()
+                    .values()
+                    .map(|slot| slot.cell.clone())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.load().len()).sum()
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies `cell`'s current token into its slot, if the cell is still the cached one.
+    ///
+    /// Reads the token under the writer lock, so of two racing calls the later one copies the
+    /// latest token: once every call has returned, the slot holds what the cell holds.
+    fn mirror(&self, cell: &GrantCell) {
+        let _writer = self.writer();
+        let shard = self.shard(&cell.subject);
+        let current = shard.load();
+        let Some(slot) = current.get(&cell.subject) else {
+            return;
+        };
+        if !std::ptr::eq(Arc::as_ptr(&slot.cell), cell) {
+            return;
+        }
+        let token = cell.token.load_full();
+        let same = match (&slot.token, &token) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let mut next = CellMap::clone(&current);
+            next.insert(
+                cell.subject,
+                Slot {
+                    cell: slot.cell.clone(),
+                    token,
+                },
+            );
+            shard.store(Arc::new(next));
+        }
     }
 }
 
@@ -113,7 +164,18 @@ impl Inner {
 
     /// The cached cell of `subject`, if any (lock-free).
     pub(crate) fn cell(&self, subject: &Subject) -> Option<Arc<GrantCell>> {
-        self.cells.shard(subject).load().get(subject).cloned()
+        self.cells
+            .shard(subject)
+            .load()
+            .get(subject)
+            .map(|slot| slot.cell.clone())
+    }
+
+    /// Makes `token` the token `cell` serves; every change of a cell's token goes through here,
+    /// so that the cache's copy of it stays the same.
+    pub(crate) fn set_token(&self, cell: &GrantCell, token: Option<Arc<ActiveToken>>) {
+        cell.token.store(token);
+        self.cells.mirror(cell);
     }
 
     /// The cell of `subject`, created empty if missing.
@@ -121,26 +183,35 @@ impl Inner {
         if let Some(cell) = self.cell(&subject) {
             return cell;
         }
-        let _writer = self.cells.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.cells.writer();
         let shard = self.cells.shard(&subject);
         let current = shard.load();
-        if let Some(cell) = current.get(&subject) {
-            return cell.clone();
+        if let Some(slot) = current.get(&subject) {
+            return slot.cell.clone();
         }
         let key = layout::oauth_grant(&self.credential_key(subject));
         let cell = Arc::new(GrantCell::new(subject, key));
         let mut next = CellMap::clone(&current);
-        next.insert(subject, cell.clone());
+        next.insert(
+            subject,
+            Slot {
+                cell: cell.clone(),
+                token: None,
+            },
+        );
         shard.store(Arc::new(next));
         cell
     }
 
     /// Drops the cell of `subject` if it is still `cell` (used when nothing is stored for it).
     pub(crate) fn forget(&self, subject: &Subject, cell: &Arc<GrantCell>) {
-        let _writer = self.cells.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.cells.writer();
         let shard = self.cells.shard(subject);
         let current = shard.load();
-        if current.get(subject).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+        if current
+            .get(subject)
+            .is_some_and(|slot| Arc::ptr_eq(&slot.cell, cell))
+        {
             let mut next = CellMap::clone(&current);
             next.remove(subject);
             shard.store(Arc::new(next));
@@ -269,7 +340,7 @@ mod tests {
     fn subjects_spread_over_the_shards() {
         let cells = Cells::new();
         let mut used = HashSet::new();
-        for i in 0..1000u64 {
+        for i in 0..(8 * CELL_SHARDS) as u64 {
             // Sequential ids differ in their low bits only; they must still spread.
             let subject: Subject = format!("urn:pleo:company:0e000000-0000-4000-8000-{i:012}")
                 .parse()

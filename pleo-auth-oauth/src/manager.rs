@@ -270,10 +270,11 @@ struct KeptLease {
 
 /// One grant in the cache.
 pub(crate) struct GrantCell {
-    subject: Subject,
+    pub(crate) subject: Subject,
     key: StoreKey,
     lease_key: StoreKey,
-    token: ArcSwapOption<ActiveToken>,
+    /// The token served, changed only by [`Inner::set_token`] (which copies it into the cache).
+    pub(crate) token: ArcSwapOption<ActiveToken>,
     state: Mutex<CellState>,
     /// One store writer at a time for this grant within this process.
     writer: tokio::sync::Mutex<()>,
@@ -416,9 +417,8 @@ impl Inner {
     /// milliseconds either way change nothing.
     fn fresh(&self, subject: &Subject) -> Option<Arc<ActiveToken>> {
         let shard = self.cells.shard(subject).load();
-        let cell = shard.get(subject)?;
-        let token = cell.token.load_full()?;
-        (self.clock.coarse_instant() < token.refresh_at).then_some(token)
+        let token = shard.get(subject)?.token.as_ref()?;
+        (self.clock.coarse_instant() < token.refresh_at).then(|| Arc::clone(token))
     }
 
     /// A token that satisfies `trigger` according to the state, if there is one.
@@ -505,7 +505,7 @@ impl Inner {
         } else {
             None
         };
-        cell.token.store(token);
+        self.set_token(cell, token);
         let event = match previous {
             Some(g) if record.generation > g && record.status == CredentialStatus::Active => {
                 Some(OAuthEvent::Adopted {
@@ -541,7 +541,7 @@ impl Inner {
                 }
                 match read {
                     None => {
-                        cell.token.store(None);
+                        self.set_token(cell, None);
                         st.set_authority(None);
                         return Err(not_connected());
                     }
@@ -1125,7 +1125,7 @@ async fn install(
         record.updated_at = now;
         let token = inner.new_token(&record, tokens.access_token, lifetime, lifetime);
         if record.status == CredentialStatus::Active {
-            cell.token.store(Some(token));
+            inner.set_token(cell, Some(token));
         }
         let generation = record.generation;
         st.set_authority(Some(Authority {
@@ -1166,7 +1166,7 @@ pub(crate) async fn persist(inner: &Arc<Inner>, cell: &Arc<GrantCell>) -> Result
         let Some((stored, version)) = read else {
             // Deleted while we held tokens: someone removed the grant on purpose.
             let mut st = cell.lock();
-            cell.token.store(None);
+            inner.set_token(cell, None);
             st.set_authority(None);
             return Ok(());
         };
@@ -1359,7 +1359,7 @@ async fn mark_needs_reauthorization(
             Ok(Some(found)) => found,
             Ok(None) => {
                 let mut st = cell.lock();
-                cell.token.store(None);
+                inner.set_token(cell, None);
                 st.set_authority(None);
                 return Err(not_connected());
             }
@@ -1373,7 +1373,7 @@ async fn mark_needs_reauthorization(
                     auth.stored = None;
                     auth.superseded.push(presented_digest);
                     st.epoch += 1;
-                    cell.token.store(None);
+                    inner.set_token(cell, None);
                 }
                 inner.emit(OAuthEvent::ReauthorizationRequired {
                     subject: cell.subject,
@@ -1407,7 +1407,7 @@ async fn mark_needs_reauthorization(
             Ok(written) => {
                 {
                     let mut st = cell.lock();
-                    cell.token.store(None);
+                    inner.set_token(cell, None);
                     st.set_authority(Some(Authority {
                         record,
                         stored: Some(written),
@@ -1423,7 +1423,7 @@ async fn mark_needs_reauthorization(
             Err(e) => {
                 {
                     let mut st = cell.lock();
-                    cell.token.store(None);
+                    inner.set_token(cell, None);
                     let mut superseded = superseded;
                     superseded.push(presented_digest);
                     st.set_authority(Some(Authority {
@@ -1455,7 +1455,7 @@ pub(crate) fn seed(inner: &Inner, record: OAuthGrant, version: Version, lifetime
         .clone()
         .map(|access| inner.new_token(&record, access, lifetime, lifetime));
     let mut st = cell.lock();
-    cell.token.store(token);
+    inner.set_token(&cell, token);
     st.cooldown = None;
     st.pending_announced = false;
     st.set_authority(Some(Authority {
@@ -1730,7 +1730,7 @@ async fn write_status(
                 } else {
                     None
                 };
-                cell.token.store(token);
+                inner.set_token(cell, token);
                 st.pending_announced = false;
                 st.terminal_checked =
                     (record.status != CredentialStatus::Active).then(|| inner.clock.instant());
