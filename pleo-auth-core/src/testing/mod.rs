@@ -1,4 +1,4 @@
-//! Conformance suites that every [`SecretStore`](crate::SecretStore) and [`Lease`](crate::Lease) must pass, ours or a user's, and
+//! Conformance suites that every [`SecretStore`] and [`Lease`](crate::Lease) must pass, ours or a user's, and
 //! helpers for tests that need live services. Enabled by the `testing` feature.
 //!
 //! ```no_run
