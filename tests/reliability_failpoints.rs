@@ -359,6 +359,128 @@ async fn a_lost_answer_ends_in_reauthorization_without_a_retry_storm() {
     scenario.teardown();
 }
 
+/// A holder that is alive keeps the refresh lease however slow its store is. Replica A refreshes
+/// and its store hangs the moment Pleo answers, for three lease TTLs, with A's write in flight;
+/// replica B, whose access token has expired, can still read the store, which holds the
+/// superseded refresh token. B waits at the lease A renews and gives up with `LeaseUnavailable`
+/// instead of presenting that token. When A's store answers again, A's write lands and B adopts
+/// the pair: one refresh, no reuse, no revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_with_a_slow_store_keeps_the_lease_so_no_replica_presents_the_old_token() {
+    let _turn = TURN.lock().await;
+    let scenario = FailScenario::setup();
+    let leases: [(&str, DynLease); 2] = [
+        ("in-process lease", Arc::new(InProcessLease::new())),
+        (
+            "store lease",
+            Arc::new(StoreLease::new(Arc::new(MemoryStore::new()))),
+        ),
+    ];
+    for (name, lease) in leases {
+        slow_store_keeps_the_lease(name, lease).await;
+    }
+    scenario.teardown();
+}
+
+async fn slow_store_keeps_the_lease(name: &str, lease: DynLease) {
+    let shared = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new();
+    let h = Harness::with_lease(
+        SandboxSpec::default(),
+        shared.clone(),
+        clock.clone(),
+        lease.clone(),
+    )
+    .await;
+    let policy = RefreshPolicy {
+        lease_ttl: Duration::from_secs(1),
+        lease_wait: Duration::from_secs(1),
+        ..fast_policy()
+    };
+    let replica = |store: DynSecretStore| {
+        OAuthClient::builder(config(&h.environment, 0), store)
+            .lease(lease.clone())
+            .clock(Arc::new(clock.clone()))
+            .policy(policy.clone())
+            .transport(TransportConfig {
+                timeout: Duration::from_millis(500),
+                ..TransportConfig::default()
+            })
+            .events(h.events.clone())
+            .build()
+            .expect("the client builds")
+    };
+    let a_store = Arc::new(FlakyStore::new(shared.clone()));
+    let a = replica(a_store.clone());
+    h.connect(&a, acme()).await;
+    let a = a.token_manager();
+    let b = replica(shared.clone()).token_manager();
+    assert_eq!(b.access_token(&acme()).await.unwrap().generation(), 1);
+    let old = h.stored(0, &acme()).await.unwrap().0.refresh_token.unwrap();
+
+    // A refreshes in its refresh window; its store hangs the moment Pleo answers.
+    h.advance(ACCESS_TTL - Duration::from_secs(30));
+    let hang = a_store.clone();
+    fail::cfg_callback(AFTER_RESPONSE, move || {
+        hang.stall.store(true, Ordering::SeqCst)
+    })
+    .unwrap();
+    let refreshing = tokio::spawn({
+        let a = a.clone();
+        async move { a.access_token(&acme()).await }
+    });
+    while !a_store.stall.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    fail::remove(AFTER_RESPONSE);
+
+    // B's token expires. For three lease TTLs B waits at the lease, which A renews.
+    h.advance(Duration::from_secs(60));
+    let hung = Instant::now();
+    let mut waits = 0;
+    while hung.elapsed() < policy.lease_ttl * 3 {
+        let err = b
+            .access_token(&acme())
+            .await
+            .expect_err("no token for B while A's write hangs");
+        assert_eq!(err.kind(), &ErrorKind::LeaseUnavailable, "{name}: {err:?}");
+        waits += 1;
+    }
+    assert!(waits >= 2, "{name}: B waited {waits} times");
+    assert!(
+        !refreshing.is_finished(),
+        "{name}: A's write is still in flight"
+    );
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.refreshes, 1, "{name}");
+    assert_eq!(
+        stats.uses_of_refresh_token(old.expose_secret()),
+        1,
+        "{name}"
+    );
+    assert_eq!(stats.total_revocations(), 0, "{name}");
+
+    // A's store answers again: the write lands, A serves the pair, B adopts it.
+    a_store.stall.store(false, Ordering::SeqCst);
+    let rotated = refreshing.await.unwrap().unwrap();
+    assert_eq!(rotated.generation(), 2, "{name}");
+    assert_eq!(
+        h.stored(0, &acme()).await.unwrap().0.generation,
+        2,
+        "{name}"
+    );
+    let adopted = b.access_token(&acme()).await.unwrap();
+    assert_eq!(
+        adopted.access_token().expose_secret(),
+        rotated.access_token().expose_secret(),
+        "{name}"
+    );
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.refreshes, 1, "{name}");
+    assert_eq!(stats.refresh_token_reuses, 0, "{name}");
+    assert_eq!(stats.total_revocations(), 0, "{name}");
+}
+
 /// A pair stuck in `PersistPending` keeps the refresh lease. Replica A refreshes and its store
 /// goes down the moment Pleo answers, for three lease TTLs; replica B can still read the store,
 /// which holds the superseded refresh token. B's access token expires: B waits at the lease

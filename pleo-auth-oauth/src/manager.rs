@@ -24,7 +24,10 @@
 //! tokens the pending pair replaced, so a later read of the store can tell an older record of
 //! ours (overwrite it) from another writer's newer one (adopt it).
 //!
-//! The flight gives the lease back when it ends, unless the pair it made is still pending: then
+//! While it works, the flight renews the lease every third of its TTL, so a holder that is alive
+//! keeps it however slow the token endpoint or the store answers; a paused or dead holder stops
+//! renewing and loses it after the TTL. The flight gives the lease back when it ends, unless the
+//! pair it made is still pending: then
 //! the cell keeps the lease, a task renews it every third of its TTL, and it is released once
 //! the pair is stored (or adopted over, or the manager is dropped). Meanwhile another replica,
 //! which can only read the superseded refresh token from the store, waits at the lease instead
@@ -781,9 +784,49 @@ async fn flight(inner: &Arc<Inner>, cell: &Arc<GrantCell>, trigger: &Trigger) ->
         },
     };
     let leased_at = tokio::time::Instant::now();
-    let result = refresh_under_lease(inner, cell, trigger, leased_at).await;
+    let result = while_renewing(
+        &guard,
+        inner.policy.lease_ttl,
+        refresh_under_lease(inner, cell, trigger, leased_at),
+    )
+    .await;
     keep_or_release(inner, cell, guard).await;
     result
+}
+
+/// Runs `work` (the refresh and the first write of its pair) while renewing `guard` every third
+/// of `ttl`, so that a holder that is alive and working keeps the lease however slow the token
+/// endpoint or the store is; one that is paused or dead stops renewing and loses it after `ttl`.
+/// The renewals run beside `work` in the same task and stop when it ends, or when the lease
+/// implementation cannot renew.
+async fn while_renewing<T>(
+    guard: &LeaseGuard,
+    ttl: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let period = ttl / 3;
+    let renewals = async {
+        loop {
+            tokio::time::sleep(period).await;
+            match tokio::time::timeout(period, guard.renew(ttl)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == CoreKind::Unsupported => return,
+                Ok(Err(e)) => tracing::warn!(
+                    kind = %e.kind(),
+                    "renewing the refresh lease during a refresh failed; it may expire"
+                ),
+                Err(_) => tracing::warn!(
+                    "renewing the refresh lease during a refresh timed out; it may expire"
+                ),
+            }
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        out = &mut work => out,
+        () = renewals => work.await,
+    }
 }
 
 /// Gives the refresh lease back; a release that fails leaves it to expire by its TTL.

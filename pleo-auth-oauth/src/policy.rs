@@ -32,10 +32,10 @@ pub struct RefreshPolicy {
     /// The lifetime assumed when a token response has no `expires_in` (default 5 minutes).
     pub assumed_lifetime: Duration,
     /// How long the refresh lease is held without renewal (default 60 s). Another replica takes
-    /// over a lease whose holder died after this. It must exceed the HTTP request timeout, so
-    /// that a token request started under the lease ends before the lease does. While rotated
-    /// tokens wait for their store write, their replica keeps the lease, renewing it every third
-    /// of this.
+    /// over a lease whose holder died (or was paused) after this. It must exceed the HTTP request
+    /// timeout, so that a token request started under the lease ends before the lease does. A
+    /// live holder renews the lease every third of this while it refreshes and writes, and while
+    /// rotated tokens wait for their store write.
     pub lease_ttl: Duration,
     /// How long a replica that did not get the lease waits for the holder's result, polling the
     /// store, before it gives up with a retryable error (default 70 s; at least `lease_ttl`).
