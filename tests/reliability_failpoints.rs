@@ -24,10 +24,12 @@ use std::time::{Duration, Instant};
 use fail::FailScenario;
 use pleo_auth_core::{
     CredentialStatus, DynLease, DynSecretStore, ErrorKind as CoreKind, InProcessLease, ManualClock,
-    MemoryStore, StoreLease, layout,
+    MemoryStore, RefreshToken, StoreLease, layout,
 };
 use pleo_auth_http::transport::TransportConfig;
-use pleo_auth_oauth::{ErrorKind, GrantState, OAuthClient, OAuthEvent, RefreshPolicy};
+use pleo_auth_oauth::{
+    ErrorKind, GrantState, OAuthClient, OAuthEvent, RefreshPolicy, TokenManager,
+};
 use pleo_auth_sandbox::RevocationCause;
 use support::*;
 
@@ -359,6 +361,76 @@ async fn a_lost_answer_ends_in_reauthorization_without_a_retry_storm() {
     scenario.teardown();
 }
 
+/// An in-process lease and a store lease, each shared by the replicas of a test.
+fn shared_leases() -> [(&'static str, DynLease); 2] {
+    [
+        ("in-process lease", Arc::new(InProcessLease::new())),
+        (
+            "store lease",
+            Arc::new(StoreLease::new(Arc::new(MemoryStore::new()))),
+        ),
+    ]
+}
+
+/// Two replicas of one connected grant on a shared store and `lease` (1 s TTL, 1 s wait):
+/// A reaches the store through a [`FlakyStore`], B directly; B has read generation 1.
+struct TwoReplicas {
+    h: Harness,
+    policy: RefreshPolicy,
+    a_store: Arc<FlakyStore<Arc<MemoryStore>>>,
+    a: TokenManager,
+    b: TokenManager,
+    /// The refresh token of generation 1, which A's refresh will supersede.
+    old: RefreshToken,
+}
+
+impl TwoReplicas {
+    async fn start(lease: DynLease) -> Self {
+        let shared = Arc::new(MemoryStore::new());
+        let clock = ManualClock::new();
+        let h = Harness::with_lease(
+            SandboxSpec::default(),
+            shared.clone(),
+            clock.clone(),
+            lease.clone(),
+        )
+        .await;
+        let policy = RefreshPolicy {
+            lease_ttl: Duration::from_secs(1),
+            lease_wait: Duration::from_secs(1),
+            ..fast_policy()
+        };
+        let replica = |store: DynSecretStore| {
+            OAuthClient::builder(config(&h.environment, 0), store)
+                .lease(lease.clone())
+                .clock(Arc::new(clock.clone()))
+                .policy(policy.clone())
+                .transport(TransportConfig {
+                    timeout: Duration::from_millis(500),
+                    ..TransportConfig::default()
+                })
+                .events(h.events.clone())
+                .build()
+                .expect("the client builds")
+        };
+        let a_store = Arc::new(FlakyStore::new(shared.clone()));
+        let a = replica(a_store.clone());
+        h.connect(&a, acme()).await;
+        let a = a.token_manager();
+        let b = replica(shared.clone()).token_manager();
+        assert_eq!(b.access_token(&acme()).await.unwrap().generation(), 1);
+        let old = h.stored(0, &acme()).await.unwrap().0.refresh_token.unwrap();
+        Self {
+            h,
+            policy,
+            a_store,
+            a,
+            b,
+            old,
+        }
+    }
+}
+
 /// A holder that is alive keeps the refresh lease however slow its store is. Replica A refreshes
 /// and its store hangs the moment Pleo answers, for three lease TTLs, with A's write in flight;
 /// replica B, whose access token has expired, can still read the store, which holds the
@@ -369,54 +441,21 @@ async fn a_lost_answer_ends_in_reauthorization_without_a_retry_storm() {
 async fn a_holder_with_a_slow_store_keeps_the_lease_so_no_replica_presents_the_old_token() {
     let _turn = TURN.lock().await;
     let scenario = FailScenario::setup();
-    let leases: [(&str, DynLease); 2] = [
-        ("in-process lease", Arc::new(InProcessLease::new())),
-        (
-            "store lease",
-            Arc::new(StoreLease::new(Arc::new(MemoryStore::new()))),
-        ),
-    ];
-    for (name, lease) in leases {
+    for (name, lease) in shared_leases() {
         slow_store_keeps_the_lease(name, lease).await;
     }
     scenario.teardown();
 }
 
 async fn slow_store_keeps_the_lease(name: &str, lease: DynLease) {
-    let shared = Arc::new(MemoryStore::new());
-    let clock = ManualClock::new();
-    let h = Harness::with_lease(
-        SandboxSpec::default(),
-        shared.clone(),
-        clock.clone(),
-        lease.clone(),
-    )
-    .await;
-    let policy = RefreshPolicy {
-        lease_ttl: Duration::from_secs(1),
-        lease_wait: Duration::from_secs(1),
-        ..fast_policy()
-    };
-    let replica = |store: DynSecretStore| {
-        OAuthClient::builder(config(&h.environment, 0), store)
-            .lease(lease.clone())
-            .clock(Arc::new(clock.clone()))
-            .policy(policy.clone())
-            .transport(TransportConfig {
-                timeout: Duration::from_millis(500),
-                ..TransportConfig::default()
-            })
-            .events(h.events.clone())
-            .build()
-            .expect("the client builds")
-    };
-    let a_store = Arc::new(FlakyStore::new(shared.clone()));
-    let a = replica(a_store.clone());
-    h.connect(&a, acme()).await;
-    let a = a.token_manager();
-    let b = replica(shared.clone()).token_manager();
-    assert_eq!(b.access_token(&acme()).await.unwrap().generation(), 1);
-    let old = h.stored(0, &acme()).await.unwrap().0.refresh_token.unwrap();
+    let TwoReplicas {
+        h,
+        policy,
+        a_store,
+        a,
+        b,
+        old,
+    } = TwoReplicas::start(lease).await;
 
     // A refreshes in its refresh window; its store hangs the moment Pleo answers.
     h.advance(ACCESS_TTL - Duration::from_secs(30));
@@ -492,55 +531,21 @@ async fn slow_store_keeps_the_lease(name: &str, lease: DynLease) {
 async fn a_pending_pair_keeps_the_lease_so_no_replica_presents_the_old_token() {
     let _turn = TURN.lock().await;
     let scenario = FailScenario::setup();
-    let leases: [(&str, DynLease); 2] = [
-        ("in-process lease", Arc::new(InProcessLease::new())),
-        (
-            "store lease",
-            Arc::new(StoreLease::new(Arc::new(MemoryStore::new()))),
-        ),
-    ];
-    for (name, lease) in leases {
+    for (name, lease) in shared_leases() {
         pending_pair_keeps_the_lease(name, lease).await;
     }
     scenario.teardown();
 }
 
 async fn pending_pair_keeps_the_lease(name: &str, lease: DynLease) {
-    let shared = Arc::new(MemoryStore::new());
-    let clock = ManualClock::new();
-    let h = Harness::with_lease(
-        SandboxSpec::default(),
-        shared.clone(),
-        clock.clone(),
-        lease.clone(),
-    )
-    .await;
-    let policy = RefreshPolicy {
-        lease_ttl: Duration::from_secs(1),
-        lease_wait: Duration::from_secs(1),
-        ..fast_policy()
-    };
-    let replica = |store: DynSecretStore| {
-        OAuthClient::builder(config(&h.environment, 0), store)
-            .lease(lease.clone())
-            .clock(Arc::new(clock.clone()))
-            .policy(policy.clone())
-            .transport(TransportConfig {
-                timeout: Duration::from_millis(500),
-                ..TransportConfig::default()
-            })
-            .events(h.events.clone())
-            .build()
-            .expect("the client builds")
-    };
-    // A reaches the store through a wrapper that goes down; B reaches it directly.
-    let a_store = Arc::new(FlakyStore::new(shared.clone()));
-    let a = replica(a_store.clone());
-    h.connect(&a, acme()).await;
-    let a = a.token_manager();
-    let b = replica(shared.clone()).token_manager();
-    assert_eq!(b.access_token(&acme()).await.unwrap().generation(), 1);
-    let old = h.stored(0, &acme()).await.unwrap().0.refresh_token.unwrap();
+    let TwoReplicas {
+        h,
+        policy,
+        a_store,
+        a,
+        b,
+        old,
+    } = TwoReplicas::start(lease.clone()).await;
 
     // A refreshes in its refresh window; its store goes down the moment Pleo answers.
     h.advance(ACCESS_TTL - Duration::from_secs(30));
