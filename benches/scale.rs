@@ -1079,6 +1079,34 @@ where
     (waits, failures)
 }
 
+/// One herd round: [`stampede`] on `call`, the sandbox's counters over it, and whether the token
+/// one more `call` hands out afterwards works.
+async fn herd_round<F, Fut>(fixture: &Fixture, call: F) -> HerdResult
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, String>> + Send,
+{
+    let call = Arc::new(call);
+    let before = fixture.sandbox.stats();
+    let (waits, failures) = stampede({
+        let call = call.clone();
+        move || call()
+    })
+    .await;
+    let (refresh_requests, refreshes, reuses, revocations) =
+        delta(&before, &fixture.sandbox.stats());
+    let token = call().await.unwrap_or_default();
+    HerdResult {
+        waits,
+        failures,
+        refresh_requests,
+        refreshes,
+        reuses,
+        revocations,
+        token_works: works(fixture, &token).await,
+    }
+}
+
 fn delta(before: &Stats, after: &Stats) -> (u64, u64, u64, u64) {
     (
         after.token_requests_for("refresh_token") - before.token_requests_for("refresh_token"),
@@ -1130,10 +1158,8 @@ fn herd(fixture: &Fixture, summary: &mut Summary) {
             let subject = subject(seed::ACME_DK);
             manager.access_token(&subject).await.unwrap();
             clock.advance(ACCESS_TTL);
-            let before = fixture.sandbox.stats();
-            let m = manager.clone();
-            let (waits, failures) = stampede(move || {
-                let m = m.clone();
+            herd_round(fixture, move || {
+                let m = manager.clone();
                 async move {
                     m.access_token(&subject)
                         .await
@@ -1141,19 +1167,7 @@ fn herd(fixture: &Fixture, summary: &mut Summary) {
                         .map_err(|e| e.to_string())
                 }
             })
-            .await;
-            let (refresh_requests, refreshes, reuses, revocations) =
-                delta(&before, &fixture.sandbox.stats());
-            let token = manager.access_token(&subject).await.unwrap();
-            HerdResult {
-                waits,
-                failures,
-                refresh_requests,
-                refreshes,
-                reuses,
-                revocations,
-                token_works: works(fixture, token.access_token().expose_secret()).await,
-            }
+            .await
         });
         results.entry("pleo-auth").or_default().push(result);
 
@@ -1162,25 +1176,11 @@ fn herd(fixture: &Fixture, summary: &mut Summary) {
             let (_, grant) = fixture.connect(seed::ACME_SE, Arc::new(SystemClock)).await;
             let cache = Arc::new(MutexCache::new(&grant, fixture.token_url()));
             cache.expire().await;
-            let before = fixture.sandbox.stats();
-            let c = cache.clone();
-            let (waits, failures) = stampede(move || {
-                let c = c.clone();
+            herd_round(fixture, move || {
+                let c = cache.clone();
                 async move { c.get().await }
             })
-            .await;
-            let (refresh_requests, refreshes, reuses, revocations) =
-                delta(&before, &fixture.sandbox.stats());
-            let token = cache.get().await.unwrap_or_default();
-            HerdResult {
-                waits,
-                failures,
-                refresh_requests,
-                refreshes,
-                reuses,
-                revocations,
-                token_works: works(fixture, &token).await,
-            }
+            .await
         });
         results
             .entry("Mutex<Option<Token>>")
@@ -1191,25 +1191,11 @@ fn herd(fixture: &Fixture, summary: &mut Summary) {
         let result = runtime.block_on(async {
             let (_, grant) = fixture.connect(seed::GLOBEX, Arc::new(SystemClock)).await;
             let yup = Arc::new(Yup::new(fixture, &grant, Duration::from_secs(30)).await);
-            let before = fixture.sandbox.stats();
-            let y = yup.clone();
-            let (waits, failures) = stampede(move || {
-                let y = y.clone();
+            herd_round(fixture, move || {
+                let y = yup.clone();
                 async move { y.get().await }
             })
-            .await;
-            let (refresh_requests, refreshes, reuses, revocations) =
-                delta(&before, &fixture.sandbox.stats());
-            let token = yup.get().await.unwrap_or_default();
-            HerdResult {
-                waits,
-                failures,
-                refresh_requests,
-                refreshes,
-                reuses,
-                revocations,
-                token_works: works(fixture, &token).await,
-            }
+            .await
         });
         results.entry("yup-oauth2").or_default().push(result);
 
@@ -1221,11 +1207,9 @@ fn herd(fixture: &Fixture, summary: &mut Summary) {
             let once = Arc::new(tokio::sync::OnceCell::<String>::new());
             let http = reqwest::Client::new();
             let token_url = fixture.token_url();
-            let before = fixture.sandbox.stats();
-            let o = once.clone();
-            let (waits, failures) = stampede(move || {
+            herd_round(fixture, move || {
                 let (once, http, token_url, refresh_token) = (
-                    o.clone(),
+                    once.clone(),
                     http.clone(),
                     token_url.clone(),
                     refresh_token.clone(),
@@ -1240,19 +1224,7 @@ fn herd(fixture: &Fixture, summary: &mut Summary) {
                     .cloned()
                 }
             })
-            .await;
-            let (refresh_requests, refreshes, reuses, revocations) =
-                delta(&before, &fixture.sandbox.stats());
-            let token = once.get().cloned().unwrap_or_default();
-            HerdResult {
-                waits,
-                failures,
-                refresh_requests,
-                refreshes,
-                reuses,
-                revocations,
-                token_works: works(fixture, &token).await,
-            }
+            .await
         });
         results.entry(ONCE_CELL).or_default().push(result);
     }
