@@ -361,6 +361,20 @@ async fn a_lost_answer_ends_in_reauthorization_without_a_retry_storm() {
     scenario.teardown();
 }
 
+/// The sandbox saw one refresh, which presented `old` once: no refresh token was reused and no
+/// grant revoked.
+fn one_refresh_without_reuse(h: &Harness, old: &RefreshToken, name: &str) {
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.refreshes, 1, "{name}");
+    assert_eq!(
+        stats.uses_of_refresh_token(old.expose_secret()),
+        1,
+        "{name}"
+    );
+    assert_eq!(stats.refresh_token_reuses, 0, "{name}");
+    assert_eq!(stats.total_revocations(), 0, "{name}");
+}
+
 /// An in-process lease and a store lease, each shared by the replicas of a test.
 fn shared_leases() -> [(&'static str, DynLease); 2] {
     [
@@ -490,14 +504,7 @@ async fn slow_store_keeps_the_lease(name: &str, lease: DynLease) {
         !refreshing.is_finished(),
         "{name}: A's write is still in flight"
     );
-    let stats = h.sandbox.stats();
-    assert_eq!(stats.refreshes, 1, "{name}");
-    assert_eq!(
-        stats.uses_of_refresh_token(old.expose_secret()),
-        1,
-        "{name}"
-    );
-    assert_eq!(stats.total_revocations(), 0, "{name}");
+    one_refresh_without_reuse(&h, &old, name);
 
     // A's store answers again: the write lands, A serves the pair, B adopts it.
     a_store.stall.store(false, Ordering::SeqCst);
@@ -514,10 +521,7 @@ async fn slow_store_keeps_the_lease(name: &str, lease: DynLease) {
         rotated.access_token().expose_secret(),
         "{name}"
     );
-    let stats = h.sandbox.stats();
-    assert_eq!(stats.refreshes, 1, "{name}");
-    assert_eq!(stats.refresh_token_reuses, 0, "{name}");
-    assert_eq!(stats.total_revocations(), 0, "{name}");
+    one_refresh_without_reuse(&h, &old, name);
 }
 
 /// A pair stuck in `PersistPending` keeps the refresh lease. Replica A refreshes and its store
@@ -577,15 +581,7 @@ async fn pending_pair_keeps_the_lease(name: &str, lease: DynLease) {
         assert_eq!(served.generation(), 2, "{name}: A serves its pending pair");
     }
     assert!(waits >= 2, "{name}: B waited {waits} times");
-    let stats = h.sandbox.stats();
-    assert_eq!(stats.refreshes, 1, "{name}");
-    assert_eq!(
-        stats.uses_of_refresh_token(old.expose_secret()),
-        1,
-        "{name}"
-    );
-    assert_eq!(stats.refresh_token_reuses, 0, "{name}");
-    assert_eq!(stats.total_revocations(), 0, "{name}");
+    one_refresh_without_reuse(&h, &old, name);
     assert!(
         a_store.refused_reads.load(Ordering::SeqCst) >= 3,
         "{name}: A kept retrying the write"
@@ -622,10 +618,7 @@ async fn pending_pair_keeps_the_lease(name: &str, lease: DynLease) {
         rotated.access_token().expose_secret(),
         "{name}"
     );
-    let stats = h.sandbox.stats();
-    assert_eq!(stats.refreshes, 1, "{name}");
-    assert_eq!(stats.refresh_token_reuses, 0, "{name}");
-    assert_eq!(stats.total_revocations(), 0, "{name}");
+    one_refresh_without_reuse(&h, &old, name);
     assert_eq!(
         h.events
             .count(|e| matches!(e, OAuthEvent::ReauthorizationRequired { .. })),
