@@ -22,13 +22,40 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key::StoreKey;
 use crate::record::{Record, Timestamp};
 use crate::secret::random_urlsafe;
-use crate::store::{Precondition, RecordStoreExt, SecretStore, is_conflict};
+use crate::store::{DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, is_conflict};
 
 /// Grants a time-limited, exclusive hold on a key.
 #[async_trait]
 pub trait Lease: Send + Sync + fmt::Debug + 'static {
     /// Takes the lease on `key` for `ttl`, or returns `None` at once if someone else holds it.
     async fn acquire(&self, key: &StoreKey, ttl: Duration) -> Result<Option<LeaseGuard>>;
+
+    /// Which holders the lease excludes: those of this process only
+    /// ([`InProcessLease`]), or those of every process that reaches its backend (the default).
+    fn sharing(&self) -> Sharing {
+        Sharing::CrossProcess
+    }
+}
+
+/// The lease that coordinates refreshes among every process that can see `store`: an
+/// [`InProcessLease`] for a store only this process sees, else the store's
+/// [native lease](SecretStore::native_lease), else a [`StoreLease`] on the store itself.
+///
+/// ```
+/// use std::sync::Arc;
+/// use pleo_auth_core::{DynSecretStore, Lease, MemoryStore, Sharing, SystemClock, lease_for};
+///
+/// let store: DynSecretStore = Arc::new(MemoryStore::new());
+/// let lease = lease_for(&store, Arc::new(SystemClock));
+/// assert_eq!(lease.sharing(), Sharing::ProcessLocal);
+/// ```
+pub fn lease_for(store: &DynSecretStore, clock: DynClock) -> DynLease {
+    match store.sharing() {
+        Sharing::ProcessLocal => Arc::new(InProcessLease::with_clock(clock)),
+        Sharing::CrossProcess => store
+            .native_lease()
+            .unwrap_or_else(|| Arc::new(StoreLease::with_clock(store.clone(), clock))),
+    }
 }
 
 /// A shared, type-erased lease.
@@ -38,6 +65,10 @@ pub type DynLease = Arc<dyn Lease>;
 impl<T: Lease + ?Sized> Lease for Arc<T> {
     async fn acquire(&self, key: &StoreKey, ttl: Duration) -> Result<Option<LeaseGuard>> {
         (**self).acquire(key, ttl).await
+    }
+
+    fn sharing(&self) -> Sharing {
+        (**self).sharing()
     }
 }
 
@@ -147,7 +178,9 @@ impl fmt::Debug for LeaseGuard {
     }
 }
 
-/// A lease within one process.
+/// A lease within one process: it keeps the tasks of this process from refreshing a grant
+/// twice, and nothing else. Replicas that share a store need a lease that spans them
+/// ([`lease_for`]).
 #[derive(Debug, Clone)]
 pub struct InProcessLease {
     state: Arc<Mutex<HashMap<StoreKey, Held>>>,
@@ -205,6 +238,10 @@ impl Lease for InProcessLease {
             holder: held.holder,
         };
         Ok(Some(LeaseGuard::new(key.clone(), held.fencing, release)))
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::ProcessLocal
     }
 }
 

@@ -27,7 +27,9 @@ pub use environment::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use key::{ClientId, CredentialKey, MAX_KEY_LEN, MAX_SEGMENT_LEN, StoreKey, TenantId, layout};
-pub use lease::{DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease};
+pub use lease::{
+    DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease, lease_for,
+};
 pub use memory::MemoryStore;
 pub use provider::{Credential, CredentialId, CredentialProvider, DynCredentialProvider};
 pub use record::{
@@ -40,7 +42,7 @@ pub use secret::{
     RefreshToken, SecretBytes, random_urlsafe,
 };
 pub use store::{
-    DynSecretStore, Precondition, RecordStoreExt, SecretStore, Version, Versioned,
+    DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, Version, Versioned,
     check_precondition, is_conflict,
 };
 pub use subject::{CompanyId, OrganisationId, Subject};

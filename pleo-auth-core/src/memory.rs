@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::key::StoreKey;
 use crate::secret::SecretBytes;
-use crate::store::{Precondition, SecretStore, Version, Versioned, check_precondition};
+use crate::store::{Precondition, SecretStore, Sharing, Version, Versioned, check_precondition};
 
 /// A [`SecretStore`] in memory. Versions are a counter shared by all keys, so a key deleted and
 /// written again never reuses an old version.
@@ -78,5 +78,9 @@ impl SecretStore for MemoryStore {
             .filter(|k| k.starts_with(prefix) && *k != prefix)
             .cloned()
             .collect())
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::ProcessLocal
     }
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::StoreKey;
+use crate::lease::DynLease;
 use crate::record::Record;
 use crate::secret::SecretBytes;
 
@@ -63,6 +64,20 @@ pub enum Precondition {
     Version(Version),
 }
 
+/// Who can see what a store or a lease holds besides this process.
+///
+/// The refresh manager needs a lease that reaches every process that shares the store: two
+/// processes that share grants but coordinate refreshes only among their own tasks present the
+/// same refresh token twice, and Pleo revokes the grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Sharing {
+    /// Only this process (an in-memory store, an in-process lease).
+    ProcessLocal,
+    /// Other processes too (a file, a database, a network service).
+    CrossProcess,
+}
+
 /// A versioned key-value store for secrets, implemented by every backend (memory, file, Vault,
 /// AWS Secrets Manager, Redis, or a user's own).
 ///
@@ -95,6 +110,21 @@ pub trait SecretStore: Send + Sync + fmt::Debug + 'static {
 
     /// Lists the keys below `prefix`.
     async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>>;
+
+    /// Who besides this process can see what the store holds. The default,
+    /// [`Sharing::CrossProcess`], is the safe assumption for a store of your own: refreshes are
+    /// then coordinated with a lease that spans processes. Only a store that no other process
+    /// can reach ([`MemoryStore`](crate::MemoryStore)) says [`Sharing::ProcessLocal`].
+    fn sharing(&self) -> Sharing {
+        Sharing::CrossProcess
+    }
+
+    /// A lease native to this backend that coordinates the processes sharing it (the Redis
+    /// store's `SET NX PX` lease), if it has one better than a
+    /// [`StoreLease`](crate::StoreLease) on the store itself. Default `None`.
+    fn native_lease(&self) -> Option<DynLease> {
+        None
+    }
 }
 
 /// A shared, type-erased store.
@@ -121,6 +151,14 @@ impl<T: SecretStore + ?Sized> SecretStore for Arc<T> {
 
     async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
         (**self).list(prefix).await
+    }
+
+    fn sharing(&self) -> Sharing {
+        (**self).sharing()
+    }
+
+    fn native_lease(&self) -> Option<DynLease> {
+        (**self).native_lease()
     }
 }
 

@@ -63,7 +63,8 @@ use chacha20poly1305::aead::rand_core::RngCore as _;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use pleo_auth_core::{
-    Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey, Version, Versioned,
+    DynLease, Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, Sharing, StoreKey,
+    Version, Versioned,
 };
 use zeroize::Zeroizing;
 
@@ -377,6 +378,15 @@ impl<S: SecretStore> SecretStore for EncryptedStore<S> {
 
     async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
         self.inner.list(prefix).await
+    }
+
+    fn sharing(&self) -> Sharing {
+        self.inner.sharing()
+    }
+
+    /// The wrapped store's native lease: lease records hold no secret.
+    fn native_lease(&self) -> Option<DynLease> {
+        self.inner.native_lease()
     }
 }
 

@@ -93,7 +93,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script, TlsCertificates};
 use async_trait::async_trait;
 use pleo_auth_core::{
-    Error, ErrorKind, Lease, LeaseGuard, LeaseRelease, Precondition, Result, SecretBytes,
+    DynLease, Error, ErrorKind, Lease, LeaseGuard, LeaseRelease, Precondition, Result, SecretBytes,
     SecretStore, StoreKey, Version, Versioned, random_urlsafe,
 };
 use url::Url;
@@ -453,6 +453,11 @@ impl SecretStore for RedisStore {
         keys.sort();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// The Redis lease on the same connection ([`RedisStore::lease`]).
+    fn native_lease(&self) -> Option<DynLease> {
+        Some(Arc::new(self.lease()))
     }
 }
 
