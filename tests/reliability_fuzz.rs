@@ -241,6 +241,7 @@ proptest! {
             matches!(
                 err.kind(),
                 ErrorKind::InvalidCallback
+                    | ErrorKind::IssuerMismatch
                     | ErrorKind::UnknownState
                     | ErrorKind::AccessDenied { .. }
                     | ErrorKind::AuthorizationError { .. }
