@@ -1170,6 +1170,14 @@ async fn request_refresh(
     let mut confirmed_at = leased_at;
     let mut attempt = 1;
     loop {
+        // Failpoint (feature `failpoints`, tests only): the holder is held up for the given
+        // milliseconds between reading the store and presenting the refresh token.
+        #[cfg(feature = "failpoints")]
+        if let Some(Some(millis)) = fail::eval("pleo_auth_oauth::before_token_request", |arg| {
+            arg.and_then(|ms| ms.parse::<u64>().ok())
+        }) {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
         confirm_lease(inner, guard, &mut confirmed_at).await?;
         let err = match token::refresh(
             &inner.http,
