@@ -177,6 +177,130 @@ async fn refresh_rotates_the_tokens_once() {
         .expect_code(3);
 }
 
+/// A refresh whose store write fails after Pleo rotated: the command exits 7 naming the store
+/// and the recovery file (0600), which holds the rotated pair; the next command writes it to the
+/// store first, and the grant goes on without any refresh token presented twice.
+///
+/// The sandbox answers the token request after a delay; meanwhile the store's directory is
+/// moved away and a plain file put in its place, so every store call of the running command
+/// fails (also for root, unlike permissions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_store_write_fails_is_saved_and_applied_by_the_next_run() {
+    use pleo_auth_sandbox::{Endpoint, Fault};
+
+    let sandbox = sandbox(Some(seed::ACME_DK)).await;
+    let cli = Cli::new(&sandbox);
+    cli.login(&["--no-browser"]).await.ok();
+    let store = cli.dir().join("store");
+    let away = cli.dir().join("store.away");
+    let hits = |s: &pleo_auth_sandbox::Stats| s.endpoint_hits.get(&Endpoint::Token).copied();
+    let before = hits(&sandbox.stats()).unwrap_or(0);
+
+    sandbox.inject_fault(
+        Endpoint::Token,
+        Fault::Delay(Duration::from_millis(1500)),
+        1,
+    );
+    let refreshing = cli
+        .command(&["refresh", "--company", ACME_DK])
+        .spawn()
+        .expect("the binary starts");
+    let started = std::time::Instant::now();
+    while hits(&sandbox.stats()).unwrap_or(0) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the refresh was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::rename(&store, &away).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(60), refreshing.wait_with_output())
+        .await
+        .expect("the refresh ends")
+        .unwrap();
+    let failed = common::Run::from(output);
+    eprintln!("TIMING refresh ended after {:?}", started.elapsed());
+    failed.expect_code(7).no_secret();
+    assert!(
+        failed
+            .stderr
+            .contains("did not take the rotated tokens of 1 grant"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        failed.stderr.contains(&store.display().to_string()),
+        "names the store: {}",
+        failed.stderr
+    );
+    let recovery_dir = cli.dir().join(".local/state/pleo-auth");
+    let files: Vec<_> = std::fs::read_dir(&recovery_dir)
+        .expect("the recovery folder exists")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        failed.stderr.contains(&files[0].display().to_string()),
+        "names the file: {}",
+        failed.stderr
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "only the user reads the recovery file");
+    }
+    let stats = sandbox.stats();
+    assert_eq!(stats.refreshes, 1, "Pleo rotated");
+
+    // The store is back: the next command applies the file before anything else.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&away, &store).unwrap();
+    let status = cli.run(&["status", "--json"]).await;
+    status.ok().no_secret();
+    assert!(
+        status.stderr.contains("Applied 1 rotated token pair"),
+        "{}",
+        status.stderr
+    );
+    assert_eq!(entry(&status.json(), ACME_DK)["generation"], 2);
+    assert!(!files[0].exists(), "the applied file is removed");
+
+    // The stored refresh token is the live one: Pleo accepts it, and no refresh token was ever
+    // presented twice. (The failed run's refresh lease is still recorded in the store and runs
+    // out after its TTL, so the next refresh through the CLI would first wait for it.)
+    let stored = pleo_auth::stores::file::FileStore::open(&store).unwrap();
+    let key = pleo_auth::layout::oauth_grant(&pleo_auth::CredentialKey::new(
+        pleo_auth::EnvironmentName::new("sandbox").unwrap(),
+        pleo_auth::ClientId::new(seed::DEMO_CLIENT_ID).unwrap(),
+        ACME_DK.parse::<pleo_auth::CompanyId>().unwrap().into(),
+    ));
+    let (grant, _) = pleo_auth::RecordStoreExt::get_record::<pleo_auth::OAuthGrant>(&stored, &key)
+        .await
+        .unwrap()
+        .expect("the grant is stored");
+    assert_eq!(grant.generation, 2);
+    let answer = browser()
+        .post(sandbox.auth_url().join("oauth/token").unwrap())
+        .basic_auth(seed::DEMO_CLIENT_ID, Some(seed::DEMO_CLIENT_SECRET))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            (
+                "refresh_token",
+                grant.refresh_token.unwrap().expose_secret(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "the recovered refresh token is live");
+    let stats = sandbox.stats();
+    assert_eq!(stats.refreshes, 2);
+    assert_eq!(stats.refresh_token_reuses, 0);
+    assert_eq!(stats.total_revocations(), 0);
+    assert!(stats.refresh_token_uses.values().all(|uses| *uses == 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_revokes_and_later_use_needs_reauthorization() {
     let sandbox = sandbox(Some(seed::ACME_DK)).await;

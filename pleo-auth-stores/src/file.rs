@@ -163,13 +163,16 @@ impl FileStore {
     {
         let root = self.root.clone();
         let timeout = self.lock_timeout;
-        tokio::task::spawn_blocking(move || work(&root, timeout))
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Unexpected, "file store task failed")
-                    .with_backend(BACKEND)
-                    .with_source(e)
-            })?
+        tokio::task::spawn_blocking(move || {
+            check_root_present(&root)?;
+            work(&root, timeout)
+        })
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Unexpected, "file store task failed")
+                .with_backend(BACKEND)
+                .with_source(e)
+        })?
     }
 }
 
@@ -552,6 +555,23 @@ fn crc32(bytes: &[u8]) -> u32 {
     !bytes.iter().fold(!0u32, |crc, &b| {
         TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8)
     })
+}
+
+/// The store's directory must still be there: if it was removed or replaced, every key would
+/// read as absent, and a reader must never take "the store is gone" for "no credential".
+fn check_root_present(root: &Path) -> Result<()> {
+    match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::unavailable(format!(
+            "the store directory {} is not a directory",
+            root.display()
+        ))
+        .with_backend(BACKEND)),
+        Err(e) => Err(io_error(
+            e,
+            format!("the store directory {} cannot be read", root.display()),
+        )),
+    }
 }
 
 fn is_missing(e: &io::Error) -> bool {
