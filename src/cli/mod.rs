@@ -45,6 +45,8 @@ Configuration (flags win over environment variables, which win over the config f
                        the keys env, sandbox_url, store, client_id, client_secret, scopes,
                        redirect_uri, integration_id, key_scopes, encryption_key
   PLEO_LOG             log filter for stderr, such as info or pleo_auth_oauth=debug (default off)
+  PLEO_STATE_DIR       where rotated tokens the store refused are saved until the next run
+                       writes them (default $XDG_STATE_HOME/pleo-auth, ~/.local/state/pleo-auth)
 
 Secrets (client secret, API keys, tokens) are never read from the command line, never printed
 to a terminal unless asked (`token --reveal`), and never logged.
