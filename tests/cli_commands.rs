@@ -128,6 +128,47 @@ async fn login_refuses_another_company_than_expected() {
     assert!(login.stderr.contains("another company"), "{}", login.stderr);
     let status = cli.run(&["status", "--json"]).await;
     assert_eq!(status.ok().json(), serde_json::json!([]));
+    // Acme Denmark was not kept, so its unwanted grant was revoked (its installation deleted).
+    assert_eq!(sandbox.stats().total_revocations(), 1);
+
+    // Once Acme Denmark is kept, a refused grant of it cannot be revoked without ending the kept
+    // one: status shows it as dangling.
+    let login = cli
+        .start_login(&["--company", ACME_DK, "--no-browser"])
+        .await;
+    let back = answer_consent(&login.url, &format!("urn:pleo:company:{ACME_DK}"), "allow").await;
+    browser().get(&back).send().await.unwrap();
+    login.finish().await.ok();
+    let login = cli
+        .start_login(&["--company", GLOBEX, "--no-browser"])
+        .await;
+    let back = answer_consent(&login.url, &format!("urn:pleo:company:{ACME_DK}"), "allow").await;
+    browser().get(&back).send().await.unwrap();
+    login.finish().await.expect_code(5);
+    assert_eq!(
+        sandbox.stats().total_revocations(),
+        1,
+        "the kept grant is not ended"
+    );
+    let status = cli.run(&["status", "--json"]).await;
+    let json = status.ok().no_secret().json();
+    let items = json.as_array().unwrap();
+    let dangling = items
+        .iter()
+        .find(|i| i["state"] == "dangling")
+        .unwrap_or_else(|| panic!("a dangling grant is listed: {json:#}"));
+    assert_eq!(dangling["company"], ACME_DK);
+    assert_eq!(dangling["dangling_reason"], "refused");
+    assert_eq!(dangling["revocation"], "unsafe");
+    let table = cli.run(&["status"]).await;
+    assert!(
+        table
+            .ok()
+            .stderr
+            .contains("not kept, and are not revoked yet"),
+        "{}",
+        table.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
