@@ -13,6 +13,7 @@
 //! | [`stores::vault`] | HashiCorp Vault / OpenBao KV v2 | `vault` |
 //! | [`stores::aws`] | AWS Secrets Manager | `aws` |
 //! | [`stores::redis`] | Redis store and lease | `redis` |
+//! | [`stores::postgres`] | PostgreSQL store and lease | `postgres` |
 //! | [`stores::encrypted`] | envelope encryption for any store | `encryption` |
 //! | [`sandbox`] | a local emulator of Pleo's authorization server and External API | `sandbox` |
 //! | [`testing`] | the store and lease conformance suites, for a store of your own | `testing` |
@@ -138,6 +139,7 @@ pub use pleo_auth_sandbox as sandbox;
     feature = "vault",
     feature = "aws",
     feature = "redis",
+    feature = "postgres",
     feature = "encryption"
 ))]
 #[cfg_attr(
@@ -147,6 +149,7 @@ pub use pleo_auth_sandbox as sandbox;
         feature = "vault",
         feature = "aws",
         feature = "redis",
+        feature = "postgres",
         feature = "encryption"
     )))
 )]
@@ -174,6 +177,12 @@ pub mod stores {
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     #[doc(inline)]
     pub use pleo_auth_stores::redis;
+
+    /// PostgreSQL store and lease.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::postgres;
 
     /// Envelope encryption for any store.
     #[cfg(feature = "encryption")]

@@ -27,9 +27,7 @@ pub use environment::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use key::{ClientId, CredentialKey, MAX_KEY_LEN, MAX_SEGMENT_LEN, StoreKey, TenantId, layout};
-pub use lease::{
-    DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease, lease_for,
-};
+pub use lease::{DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease, lease_for};
 pub use memory::MemoryStore;
 pub use provider::{Credential, CredentialId, CredentialProvider, DynCredentialProvider};
 pub use record::{
@@ -42,8 +40,8 @@ pub use secret::{
     RefreshToken, SecretBytes, random_urlsafe,
 };
 pub use store::{
-    DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, Version, Versioned,
-    check_precondition, is_conflict,
+    DynSecretStore, ListPage, MAX_PAGE_SIZE, Precondition, RecordStoreExt, SecretStore, Sharing,
+    Version, Versioned, check_page_limit, check_precondition, is_conflict,
 };
 pub use subject::{CompanyId, OrganisationId, Subject};
 pub use tenant::{LinkOutcome, LinkRequest, PENDING_LINK_TIMEOUT, TenantLinks};

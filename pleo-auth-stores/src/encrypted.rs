@@ -63,8 +63,8 @@ use chacha20poly1305::aead::rand_core::RngCore as _;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use pleo_auth_core::{
-    DynLease, Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, Sharing, StoreKey,
-    Version, Versioned,
+    DynLease, Error, ErrorKind, ListPage, Precondition, Result, SecretBytes, SecretStore, Sharing,
+    StoreKey, Version, Versioned,
 };
 use zeroize::Zeroizing;
 
@@ -378,6 +378,34 @@ impl<S: SecretStore> SecretStore for EncryptedStore<S> {
 
     async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
         self.inner.list(prefix).await
+    }
+
+    /// One batch read of the inner store, then each value opened.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, keys = keys.len()))]
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let stored = self.inner.get_many(keys).await?;
+        keys.iter()
+            .zip(stored)
+            .map(|(key, stored)| match stored {
+                None => Ok(None),
+                Some(stored) => {
+                    let sealed = Sealed::parse(stored.value.expose_secret(), key)?;
+                    Ok(Some(Versioned {
+                        value: self.open(sealed, key)?,
+                        version: stored.version,
+                    }))
+                }
+            })
+            .collect()
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &StoreKey,
+        after: Option<&StoreKey>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        self.inner.list_page(prefix, after, limit).await
     }
 
     fn sharing(&self) -> Sharing {

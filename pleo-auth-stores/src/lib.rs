@@ -15,7 +15,12 @@ pub mod file;
 #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
 pub mod encrypted;
 
-#[cfg(any(feature = "vault", feature = "aws", feature = "redis"))]
+#[cfg(any(
+    feature = "vault",
+    feature = "aws",
+    feature = "redis",
+    feature = "postgres"
+))]
 mod cause;
 
 #[cfg(feature = "vault")]
@@ -29,3 +34,7 @@ pub mod aws;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;

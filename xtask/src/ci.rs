@@ -7,7 +7,7 @@ use crate::services::{self, Service};
 use crate::{Cmd, Result, cargo, secs};
 
 /// The facade features that must each build on their own (`--no-default-features --features X`).
-const FACADE_FEATURES: [&str; 9] = [
+const FACADE_FEATURES: [&str; 10] = [
     "oauth",
     "apikey",
     "http",
@@ -15,6 +15,7 @@ const FACADE_FEATURES: [&str; 9] = [
     "vault",
     "aws",
     "redis",
+    "postgres",
     "encryption",
     "sandbox",
 ];
