@@ -73,6 +73,14 @@
 //! error and the tombstone stays: the key reads as absent, and [`SecretStore::list`] names it
 //! until it is deleted or created again.
 //!
+//! # Batch reads
+//!
+//! [`SecretStore::get_many`] names up to 20 secrets in one `BatchGetSecretValue`, which answers
+//! each secret's `AWSCURRENT` version (the IAM policy needs `secretsmanager:BatchGetSecretValue`
+//! and `GetSecretValue` on the secrets). An answer that is not `AWSCURRENT` (moto answers the
+//! version last written rather than the one a stage move made current) and a secret the call
+//! cannot read (one scheduled for deletion) are read again one by one, as `get` reads them.
+//!
 //! # Listing
 //!
 //! `ListSecrets` with a `name` filter on the key prefix, paginated; the filter is
@@ -165,6 +173,8 @@ const MAX_SECRET_BYTES: usize = 65_536;
 /// big-endian), the key and the value.
 const KEY_FRAME_MAGIC: [u8; 4] = *b"PAK\x01";
 const WRITE_ATTEMPTS: u32 = 5;
+/// The most secrets one `BatchGetSecretValue` names.
+const BATCH: usize = 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -517,11 +527,27 @@ impl AwsStore {
                 _ => return Err(e.into_error("read")),
             }
         };
-        let version = out
-            .version_id()
+        Self::read_state(
+            name,
+            key,
+            out.version_id(),
+            out.secret_binary(),
+            out.secret_string(),
+        )
+    }
+
+    /// What one version of a secret holds, from the fields of a read.
+    fn read_state(
+        name: &Name,
+        key: Option<&StoreKey>,
+        version: Option<&str>,
+        binary: Option<&Blob>,
+        string: Option<&str>,
+    ) -> Result<(State, Option<String>)> {
+        let version = version
             .ok_or_else(|| unexpected("the answer has no version id"))?
             .to_owned();
-        if let Some(blob) = out.secret_binary() {
+        if let Some(blob) = binary {
             let (stored_key, value) = Self::decode(name, blob)?;
             if let (Some(stored), Some(key)) = (&stored_key, key)
                 && stored != key.as_str()
@@ -533,13 +559,67 @@ impl AwsStore {
             }
             return Ok((State::Live { version, value }, stored_key));
         }
-        match out.secret_string() {
+        match string {
             Some(TOMBSTONE) => Ok((State::Tombstone { version }, None)),
             _ => {
                 Err(Error::corrupt("the secret does not hold a pleo-auth value")
                     .with_backend(BACKEND))
             }
         }
+    }
+
+    /// Reads up to [`BATCH`] secrets with one `BatchGetSecretValue`. Each answer that is the
+    /// secret's `AWSCURRENT` version is used as it is; a secret the call reports as not found is
+    /// absent; every other key (an error such as a secret scheduled for deletion, or an answer
+    /// without `AWSCURRENT`, which moto gives after a stage move) is read with `get`.
+    async fn get_batch(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let names: Vec<Name> = keys.iter().map(|key| self.name(key)).collect();
+        let mut unique: Vec<String> = names.iter().map(|n| n.as_str().to_owned()).collect();
+        unique.sort();
+        unique.dedup();
+        let out = self
+            .client
+            .batch_get_secret_value()
+            .set_secret_id_list(Some(unique))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(e).into_error("read many"))?;
+        let answers: HashMap<&str, _> = out
+            .secret_values()
+            .iter()
+            .filter(|entry| entry.version_stages().iter().any(|s| s == CURRENT))
+            .filter_map(|entry| entry.name().map(|name| (name, entry)))
+            .collect();
+        let not_found: Vec<&str> = out
+            .errors()
+            .iter()
+            .filter(|e| e.error_code() == Some("ResourceNotFoundException"))
+            .filter_map(|e| e.secret_id())
+            .collect();
+        let mut result = Vec::with_capacity(keys.len());
+        for (key, name) in keys.iter().zip(&names) {
+            if let Some(entry) = answers.get(name.as_str()) {
+                let (state, _) = Self::read_state(
+                    name,
+                    Some(key),
+                    entry.version_id(),
+                    entry.secret_binary(),
+                    entry.secret_string(),
+                )?;
+                result.push(match state {
+                    State::Live { version, value } => Some(Versioned {
+                        value,
+                        version: Version::new(version),
+                    }),
+                    State::Tombstone { .. } | State::Deleted | State::Missing => None,
+                });
+            } else if not_found.contains(&name.as_str()) {
+                result.push(None);
+            } else {
+                result.push(self.get(key).await?);
+            }
+        }
+        Ok(result)
     }
 
     async fn describe(&self, name: &Name) -> Result<Described> {
@@ -916,6 +996,16 @@ impl SecretStore for AwsStore {
             })),
             State::Tombstone { .. } | State::Deleted | State::Missing => Ok(None),
         }
+    }
+
+    /// One `BatchGetSecretValue` per 20 keys; see [`AwsStore`]'s module documentation.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, keys = keys.len()))]
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            out.extend(self.get_batch(chunk).await?);
+        }
+        Ok(out)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -1382,6 +1472,60 @@ mod tests {
 
     fn bytes(s: &str) -> SecretBytes {
         SecretBytes::new(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_of_45_keys_is_three_calls() {
+        let calls = Calls::default();
+        let store = moto_store(&calls).await;
+        let mut keys = Vec::new();
+        for i in 0..40 {
+            let key = StoreKey::from_parts(["batch", &format!("k{i:02}")]).unwrap();
+            store
+                .put(&key, bytes(&format!("v{i}")), Precondition::Absent)
+                .await
+                .unwrap();
+            keys.push(key);
+        }
+        let hashed = StoreKey::from_parts(["batch", &"h".repeat(600)]).unwrap();
+        store
+            .put(&hashed, bytes("hashed"), Precondition::Absent)
+            .await
+            .unwrap();
+        keys.push(hashed);
+        let deleted = StoreKey::from_parts(["batch", "deleted"]).unwrap();
+        store
+            .put(&deleted, bytes("gone"), Precondition::Absent)
+            .await
+            .unwrap();
+        store.delete(&deleted, Precondition::None).await.unwrap();
+        keys.push(deleted);
+        for i in 0..3 {
+            keys.push(StoreKey::from_parts(["batch", &format!("missing{i}")]).unwrap());
+        }
+        calls.take();
+        let got = store.get_many(&keys).await.unwrap();
+        let operations = calls.take();
+        let batches = operations
+            .iter()
+            .filter(|op| *op == "BatchGetSecretValue")
+            .count();
+        assert_eq!(batches, 3, "45 keys in batches of 20: {operations:?}");
+        assert!(
+            operations.len() <= 5,
+            "only the deleted secret is read on its own: {operations:?}"
+        );
+        for (i, read) in got.iter().take(40).enumerate() {
+            assert_eq!(
+                read.as_ref().unwrap().value.expose_secret(),
+                format!("v{i}").as_bytes()
+            );
+        }
+        assert_eq!(got[40].as_ref().unwrap().value.expose_secret(), b"hashed");
+        assert!(
+            got[41..].iter().all(Option::is_none),
+            "deleted and missing keys read as absent"
+        );
     }
 
     #[tokio::test]

@@ -27,6 +27,8 @@
 //! counter and writes (or deletes). Scripts run atomically, so of several writers naming one
 //! version exactly one wins; the others get [`ErrorKind::Conflict`].
 //!
+//! `get_many` sends one pipeline of `HMGET`s per 1,000 keys, one round trip each.
+//!
 //! `list` walks the whole database with `SCAN ... MATCH <prefix>*`, so its cost grows with every
 //! key of the database, not only with the keys below the prefix; give pleo-auth its own database
 //! when that matters.
@@ -105,6 +107,8 @@ const BACKEND: &str = "redis";
 const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const SCAN_COUNT: usize = 1000;
+/// How many keys one pipeline of `get_many` reads.
+const BATCH: usize = 1000;
 
 /// Writes a record if the precondition holds; returns the new version, or 0 on a conflict.
 /// KEYS: record, counter. ARGV: mode (`none`, `absent`, `version`), expected version, value.
@@ -350,17 +354,7 @@ impl SecretStore for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(|e| map_error("read", &e))?;
-        match (value, version) {
-            (None, None) => Ok(None),
-            (Some(value), Some(n)) if n.parse::<u64>().is_ok() => Ok(Some(Versioned {
-                value: SecretBytes::new(value),
-                version: Version::new(n),
-            })),
-            (value, _) => {
-                drop(value.map(Zeroizing::new));
-                Err(Error::corrupt("the record lacks its value or version").with_backend(BACKEND))
-            }
-        }
+        versioned(value, version)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -455,6 +449,27 @@ impl SecretStore for RedisStore {
         Ok(keys)
     }
 
+    /// One pipeline of `HMGET`s per 1,000 keys: one round trip each.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, keys = keys.len()))]
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut conn = self.conn();
+        for chunk in keys.chunks(BATCH) {
+            let mut pipe = ::redis::pipe();
+            for key in chunk {
+                pipe.cmd("HMGET").arg(self.record(key)).arg("v").arg("n");
+            }
+            let answers: Vec<(Option<Vec<u8>>, Option<String>)> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_error("read", &e))?;
+            for (value, version) in answers {
+                out.push(versioned(value, version)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The Redis lease on the same connection ([`RedisStore::lease`]).
     fn native_lease(&self) -> Option<DynLease> {
         Some(Arc::new(self.lease()))
@@ -542,6 +557,21 @@ impl LeaseRelease for RedisRelease {
             );
         }
         Ok(())
+    }
+}
+
+/// A record from the `v` and `n` fields of its hash.
+fn versioned(value: Option<Vec<u8>>, version: Option<String>) -> Result<Option<Versioned>> {
+    match (value, version) {
+        (None, None) => Ok(None),
+        (Some(value), Some(n)) if n.parse::<u64>().is_ok() => Ok(Some(Versioned {
+            value: SecretBytes::new(value),
+            version: Version::new(n),
+        })),
+        (value, _) => {
+            drop(value.map(Zeroizing::new));
+            Err(Error::corrupt("the record lacks its value or version").with_backend(BACKEND))
+        }
     }
 }
 
