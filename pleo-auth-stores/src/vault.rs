@@ -38,6 +38,13 @@
 //! the metadata, with the version count, stays. Data of any other shape than a value or a
 //! tombstone is an [`ErrorKind::Corrupt`] error.
 //!
+//! A version that Vault itself deleted (`kv delete`, or a mount's `delete_version_after` that
+//! passed) or destroyed reads as absent too: a version counts as deleted once its
+//! `deletion_time` is at or before now on the store's clock. With `delete_version_after` set,
+//! Vault gives every live version a deletion time in the future; such a version is live until
+//! then. (Keep `delete_version_after` well above the longest time a grant may sit unrefreshed,
+//! or Vault deletes credentials that are still needed.)
+//!
 //! If destroying fails, `delete` returns the error; the key already reads as absent, and a later
 //! delete or create of it destroys what is left (a create writes over the tombstone at once: the
 //! version numbers a destroy names all lie below the tombstone, so it can never remove a newer
@@ -501,7 +508,7 @@ impl VaultStore {
             })
             .await;
         match result {
-            Ok(response) => Current::from_response(response),
+            Ok(response) => Current::from_response(response, self.inner.clock.timestamp()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Current::Missing),
             Err(e) => Err(e),
         }
@@ -855,9 +862,12 @@ enum Current {
 }
 
 impl Current {
-    fn from_response(response: ReadSecretResponse) -> Result<Self> {
+    /// What a read of the latest version says, `now` on the store's clock. A version is deleted
+    /// once its `deletion_time` has passed: a mount with `delete_version_after` gives every live
+    /// version a deletion time in the future.
+    fn from_response(response: ReadSecretResponse, now: Timestamp) -> Result<Self> {
         let number = response.metadata.version;
-        if response.metadata.destroyed || !response.metadata.deletion_time.is_empty() {
+        if response.metadata.destroyed || is_deleted(&response.metadata.deletion_time, now)? {
             return Ok(Current::Missing);
         }
         let mut data: KvData = serde_json::from_value(response.data).map_err(|_| {
@@ -881,6 +891,26 @@ impl Current {
             ),
         }
     }
+}
+
+/// Whether a KV v2 `deletion_time` (empty, or RFC 3339) lies at or before `now`.
+fn is_deleted(deletion_time: &str, now: Timestamp) -> Result<bool> {
+    if deletion_time.is_empty() {
+        return Ok(false);
+    }
+    let at = time::OffsetDateTime::parse(
+        deletion_time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|_| {
+        Error::new(
+            ErrorKind::Unexpected,
+            "vault answered a deletion_time that is not an RFC 3339 time",
+        )
+        .with_backend(BACKEND)
+    })?;
+    let at_ms = at.unix_timestamp_nanos() / 1_000_000;
+    Ok(at_ms <= i128::from(now.as_millis()))
 }
 
 fn make_version(number: u64, nonce: &str) -> Version {
