@@ -14,7 +14,9 @@
 //! | [`stores::aws`] | AWS Secrets Manager | `aws` |
 //! | [`stores::redis`] | Redis store and lease | `redis` |
 //! | [`stores::postgres`] | PostgreSQL store and lease | `postgres` |
-//! | [`stores::encrypted`] | envelope encryption for any store | `encryption` |
+//! | [`stores::encrypted`] | envelope encryption for any store, with local keys | `encryption` |
+//! | [`stores::kms`] | data keys from AWS KMS for the encryption wrapper | `kms` |
+//! | [`stores::transit`] | data keys from Vault/OpenBao Transit for the encryption wrapper | `transit` |
 //! | [`sandbox`] | a local emulator of Pleo's authorization server and External API | `sandbox` |
 //! | [`testing`] | the store and lease conformance suites, for a store of your own | `testing` |
 //!
@@ -189,4 +191,16 @@ pub mod stores {
     #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
     #[doc(inline)]
     pub use pleo_auth_stores::encrypted;
+
+    /// Data keys from AWS KMS for the encryption wrapper.
+    #[cfg(feature = "kms")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "kms")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::kms;
+
+    /// Data keys from Vault/OpenBao Transit for the encryption wrapper.
+    #[cfg(feature = "transit")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "transit")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::transit;
 }

@@ -139,7 +139,6 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{Credentials, Region};
-use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 use pleo_auth_core::{
@@ -150,7 +149,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::cause::{Cause, is_tls_failure};
+use crate::aws_error::AwsError;
 
 const BACKEND: &str = "aws";
 const CURRENT: &str = "AWSCURRENT";
@@ -522,9 +521,9 @@ impl AwsStore {
                     Described::Missing => return Ok((State::Missing, None)),
                     // Restored since the read: read again.
                     Described::Active if attempt < WRITE_ATTEMPTS => attempt += 1,
-                    Described::Active => return Err(e.into_error("read")),
+                    Described::Active => return Err(e.into_error("read", BACKEND)),
                 },
-                _ => return Err(e.into_error("read")),
+                _ => return Err(e.into_error("read", BACKEND)),
             }
         };
         Self::read_state(
@@ -583,7 +582,7 @@ impl AwsStore {
             .set_secret_id_list(Some(unique))
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk(e).into_error("read many"))?;
+            .map_err(|e| AwsError::from_sdk(e).into_error("read many", BACKEND))?;
         let answers: HashMap<&str, _> = out
             .secret_values()
             .iter()
@@ -642,7 +641,7 @@ impl AwsStore {
                 let e = AwsError::from_sdk(e);
                 match e.code() {
                     Some("ResourceNotFoundException") => Ok(Described::Missing),
-                    _ => Err(e.into_error("describe")),
+                    _ => Err(e.into_error("describe", BACKEND)),
                 }
             }
         }
@@ -700,7 +699,7 @@ impl AwsStore {
                             cleared = true;
                             self.clear_legacy_labels(name).await?;
                         }
-                        _ => return Err(e.into_error("write")),
+                        _ => return Err(e.into_error("write", BACKEND)),
                     }
                 }
             }
@@ -736,7 +735,7 @@ impl AwsStore {
                             Err(mismatch())
                         }
                     }
-                    _ => Err(e.into_error("promote")),
+                    _ => Err(e.into_error("promote", BACKEND)),
                 }
             }
         }
@@ -756,7 +755,7 @@ impl AwsStore {
                 let e = AwsError::from_sdk(e);
                 return match e.code() {
                     Some("ResourceNotFoundException") => Ok(None),
-                    _ => Err(e.into_error("describe")),
+                    _ => Err(e.into_error("describe", BACKEND)),
                 };
             }
         };
@@ -779,7 +778,7 @@ impl AwsStore {
             .secret_id(name.as_str())
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk(e).into_error("describe"))?;
+            .map_err(|e| AwsError::from_sdk(e).into_error("describe", BACKEND))?;
         let Some(stages) = out.version_ids_to_stages() else {
             return Ok(());
         };
@@ -822,7 +821,7 @@ impl AwsStore {
                 let e = AwsError::from_sdk(e);
                 match e.code() {
                     Some("ResourceExistsException" | "InvalidRequestException") => Err(exists()),
-                    _ => Err(e.into_error("create")),
+                    _ => Err(e.into_error("create", BACKEND)),
                 }
             }
         }
@@ -851,7 +850,7 @@ impl AwsStore {
             let e = AwsError::from_sdk(e);
             return match e.code() {
                 Some("ResourceNotFoundException" | "InvalidRequestException") => Err(exists()),
-                _ => Err(e.into_error("restore")),
+                _ => Err(e.into_error("restore", BACKEND)),
             };
         }
         self.compare_and_swap(name, key, &Payload::Value(value), &current)
@@ -927,7 +926,7 @@ impl AwsStore {
                 match e.code() {
                     // Gone already, or already scheduled for deletion.
                     Some("ResourceNotFoundException" | "InvalidRequestException") => Ok(()),
-                    _ => Err(e.into_error("delete")),
+                    _ => Err(e.into_error("delete", BACKEND)),
                 }
             }
         }
@@ -950,7 +949,7 @@ impl AwsStore {
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| AwsError::from_sdk(e).into_error("list"))?;
+                .map_err(|e| AwsError::from_sdk(e).into_error("list", BACKEND))?;
             names.extend(
                 out.secret_list()
                     .iter()
@@ -1146,117 +1145,6 @@ fn unexpected(message: &'static str) -> Error {
 
 fn config_error(message: &'static str) -> Error {
     Error::new(ErrorKind::Config, message).with_backend(BACKEND)
-}
-
-/// An SDK error reduced to what is safe to keep: the service's error code and message, the HTTP
-/// status, or the transport failure; never a request or response body.
-struct AwsError {
-    kind: ErrorKind,
-    code: Option<String>,
-    cause: Cause,
-}
-
-impl AwsError {
-    fn from_sdk<E, R>(e: SdkError<E, R>) -> Self
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: fmt::Debug,
-    {
-        match &e {
-            SdkError::ServiceError(service) => {
-                let err = service.err();
-                let code = err.code().map(str::to_owned);
-                let kind = code.as_deref().map_or(ErrorKind::Unexpected, service_kind);
-                let text = match (err.code(), err.message()) {
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    (Some(c), None) => c.to_owned(),
-                    _ => "unknown service error".to_owned(),
-                };
-                AwsError {
-                    kind,
-                    code,
-                    cause: Cause::new(text),
-                }
-            }
-            SdkError::TimeoutError(_) => AwsError {
-                kind: ErrorKind::Unavailable,
-                code: None,
-                cause: Cause::new("the request timed out"),
-            },
-            SdkError::DispatchFailure(failure) => {
-                let connector = failure.as_connector_error();
-                let tls = connector.is_some_and(|c| is_tls_failure(c));
-                let kind = if tls || failure.is_user() {
-                    ErrorKind::Config
-                } else {
-                    ErrorKind::Unavailable
-                };
-                let text = connector.map_or_else(
-                    || "the request could not be sent".to_owned(),
-                    |c| Cause::from_chain(c).as_str().to_owned(),
-                );
-                AwsError {
-                    kind,
-                    code: None,
-                    cause: Cause::new(text),
-                }
-            }
-            SdkError::ResponseError(_) => AwsError {
-                kind: ErrorKind::Unavailable,
-                code: None,
-                cause: Cause::new("the response could not be read"),
-            },
-            // Credentials that cannot be loaded, an invalid request: a configuration problem.
-            SdkError::ConstructionFailure(_) => AwsError {
-                kind: ErrorKind::Config,
-                code: None,
-                cause: Cause::new(e.to_string()),
-            },
-            _ => AwsError {
-                kind: ErrorKind::Unexpected,
-                code: None,
-                cause: Cause::new(e.to_string()),
-            },
-        }
-    }
-
-    fn code(&self) -> Option<&str> {
-        self.code.as_deref()
-    }
-
-    fn into_error(self, op: &'static str) -> Error {
-        let message = match self.kind {
-            ErrorKind::Config if self.code.is_none() => {
-                format!("{op} failed: check the credentials, region and TLS settings")
-            }
-            _ => format!("{op} failed"),
-        };
-        Error::new(self.kind, message)
-            .with_backend(BACKEND)
-            .with_source(self.cause)
-    }
-}
-
-fn service_kind(code: &str) -> ErrorKind {
-    match code {
-        "ResourceNotFoundException" => ErrorKind::NotFound,
-        "ResourceExistsException" => ErrorKind::Conflict,
-        "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-            ErrorKind::RateLimited
-        }
-        "AccessDeniedException" | "AccessDenied" => ErrorKind::PermissionDenied,
-        "UnrecognizedClientException"
-        | "InvalidClientTokenId"
-        | "InvalidSignatureException"
-        | "SignatureDoesNotMatch"
-        | "IncompleteSignature"
-        | "MissingAuthenticationToken"
-        | "ExpiredTokenException"
-        | "DecryptionFailure"
-        | "EncryptionFailure" => ErrorKind::Config,
-        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => ErrorKind::Unavailable,
-        _ => ErrorKind::Unexpected,
-    }
 }
 
 #[cfg(test)]

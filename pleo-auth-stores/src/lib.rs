@@ -19,9 +19,13 @@ pub mod encrypted;
     feature = "vault",
     feature = "aws",
     feature = "redis",
-    feature = "postgres"
+    feature = "postgres",
+    feature = "kms"
 ))]
 mod cause;
+
+#[cfg(any(feature = "aws", feature = "kms"))]
+mod aws_error;
 
 #[cfg(feature = "vault")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
@@ -38,3 +42,11 @@ pub mod redis;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+
+#[cfg(feature = "kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kms")))]
+pub mod kms;
+
+#[cfg(feature = "transit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "transit")))]
+pub mod transit;

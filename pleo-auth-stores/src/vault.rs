@@ -415,7 +415,7 @@ impl VaultStore {
 
     /// Runs one Vault call with a valid session; for AppRole, logs in again and retries once on
     /// a 403.
-    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
         F: Fn(Arc<VaultClient>) -> Fut,
         Fut: Future<Output = std::result::Result<T, ClientError>>,
@@ -923,9 +923,14 @@ fn parse_version(version: &Version) -> Option<(u64, &str)> {
 }
 
 fn is_cas_required(e: &Error) -> bool {
+    vault_said(e, CAS_REQUIRED)
+}
+
+/// Whether Vault's answer behind `e` says `needle`.
+pub(crate) fn vault_said(e: &Error, needle: &str) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<Cause>())
-        .is_some_and(|c| c.as_str().contains(CAS_REQUIRED))
+        .is_some_and(|c| c.as_str().contains(needle))
 }
 
 fn mismatch() -> Error {

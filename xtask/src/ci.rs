@@ -7,7 +7,7 @@ use crate::services::{self, Service};
 use crate::{Cmd, Result, cargo, secs};
 
 /// The facade features that must each build on their own (`--no-default-features --features X`).
-const FACADE_FEATURES: [&str; 10] = [
+const FACADE_FEATURES: [&str; 12] = [
     "oauth",
     "apikey",
     "http",
@@ -17,6 +17,8 @@ const FACADE_FEATURES: [&str; 10] = [
     "redis",
     "postgres",
     "encryption",
+    "kms",
+    "transit",
     "sandbox",
 ];
 
