@@ -386,13 +386,17 @@ async fn approle_logs_in_again_after_the_token_ttl() {
 }
 
 #[tokio::test]
-async fn a_rejected_token_is_permission_denied_and_never_shown() {
+async fn a_rejected_token_is_a_config_error_and_never_shown() {
     let store = VaultStore::builder(addr())
         .token("hvs.CANARY-not-a-token")
         .build()
         .unwrap();
     let err = store.get(&key(&["x"])).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert_eq!(err.kind(), ErrorKind::Config, "{err:?}");
+    assert!(
+        err.to_string().contains("give the store a valid token"),
+        "{err}"
+    );
     assert!(!err.is_retryable());
     let text = format!("{err} {err:?} {store:?}");
     assert!(!text.contains("CANARY"), "{text}");
