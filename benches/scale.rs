@@ -1022,6 +1022,65 @@ fn postgres_group(criterion: &mut Criterion, summary: &mut Summary, runtime: &Ru
         "sqlx UPDATE .. WHERE generation",
         1.15,
     );
+    // Paired: ours and raw sqlx in turn, medians of 1,000 pairs each, so that load from other
+    // processes on this machine falls on both alike.
+    let raw_store_key = StoreKey::parse(&raw_key).unwrap();
+    let (mut ours_get, mut raw_get, mut ours_put, mut raw_put) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    runtime.block_on(async {
+        use sqlx::Row as _;
+        let mut version = store
+            .put(&key, record_value(), Precondition::None)
+            .await
+            .unwrap();
+        let mut generation = store
+            .put(&raw_store_key, record_value(), Precondition::None)
+            .await
+            .unwrap()
+            .as_u64()
+            .unwrap() as i64;
+        for _ in 0..1_000 {
+            let started = Instant::now();
+            black_box(store.get(&key).await.unwrap().unwrap());
+            ours_get.push(started.elapsed());
+            let started = Instant::now();
+            let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                .bind(&raw_key)
+                .fetch_optional(&raw)
+                .await
+                .unwrap()
+                .unwrap();
+            black_box((row.get::<i64, _>(0), row.get::<Vec<u8>, _>(1)));
+            raw_get.push(started.elapsed());
+            let started = Instant::now();
+            version = store
+                .put(&key, record_value(), Precondition::Version(version))
+                .await
+                .unwrap();
+            ours_put.push(started.elapsed());
+            let started = Instant::now();
+            generation = sqlx::query_scalar(sqlx::AssertSqlSafe(update.clone()))
+                .bind(&raw_key)
+                .bind(generation)
+                .bind(record_value().expose_secret())
+                .fetch_one(&raw)
+                .await
+                .unwrap();
+            raw_put.push(started.elapsed());
+        }
+    });
+    summary.measured(
+        "postgres: our get vs sqlx SELECT, paired medians".to_owned(),
+        median(&mut ours_get),
+        median(&mut raw_get),
+        Some(1.15),
+    );
+    summary.measured(
+        "postgres: our compare-and-swap put vs sqlx UPDATE, paired medians".to_owned(),
+        median(&mut ours_put),
+        median(&mut raw_put),
+        Some(1.15),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1075,9 +1134,15 @@ fn envelope(criterion: &mut Criterion, summary: &mut Summary) {
                 .cache_ttl(ttl)
                 .connect()
         };
-        let cached = EncryptedStore::new(store.clone(), provider(Duration::from_secs(3600)).await.unwrap());
+        let cached = EncryptedStore::new(
+            store.clone(),
+            provider(Duration::from_secs(3600)).await.unwrap(),
+        );
         let cold = EncryptedStore::new(store.clone(), provider(Duration::ZERO).await.unwrap());
-        cached.put(&key, record_value(), Precondition::None).await.unwrap();
+        cached
+            .put(&key, record_value(), Precondition::None)
+            .await
+            .unwrap();
         (store, cached, cold)
     });
     let plain_key = StoreKey::parse(&format!("bench/{run}/plain")).unwrap();
@@ -1100,6 +1165,25 @@ fn envelope(criterion: &mut Criterion, summary: &mut Summary) {
     read("kms_cached_get", &cached, &key);
     read("kms_cold_get", &cold, &key);
     g.finish();
+    // Paired: one plain read and one encrypted read in turn, so that load from other processes
+    // on this machine falls on both alike; medians of 2,000 pairs.
+    let (mut plain_times, mut cached_times) = (Vec::new(), Vec::new());
+    runtime.block_on(async {
+        for _ in 0..2_000 {
+            let started = Instant::now();
+            black_box(plain.get(&plain_key).await.unwrap().unwrap());
+            plain_times.push(started.elapsed());
+            let started = Instant::now();
+            black_box(cached.get(&key).await.unwrap().unwrap());
+            cached_times.push(started.elapsed());
+        }
+    });
+    summary.measured(
+        "postgres: encrypted read, cached KMS data key vs unencrypted, paired medians".to_owned(),
+        median(&mut cached_times),
+        median(&mut plain_times),
+        Some(1.2),
+    );
     summary.ratio(
         "postgres: encrypted read, cached KMS data key vs the same read unencrypted".to_owned(),
         "envelope_postgres",
@@ -1152,7 +1236,10 @@ impl<S> Counting<S> {
 
 #[async_trait::async_trait]
 impl<S: SecretStore> SecretStore for Counting<S> {
-    async fn get(&self, key: &StoreKey) -> pleo_auth_core::Result<Option<pleo_auth_core::Versioned>> {
+    async fn get(
+        &self,
+        key: &StoreKey,
+    ) -> pleo_auth_core::Result<Option<pleo_auth_core::Versioned>> {
         self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.get(key).await
     }
@@ -1166,12 +1253,17 @@ impl<S: SecretStore> SecretStore for Counting<S> {
         self.inner.put(key, value, precondition).await
     }
 
-    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> pleo_auth_core::Result<()> {
+    async fn delete(
+        &self,
+        key: &StoreKey,
+        precondition: Precondition,
+    ) -> pleo_auth_core::Result<()> {
         self.inner.delete(key, precondition).await
     }
 
     async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
-        self.lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.list(prefix).await
     }
 
@@ -1179,7 +1271,8 @@ impl<S: SecretStore> SecretStore for Counting<S> {
         &self,
         keys: &[StoreKey],
     ) -> pleo_auth_core::Result<Vec<Option<pleo_auth_core::Versioned>>> {
-        self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.get_many(keys).await
     }
 
@@ -1201,11 +1294,7 @@ async fn sweep_backend(
     let mut keys = Vec::with_capacity(grants);
     let writes = futures::stream::iter(0..grants).map(|i| {
         let mut record = template.clone();
-        record.subject = subject(
-            format!("5eed0000-0000-4000-8000-{i:012}")
-                .parse()
-                .unwrap(),
-        );
+        record.subject = subject(format!("5eed0000-0000-4000-8000-{i:012}").parse().unwrap());
         let key = pleo_auth_core::layout::oauth_grant(&record.credential_key());
         let store = store.clone();
         async move {
@@ -1234,10 +1323,7 @@ async fn sweep_backend(
         .build()
         .unwrap()
         .token_manager();
-    let prefix = pleo_auth_core::layout::oauth_grants(
-        &template.environment,
-        &template.client_id,
-    );
+    let prefix = pleo_auth_core::layout::oauth_grants(&template.environment, &template.client_id);
     store.take();
     let (mut before, mut after) = (Vec::new(), Vec::new());
     let (mut before_calls, mut after_calls) = ((0, 0, 0), (0, 0, 0));
@@ -1263,7 +1349,10 @@ async fn sweep_backend(
     }
     let (before, after) = (median(&mut before), median(&mut after));
     let calls = |(gets, batches, lists): (u64, u64, u64)| {
-        format!("{} (list {lists}, get {gets}, get_many {batches})", gets + batches + lists)
+        format!(
+            "{} (list {lists}, get {gets}, get_many {batches})",
+            gets + batches + lists
+        )
     };
     summary.note(format!(
         "{backend}: keep-alive sweep over {grants} grants: store calls {} before batching, {} \
@@ -1288,7 +1377,14 @@ fn sweep(fixture: &Fixture, summary: &mut Summary) {
     runtime.block_on(async {
         let (postgres, _) = postgres_pair(&format!("sweep_{run}")).await;
         let postgres: pleo_auth_core::DynSecretStore = Arc::new(postgres);
-        sweep_backend(fixture, summary, "postgres", Arc::new(Counting::new(postgres)), 10_000).await;
+        sweep_backend(
+            fixture,
+            summary,
+            "postgres",
+            Arc::new(Counting::new(postgres)),
+            10_000,
+        )
+        .await;
         let redis: pleo_auth_core::DynSecretStore = Arc::new(
             RedisStore::builder(service_env("PLEO_AUTH_TEST_REDIS_URL"))
                 .key_prefix(format!("pleo-sweep:{run}:"))
@@ -1296,7 +1392,14 @@ fn sweep(fixture: &Fixture, summary: &mut Summary) {
                 .await
                 .unwrap(),
         );
-        sweep_backend(fixture, summary, "redis", Arc::new(Counting::new(redis)), 10_000).await;
+        sweep_backend(
+            fixture,
+            summary,
+            "redis",
+            Arc::new(Counting::new(redis)),
+            10_000,
+        )
+        .await;
         let aws = AwsStore::builder()
             .endpoint_url(service_env("PLEO_AUTH_TEST_AWS_ENDPOINT"))
             .region("eu-west-1")
@@ -1307,7 +1410,14 @@ fn sweep(fixture: &Fixture, summary: &mut Summary) {
             .unwrap();
         let sdk = aws.client().clone();
         let moto: pleo_auth_core::DynSecretStore = Arc::new(aws);
-        sweep_backend(fixture, summary, "moto", Arc::new(Counting::new(moto)), 1_000).await;
+        sweep_backend(
+            fixture,
+            summary,
+            "moto",
+            Arc::new(Counting::new(moto)),
+            1_000,
+        )
+        .await;
         // moto finds a secret by scanning them all: leave none behind.
         let mut pages = sdk
             .list_secrets()

@@ -217,14 +217,15 @@ async fn describe(client: &Client, key_id: &str, current: bool) -> Result<String
 
 /// Refuses a key that is not a symmetric encryption key, or, if `current`, not enabled.
 fn check_key(meta: &KeyMetadata, key_id: &str, current: bool) -> Result<()> {
-    let spec = meta.key_spec();
-    let usage = meta.key_usage();
-    if spec != Some(&KeySpec::SymmetricDefault) || usage != Some(&KeyUsageType::EncryptDecrypt) {
+    // KMS's defaults when a description leaves them out (moto does, for keys created without).
+    let spec = meta.key_spec().unwrap_or(&KeySpec::SymmetricDefault);
+    let usage = meta.key_usage().unwrap_or(&KeyUsageType::EncryptDecrypt);
+    if spec != &KeySpec::SymmetricDefault || usage != &KeyUsageType::EncryptDecrypt {
         return Err(config_error(format!(
             "KMS key {key_id} is a {} key for {}; envelope encryption needs a symmetric \
              encryption key (key spec SYMMETRIC_DEFAULT, key usage ENCRYPT_DECRYPT)",
-            spec.map_or("(unknown)", KeySpec::as_str),
-            usage.map_or("(unknown)", KeyUsageType::as_str),
+            spec.as_str(),
+            usage.as_str(),
         )));
     }
     match meta.key_state() {

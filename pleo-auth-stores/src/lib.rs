@@ -39,6 +39,9 @@ mod cause;
 #[cfg(any(feature = "aws", feature = "kms"))]
 mod aws_error;
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod address;
+
 #[cfg(feature = "vault")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
 pub mod vault;

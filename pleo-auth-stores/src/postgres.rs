@@ -107,6 +107,7 @@ use sqlx::{AssertSqlSafe, Row as _, SqlSafeStr as _};
 use url::Url;
 use zeroize::Zeroizing;
 
+use crate::address::{is_loopback_host, redact_url};
 use crate::cause::{Cause, is_tls_failure};
 
 const BACKEND: &str = "postgres";
@@ -166,7 +167,7 @@ pub struct PostgresStoreBuilder {
 impl fmt::Debug for PostgresStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStoreBuilder")
-            .field("url", &redact_url(&self.url))
+            .field("url", &redact_url(&self.url, true))
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("max_connections", &self.max_connections)
@@ -281,7 +282,7 @@ impl PostgresStoreBuilder {
                 statements: Statements::new(&names),
                 names,
                 pool,
-                url: redact_url(&self.url),
+                url: redact_url(&self.url, true),
             }),
         };
         match store.table_shape().await? {
@@ -887,31 +888,6 @@ fn check_name(name: &str, what: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The URL with its password, if any, replaced by `[redacted]`, and no query (which may hold a
-/// password too).
-fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("[redacted]"));
-            }
-            if url.query().is_some() {
-                url.set_query(Some("[redacted]"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparsable URL]".to_owned(),
-    }
-}
-
 fn config_error(message: &'static str) -> Error {
     Error::new(ErrorKind::Config, message).with_backend(BACKEND)
 }
@@ -984,7 +960,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password() {
-        let redacted = redact_url("postgres://app:CANARY-pass@db.example:5432/app?password=CANARY");
+        let redacted = redact_url(
+            "postgres://app:CANARY-pass@db.example:5432/app?password=CANARY",
+            true,
+        );
         assert!(!redacted.contains("CANARY"), "{redacted}");
         let builder = PostgresStore::builder("postgres://app:CANARY-pass@db.example/app");
         assert!(!format!("{builder:?}").contains("CANARY"));

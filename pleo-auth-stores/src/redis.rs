@@ -101,6 +101,7 @@ use pleo_auth_core::{
 use url::Url;
 use zeroize::Zeroizing;
 
+use crate::address::{is_loopback_host, redact_url};
 use crate::cause::{Cause, is_tls_failure};
 
 const BACKEND: &str = "redis";
@@ -185,7 +186,7 @@ pub struct RedisStoreBuilder {
 impl fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redact_url(&self.url))
+            .field("url", &redact_url(&self.url, false))
             .field("key_prefix", &self.key_prefix)
             .field("custom_ca", &self.ca_cert_pem.is_some())
             .field("allow_plaintext", &self.allow_plaintext)
@@ -229,7 +230,7 @@ impl RedisStoreBuilder {
         let url = Url::parse(&self.url).map_err(|_| config_error("the Redis URL is not valid"))?;
         match url.scheme() {
             "rediss" => {}
-            "redis" if self.allow_plaintext || is_loopback_host(&url) => {}
+            "redis" if self.allow_plaintext || is_loopback_url(&url) => {}
             "redis" => {
                 return Err(Error::invalid_input(
                     "redis:// is allowed only for loopback hosts; use rediss://",
@@ -279,7 +280,7 @@ impl RedisStoreBuilder {
             inner: Arc::new(Shared {
                 conn,
                 prefix: self.key_prefix,
-                url: redact_url(&self.url),
+                url: redact_url(&self.url, false),
             }),
         })
     }
@@ -590,30 +591,8 @@ fn escape_glob(s: &str) -> String {
 
 /// Whether the URL names a loopback host. `redis:` is not a special scheme to the URL parser, so
 /// its host is an opaque name even when it is an IP address.
-fn is_loopback_host(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) => {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            host.eq_ignore_ascii_case("localhost")
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        None => false,
-    }
-}
-
-/// The URL with its password, if any, replaced by `[redacted]`.
-fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("[redacted]"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparsable URL]".to_owned(),
-    }
+fn is_loopback_url(url: &Url) -> bool {
+    url.host_str().is_some_and(is_loopback_host)
 }
 
 fn config_error(message: &'static str) -> Error {
@@ -658,10 +637,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password() {
-        let redacted = redact_url("rediss://app:CANARY-pass@redis.example:6380/2");
+        let redacted = redact_url("rediss://app:CANARY-pass@redis.example:6380/2", false);
         assert_eq!(redacted, "rediss://app:%5Bredacted%5D@redis.example:6380/2");
         assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
+            redact_url("redis://127.0.0.1:6379", false),
             "redis://127.0.0.1:6379"
         );
         let builder = RedisStore::builder("rediss://app:CANARY-pass@redis.example:6380");
@@ -679,7 +658,7 @@ mod tests {
             ("redis://localhost.example", false),
         ] {
             assert_eq!(
-                is_loopback_host(&Url::parse(url).unwrap()),
+                is_loopback_url(&Url::parse(url).unwrap()),
                 loopback,
                 "{url}"
             );

@@ -803,8 +803,8 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-/// Sends `request` to `port` of 127.0.0.1 and returns the first line of the answer.
-fn exchange(port: u16, request: &[u8]) -> Result<String> {
+/// Connects to `port` of 127.0.0.1 and sends `request`, with 2-second timeouts.
+fn send_request(port: u16, request: &[u8]) -> Result<TcpStream> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&loopback(port), timeout)
         .map_err(|e| format!("cannot connect: {e}"))?;
@@ -817,6 +817,12 @@ fn exchange(port: u16, request: &[u8]) -> Result<String> {
     stream
         .write_all(request)
         .map_err(|e| format!("cannot send: {e}"))?;
+    Ok(stream)
+}
+
+/// Sends `request` to `port` of 127.0.0.1 and returns the first line of the answer.
+fn exchange(port: u16, request: &[u8]) -> Result<String> {
+    let mut stream = send_request(port, request)?;
     let mut answer = Vec::new();
     let mut buffer = [0; 512];
     while !answer.windows(2).any(|pair| pair == b"\r\n") && answer.len() < 4096 {
@@ -988,15 +994,7 @@ fn postgres_ready(port: u16) -> Result<()> {
         .to_be_bytes()
         .to_vec();
     message.extend_from_slice(&body);
-    let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&loopback(port), timeout)
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(&message)
-        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut stream = send_request(port, &message)?;
     let mut answer = [0u8; 256];
     let read = stream
         .read(&mut answer)
