@@ -63,9 +63,10 @@
 //!   rotate.
 //!
 //! AWS IAM auth is not offered: vaultrs 0.8 has the login call, but the request it carries must
-//! be a SigV4-signed `sts:GetCallerIdentity`, which would pull the AWS SDK into every Vault user's
-//! build. Run a Vault Agent with `auto_auth` `aws` and give the store its sink
-//! ([`VaultStoreBuilder::token_file`]).
+//! be a SigV4-signed `sts:GetCallerIdentity` (the AWS signing crates in every Vault user's build),
+//! and OpenBao, which the tests run against, has no `aws` auth method, so it could not be tested
+//! against a real server. Run a Vault Agent with `auto_auth` method `aws` and give the store its
+//! sink ([`VaultStoreBuilder::token_file`]).
 //!
 //! Every token is renewed before it expires: at first use the store learns the token's TTL (from
 //! the login, or `auth/token/lookup-self` for a given token), and when two thirds of it have

@@ -6,12 +6,14 @@
 //! which the tests read when the variables are not in their environment.
 //!
 //! OpenBao runs as a dev server with the Transit secrets engine enabled at `transit/`. PostgreSQL
-//! is a throwaway cluster: `initdb` makes it under `target/pleo-auth-services/` the first time,
+//! is a throwaway cluster: `initdb` makes it under `target/pleo-auth-services/` the first time
+//! (under the system's temporary directory when PostgreSQL's user cannot reach `target/`),
 //! and `postgres` runs in the foreground on a loopback port without a Unix socket. PostgreSQL
 //! refuses to run as root, so when xtask runs as root both run as the user `postgres` (Debian's
 //! package creates it) or else `nobody`.
 
 use std::fs::{self, File};
+use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -866,11 +868,28 @@ fn http_status(port: u16, path: &str, headers: &str) -> Result<u16> {
     parse_status(&exchange(port, request.as_bytes())?)
 }
 
-/// The directory of the throwaway PostgreSQL cluster for `port`.
+/// The directory of the throwaway PostgreSQL cluster for `port`: under `target/`, unless
+/// PostgreSQL's user (when xtask runs as root) cannot reach it there, as in a checkout below a
+/// private directory; then under the system's temporary directory, named after the checkout.
 fn postgres_data_dir(root: &Path, port: u16) -> PathBuf {
-    root.join("target")
-        .join("pleo-auth-services")
-        .join(format!("postgres-{port}"))
+    let name = format!("postgres-{port}");
+    let preferred = root.join("target").join("pleo-auth-services");
+    let runs_as_other_user = postgres_user().is_ok_and(|user| user.is_some());
+    if !runs_as_other_user || reachable_by_others(&preferred) {
+        return preferred.join(name);
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut hasher);
+    std::env::temp_dir()
+        .join(format!("pleo-auth-services-{:016x}", hasher.finish()))
+        .join(name)
+}
+
+/// Whether every existing directory on the way to `path` lets other users pass (`o+x`).
+fn reachable_by_others(path: &Path) -> bool {
+    path.ancestors()
+        .filter_map(|dir| fs::metadata(dir).ok())
+        .all(|meta| meta.permissions().mode() & 0o001 != 0)
 }
 
 /// The user PostgreSQL runs as.
@@ -1105,6 +1124,23 @@ mod tests {
                 "PLEO_AUTH_TEST_REDIS_URL",
                 "redis://127.0.0.1:16379".to_owned()
             )
+        );
+    }
+
+    #[test]
+    fn private_directories_are_not_reachable_by_others() {
+        let dir = std::env::temp_dir().join(format!("xtask-reach-{}", std::process::id()));
+        let inner = dir.join("inner");
+        fs::create_dir_all(&inner).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!reachable_by_others(&inner));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let reachable = reachable_by_others(&inner);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            reachable,
+            "{} is reachable once its parent is",
+            inner.display()
         );
     }
 
