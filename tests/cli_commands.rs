@@ -860,3 +860,51 @@ async fn demo_runs_the_whole_story() {
     }
     assert!(took < Duration::from_secs(15), "the demo took {took:?}");
 }
+
+#[cfg(feature = "encryption")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_moves_every_record_to_the_new_key() {
+    const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+    const KEY_B: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+    let sandbox = sandbox(Some(seed::ACME_DK)).await;
+    let mut cli = Cli::new(&sandbox);
+    cli.env("PLEO_ENCRYPTION_KEY", KEY_A);
+    cli.login(&["--tenant", "acme-dk", "--no-browser"])
+        .await
+        .ok();
+
+    // Rotate: B is the key, A (id `cli`, as a plain key is named) only opens old records.
+    cli.env("PLEO_ENCRYPTION_KEY", &format!("b:{KEY_B}"));
+    let without_a = cli.run(&["status", "--json"]).await;
+    assert_ne!(
+        without_a.code,
+        Some(0),
+        "records under A do not open with B alone"
+    );
+    cli.env("PLEO_ENCRYPTION_OLD_KEYS", KEY_A);
+    let before = cli.run(&["status", "--json"]).await;
+    before.ok();
+    assert_eq!(entry(&before.json(), ACME_DK)["state"], "active");
+
+    let rewrap = cli.run(&["rewrap"]).await;
+    rewrap.ok().no_secret();
+    let counts = rewrap.stdout.lines().next().unwrap_or_default().to_owned();
+    assert!(counts.starts_with("checked "), "{}", rewrap.stdout);
+    assert!(!counts.contains("rewrapped 0"), "{counts}");
+    assert!(counts.ends_with("failed 0"), "{counts}");
+    let again = cli.run(&["rewrap"]).await;
+    again.ok();
+    assert!(again.stdout.contains("rewrapped 0,"), "{}", again.stdout);
+
+    cli.unset("PLEO_ENCRYPTION_OLD_KEYS");
+    let after = cli.run(&["status", "--json"]).await;
+    after.ok();
+    assert_eq!(
+        entry(&after.json(), ACME_DK)["state"],
+        "active",
+        "B alone opens every record"
+    );
+
+    cli.unset("PLEO_ENCRYPTION_KEY");
+    cli.run(&["rewrap"]).await.expect_code(2);
+}

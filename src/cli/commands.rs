@@ -1,4 +1,4 @@
-//! `status`, `refresh`, `disconnect`, `token`, `api` and `sandbox`.
+//! `status`, `refresh`, `disconnect`, `token`, `api`, `sandbox` and `rewrap`.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -467,6 +467,45 @@ async fn terminated() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Runs `rewrap`: every record below `pleo-auth/` sealed again under the current key.
+#[cfg(feature = "encryption")]
+pub async fn rewrap(settings: &Settings) -> Result<(), CliError> {
+    let store = settings.encrypted_store().await?;
+    let root = pleo_auth::StoreKey::from_parts(["pleo-auth"])
+        .map_err(|e| CliError::core("the store's root is not a key", e))?;
+    let report = store
+        .rewrap_below(&root, 500)
+        .await
+        .map_err(|e| CliError::core("listing the records failed", e))?;
+    println!(
+        "checked {}, rewrapped {}, changed meanwhile {}, failed {}",
+        report.checked,
+        report.rewrapped.len(),
+        report.raced.len(),
+        report.failed.len()
+    );
+    for key in &report.raced {
+        println!("  {key}: written meanwhile (already under the current key)");
+    }
+    for (key, error) in &report.failed {
+        println!("  {key}: {error}");
+    }
+    match report.failed.into_iter().next() {
+        None => Ok(()),
+        Some((key, error)) => Err(CliError::core(
+            format!("{key} and possibly other records could not be rewrapped"),
+            error,
+        )
+        .hint("fix the cause and run `pleo-auth rewrap` again")),
+    }
+}
+
+/// Runs `rewrap` in a build without the encryption wrapper.
+#[cfg(not(feature = "encryption"))]
+pub async fn rewrap(_settings: &Settings) -> Result<(), CliError> {
+    Err(super::settings::not_built("rewrap", "encryption"))
 }
 
 #[cfg(test)]
