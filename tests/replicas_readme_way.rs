@@ -4,7 +4,9 @@
 //! Every worker process builds its `PleoAuth` with `.environment(..)`, `.file_store(dir)` (or
 //! `.store(redis)`) and `.oauth(config)`, and nothing else: no lease, no refresh policy, no
 //! clock. Its tasks ask for the one grant's token in a loop and call the API with it, across
-//! 20 expiries of 3-second access tokens. Pass: the sandbox counts exactly one refresh per
+//! 20 expiries of 5-second access tokens (a rotation every 2.5 s; with shorter ones, on two
+//! loaded cores, a token can be superseded twice while one request is retried). Pass: the
+//! sandbox counts exactly one refresh per
 //! rotation the store recorded (refreshes == final generation - initial generation >= 20), no
 //! refresh token presented twice, no revoked grant, and every API call answered 200 (a call made
 //! with a token another replica just rotated away is retried once with the new one).
@@ -41,7 +43,7 @@ const ROLE_VAR: &str = "PLEO_AUTH_README_WAY_ROLE";
 const CLIENT_ID: &str = "readme-way";
 const CLIENT_SECRET: &str = "CANARY-readme-way-secret";
 const REDIRECT_URI: &str = "http://127.0.0.1/callback";
-const ACCESS_TTL: Duration = Duration::from_secs(3);
+const ACCESS_TTL: Duration = Duration::from_secs(5);
 const EXPIRIES: u64 = 20;
 
 /// Where the replicas keep their records.
