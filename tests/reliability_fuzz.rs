@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use pleo_auth_core::testing::check_api_url;
+use pleo_auth_core::testing::{check_api_url, find_leak};
 use pleo_auth_core::{
     ApiKeyCredential, Environment, ErrorKind as CoreKind, MemoryStore, OAuthGrant,
     PendingAuthorization, Record, ScopeSet, StoreKey, Subject, TenantLink,
@@ -174,7 +174,7 @@ fn check_decode<R: Record>(bytes: &[u8]) -> Result<(), TestCaseError> {
             err
         );
         let shown = format!("{err} {err:?}");
-        prop_assert!(!shown.contains(CANARY), "{}", shown);
+        prop_assert_eq!(find_leak(&shown, &[CANARY]), None);
     }
     Ok(())
 }
@@ -251,7 +251,7 @@ proptest! {
             err
         );
         let shown = format!("{err} {err:?}");
-        prop_assert!(!shown.contains(CANARY), "{}", shown);
+        prop_assert_eq!(find_leak(&shown, &[CANARY]), None);
         prop_assert_eq!(rig.sandbox.stats().token_requests_for("authorization_code"), 0);
         prop_assert_eq!(rig.sandbox.stats().endpoint_hits.len(), 0);
     }
@@ -369,7 +369,7 @@ proptest! {
         });
         let err = result.expect_err("a fuzzed answer never connects a grant");
         let shown = format!("{err} {err:?}");
-        prop_assert!(!shown.contains(CANARY), "{}", shown);
+        prop_assert_eq!(find_leak(&shown, &[CANARY]), None);
         let listed = runtime().block_on(client.token_manager().list()).unwrap();
         prop_assert!(listed.is_empty(), "nothing stored");
     }
