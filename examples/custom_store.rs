@@ -120,8 +120,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Use it: every grant, key, pending authorization and tenant link lives in your table.
     let auth = PleoAuth::builder()
         .environment(Environment::staging())
-        .store(store.clone())
-        .lease(Arc::new(StoreLease::new(store)))
+        // The store says nothing about sharing, so it is taken to be shared between processes
+        // and refreshes are coordinated with a `StoreLease` on it (as checked above).
+        .store(store)
         .build()?;
     println!(
         "PleoAuth on the custom store: {} connections in {}",

@@ -55,7 +55,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .key_prefix("web-example:")
             .connect()
             .await?;
-    let lease = Arc::new(redis.lease());
     let key = EncryptionKey::from_base64(
         "2026-01",
         &var("PLEO_ENCRYPTION_KEY")
@@ -76,8 +75,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let auth = PleoAuth::builder()
         .environment(environment.clone())
+        // The default lease is the Redis store's own (SET NX PX), shared by every replica.
         .store(store)
-        .lease(lease)
         .oauth(
             OAuthConfig::builder()
                 .environment(environment)

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use pleo_auth::oauth::OAuthConfig;
 use pleo_auth::stores::vault::VaultStore;
-use pleo_auth::{ClientSecret, DynSecretStore, Environment, ErrorKind, PleoAuth, StoreLease};
+use pleo_auth::{ClientSecret, DynSecretStore, Environment, ErrorKind, PleoAuth};
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -56,8 +56,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let auth = PleoAuth::builder()
         .environment(environment.clone())
-        .store(store.clone())
-        .lease(Arc::new(StoreLease::new(store)))
+        // The default lease spans every replica that shares the store (a lease record written
+        // with compare-and-swap in Vault), so one replica refreshes each grant.
+        .store(store)
         .oauth(
             OAuthConfig::builder()
                 .environment(environment)

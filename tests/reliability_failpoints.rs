@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fail::FailScenario;
 use pleo_auth_core::{
     CredentialStatus, DynLease, DynSecretStore, ErrorKind as CoreKind, InProcessLease, ManualClock,
-    MemoryStore, RefreshToken, StoreLease, layout,
+    MemoryStore, RefreshToken, SecretStore, StoreLease, layout,
 };
 use pleo_auth_http::transport::TransportConfig;
 use pleo_auth_oauth::{
@@ -38,6 +38,7 @@ const BEFORE_WRITE: &str = "pleo_auth_oauth::persist::before_write";
 const AFTER_WRITE: &str = "pleo_auth_oauth::persist::after_write";
 const LEASE_ACQUIRE: &str = "pleo_auth_oauth::lease::acquire";
 const LEASE_RELEASE: &str = "pleo_auth_oauth::lease::release";
+const BEFORE_TOKEN_REQUEST: &str = "pleo_auth_oauth::before_token_request";
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -375,6 +376,101 @@ fn one_refresh_without_reuse(h: &Harness, old: &RefreshToken, name: &str) {
     assert_eq!(stats.total_revocations(), 0, "{name}");
 }
 
+/// Fencing: a holder that lost its lease while it was held up between reading the store and
+/// presenting the refresh token never presents it. Replica A takes the refresh lease (a store
+/// lease whose store A reaches through a [`FlakyStore`]), reads the grant, and is held up for
+/// 1.5 lease TTLs before the token request while its lease store hangs, so it cannot renew.
+/// Replica B takes the lease over after the TTL and refreshes. When A goes on, confirming its
+/// lease fails and A presents nothing: the old refresh token reached Pleo once, no reuse, no
+/// revocation; A then adopts B's generation instead of writing over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_that_lost_its_lease_never_presents_the_refresh_token() {
+    let _turn = TURN.lock().await;
+    let scenario = FailScenario::setup();
+    let shared = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new();
+    let leases = Arc::new(MemoryStore::new());
+    let a_leases = Arc::new(FlakyStore::new(leases.clone()));
+    let b_lease: DynLease = Arc::new(StoreLease::new(leases.clone()));
+    let h = Harness::with_lease(
+        SandboxSpec::default(),
+        shared.clone(),
+        clock.clone(),
+        b_lease.clone(),
+    )
+    .await;
+    let policy = RefreshPolicy {
+        lease_ttl: Duration::from_secs(1),
+        lease_wait: Duration::from_secs(4),
+        store_timeout: Duration::from_millis(200),
+        ..fast_policy()
+    };
+    let replica = |lease: DynLease| {
+        OAuthClient::builder(config(&h.environment, 0), shared.clone())
+            .lease(lease)
+            .clock(Arc::new(clock.clone()))
+            .policy(policy.clone())
+            .transport(TransportConfig {
+                timeout: Duration::from_millis(500),
+                ..TransportConfig::default()
+            })
+            .build()
+            .expect("the client builds")
+    };
+    let a = replica(Arc::new(StoreLease::new(a_leases.clone())));
+    h.connect(&a, acme()).await;
+    let a = a.token_manager();
+    let b = replica(b_lease).token_manager();
+    assert_eq!(b.access_token(&acme()).await.unwrap().generation(), 1);
+    let old = h.stored(0, &acme()).await.unwrap().0.refresh_token.unwrap();
+
+    // Both tokens are due. A takes the lease and is held up before its token request.
+    h.advance(ACCESS_TTL);
+    fail::cfg(BEFORE_TOKEN_REQUEST, "1*return(1500)").unwrap();
+    let lease_key = layout::lease(&grant_key(&h.environment, 0, &acme()));
+    let a_call = tokio::spawn({
+        let a = a.clone();
+        async move { a.access_token(&acme()).await }
+    });
+    let started = Instant::now();
+    while leases.get(&lease_key).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A's lease store hangs: A cannot renew, and its lease runs out.
+    a_leases.stall.store(true, Ordering::SeqCst);
+
+    // B waits at the lease until it expires, then refreshes.
+    let rotated = b.access_token(&acme()).await.expect("B refreshes");
+    assert_eq!(rotated.generation(), 2);
+    a_leases.stall.store(false, Ordering::SeqCst);
+
+    // A goes on: its lease is gone, so it does not present the superseded refresh token.
+    let err = a_call
+        .await
+        .unwrap()
+        .expect_err("A has no lease to present under");
+    assert_eq!(err.kind(), &ErrorKind::LeaseUnavailable, "{err:?}");
+    fail::remove(BEFORE_TOKEN_REQUEST);
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.uses_of_refresh_token(old.expose_secret()), 1);
+    assert_eq!(stats.refresh_token_reuses, 0);
+    assert_eq!(stats.total_revocations(), 0);
+
+    // A adopts B's pair instead of writing over it.
+    let adopted = a.access_token(&acme()).await.expect("A adopts");
+    assert_eq!(adopted.generation(), 2);
+    assert_eq!(
+        adopted.access_token().expose_secret(),
+        rotated.access_token().expose_secret()
+    );
+    assert_eq!(h.stored(0, &acme()).await.unwrap().0.generation, 2);
+    scenario.teardown();
+}
+
 /// An in-process lease and a store lease, each shared by the replicas of a test.
 fn shared_leases() -> [(&'static str, DynLease); 2] {
     [
@@ -412,6 +508,7 @@ impl TwoReplicas {
         let policy = RefreshPolicy {
             lease_ttl: Duration::from_secs(1),
             lease_wait: Duration::from_secs(1),
+            store_timeout: Duration::from_millis(250),
             ..fast_policy()
         };
         let replica = |store: DynSecretStore| {
@@ -446,11 +543,12 @@ impl TwoReplicas {
 }
 
 /// A holder that is alive keeps the refresh lease however slow its store is. Replica A refreshes
-/// and its store hangs the moment Pleo answers, for three lease TTLs, with A's write in flight;
-/// replica B, whose access token has expired, can still read the store, which holds the
-/// superseded refresh token. B waits at the lease A renews and gives up with `LeaseUnavailable`
-/// instead of presenting that token. When A's store answers again, A's write lands and B adopts
-/// the pair: one refresh, no reuse, no revocation.
+/// and its store hangs the moment Pleo answers, for three lease TTLs, with A's write in flight.
+/// Past the store timeout A serves the rotated pair from memory (pending) and keeps writing it
+/// in the background. Replica B, whose access token has expired, can still read the store, which
+/// holds the superseded refresh token. B waits at the lease A renews and gives up with
+/// `LeaseUnavailable` instead of presenting that token. When A's store answers again, A's write
+/// lands and B adopts the pair: one refresh, no reuse, no revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_with_a_slow_store_keeps_the_lease_so_no_replica_presents_the_old_token() {
     let _turn = TURN.lock().await;
@@ -486,6 +584,9 @@ async fn slow_store_keeps_the_lease(name: &str, lease: DynLease) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     fail::remove(AFTER_RESPONSE);
+    // Past the store timeout, A's caller gets the rotated pair from memory.
+    let rotated = refreshing.await.unwrap().unwrap();
+    assert_eq!(rotated.generation(), 2, "{name}");
 
     // B's token expires. For three lease TTLs B waits at the lease, which A renews.
     h.advance(Duration::from_secs(60));
@@ -500,21 +601,18 @@ async fn slow_store_keeps_the_lease(name: &str, lease: DynLease) {
         waits += 1;
     }
     assert!(waits >= 2, "{name}: B waited {waits} times");
-    assert!(
-        !refreshing.is_finished(),
-        "{name}: A's write is still in flight"
-    );
     one_refresh_without_reuse(&h, &old, name);
 
-    // A's store answers again: the write lands, A serves the pair, B adopts it.
+    // A's store answers again: the write lands, B adopts the pair.
     a_store.stall.store(false, Ordering::SeqCst);
-    let rotated = refreshing.await.unwrap().unwrap();
-    assert_eq!(rotated.generation(), 2, "{name}");
-    assert_eq!(
-        h.stored(0, &acme()).await.unwrap().0.generation,
-        2,
-        "{name}"
-    );
+    let landing = Instant::now();
+    while h.stored(0, &acme()).await.unwrap().0.generation != 2 {
+        assert!(
+            landing.elapsed() < Duration::from_secs(10),
+            "{name}: A's write landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let adopted = b.access_token(&acme()).await.unwrap();
     assert_eq!(
         adopted.access_token().expose_secret(),

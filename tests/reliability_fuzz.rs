@@ -243,6 +243,7 @@ proptest! {
             matches!(
                 err.kind(),
                 ErrorKind::InvalidCallback
+                    | ErrorKind::IssuerMismatch
                     | ErrorKind::UnknownState
                     | ErrorKind::AccessDenied { .. }
                     | ErrorKind::AuthorizationError { .. }

@@ -1,10 +1,12 @@
-//! Models of the refresh manager:
-//! - a state-machine property test (proptest-state-machine) of one grant, against the sandbox
-//!   and a store that fails on command, compared with a reference model of the states valid,
-//!   refreshing (expired), persist-pending, needs-reauthorization and revoked;
-//! - a concurrency model check (shuttle) of the single-flight cell protocol of
-//!   `pleo-auth-oauth/src/manager.rs` (`obtain`, `start_flight`, `ClearFlight`), with callers
-//!   that are cancelled mid-way.
+//! A model of the refresh manager: a state-machine property test (proptest-state-machine) of one
+//! grant, driving the real `TokenManager` against the sandbox and a store that fails on
+//! command, compared with a reference model of the states valid, refreshing (expired),
+//! persist-pending, needs-reauthorization and revoked.
+//!
+//! (A shuttle model check of a hand-written copy of the single-flight protocol used to live
+//! here. It checked the copy, not the code, and was removed; concurrency of the real manager is
+//! checked by the multi-process storms in `tests/replicas_readme_way.rs` and
+//! `tests/scale_replicas.rs`.)
 
 #![cfg(all(feature = "oauth", feature = "http"))]
 
@@ -15,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::FutureExt as _;
 use pleo_auth_core::{
     CredentialStatus, ErrorKind as CoreKind, MemoryStore, OAuthGrant, RecordStoreExt,
 };
@@ -327,184 +328,4 @@ prop_state_machine! {
 
     #[test]
     fn one_grant_follows_the_reference_model(sequential 1..30 => Grant);
-}
-
-/// The single-flight protocol of one grant cell, as in `manager.rs`: under a lock, a caller
-/// either sees a fresh token, joins the flight in progress, or starts one in a task of its own;
-/// the flight re-checks under the lock, presents the current refresh token, installs the new
-/// generation, and clears its slot when it ends. Pleo counts refreshes and reuses.
-mod single_flight {
-    use std::sync::Arc;
-
-    use futures::FutureExt;
-    use futures::future::{BoxFuture, Shared};
-    use shuttle::sync::Mutex;
-    use shuttle::sync::atomic::{AtomicU64, Ordering};
-
-    pub struct Pleo {
-        current: AtomicU64,
-        pub refreshes: AtomicU64,
-        pub reuses: AtomicU64,
-    }
-
-    impl Pleo {
-        pub fn new() -> Self {
-            Self {
-                current: AtomicU64::new(0),
-                refreshes: AtomicU64::new(0),
-                reuses: AtomicU64::new(0),
-            }
-        }
-
-        /// Strict rotation: presenting anything but the current token is a reuse.
-        fn refresh(&self, presented: u64) -> Option<u64> {
-            match self.current.compare_exchange(
-                presented,
-                presented + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => {
-                    self.refreshes.fetch_add(1, Ordering::SeqCst);
-                    Some(presented + 1)
-                }
-                Err(_) => {
-                    self.reuses.fetch_add(1, Ordering::SeqCst);
-                    None
-                }
-            }
-        }
-    }
-
-    type Flight = Shared<BoxFuture<'static, Option<u64>>>;
-
-    #[derive(Default)]
-    struct State {
-        generation: u64,
-        fresh: bool,
-        flight: Option<(u64, Flight)>,
-        next: u64,
-    }
-
-    #[derive(Default)]
-    pub struct Cell {
-        state: Mutex<State>,
-    }
-
-    impl Cell {
-        /// The token expires.
-        pub fn expire(&self) {
-            self.state.lock().unwrap().fresh = false;
-        }
-
-        pub fn generation(&self) -> u64 {
-            self.state.lock().unwrap().generation
-        }
-    }
-
-    struct ClearFlight {
-        cell: Arc<Cell>,
-        id: u64,
-    }
-
-    impl Drop for ClearFlight {
-        fn drop(&mut self) {
-            let mut st = self.cell.state.lock().unwrap();
-            if st.flight.as_ref().is_some_and(|(id, _)| *id == self.id) {
-                st.flight = None;
-            }
-        }
-    }
-
-    async fn run_flight(cell: Arc<Cell>, pleo: Arc<Pleo>, id: u64) -> Option<u64> {
-        let _clear = ClearFlight {
-            cell: cell.clone(),
-            id,
-        };
-        let presented = {
-            let st = cell.state.lock().unwrap();
-            if st.fresh {
-                return Some(st.generation);
-            }
-            st.generation
-        };
-        shuttle::future::yield_now().await;
-        let new = pleo.refresh(presented)?;
-        let mut st = cell.state.lock().unwrap();
-        st.generation = new;
-        st.fresh = true;
-        Some(new)
-    }
-
-    /// A usable generation, refreshing at most once per expiry.
-    pub async fn obtain(cell: Arc<Cell>, pleo: Arc<Pleo>) -> Option<u64> {
-        let mut last = None;
-        for _ in 0..3 {
-            let (flight, started) = {
-                let mut st = cell.state.lock().unwrap();
-                if st.fresh {
-                    return Some(st.generation);
-                }
-                match &st.flight {
-                    Some((_, flight)) => (flight.clone(), false),
-                    None => {
-                        st.next += 1;
-                        let id = st.next;
-                        let task =
-                            shuttle::future::spawn(run_flight(cell.clone(), pleo.clone(), id));
-                        let flight = async move { task.await.ok().flatten() }.boxed().shared();
-                        st.flight = Some((id, flight.clone()));
-                        (flight, true)
-                    }
-                }
-            };
-            let result = flight.await;
-            if started {
-                return result;
-            }
-            last = result;
-        }
-        last
-    }
-}
-
-fn single_flight_scenario() {
-    use single_flight::*;
-    let cell = Arc::new(Cell::default());
-    let pleo = Arc::new(Pleo::new());
-    for expiry in 1..=2u64 {
-        cell.expire();
-        let mut callers = Vec::new();
-        for i in 0..3 {
-            let (cell, pleo) = (cell.clone(), pleo.clone());
-            callers.push(shuttle::future::spawn(async move {
-                if i == 0 {
-                    // A caller that is dropped after its first poll: the flight it may have
-                    // started goes on without it.
-                    obtain(cell, pleo).now_or_never().flatten()
-                } else {
-                    obtain(cell, pleo).await
-                }
-            }));
-        }
-        for caller in callers {
-            if let Some(generation) = shuttle::future::block_on(caller).unwrap() {
-                assert_eq!(generation, expiry, "a caller got another generation");
-            }
-        }
-        let settled = shuttle::future::block_on(obtain(cell.clone(), pleo.clone()));
-        assert_eq!(settled, Some(expiry));
-        assert_eq!(cell.generation(), expiry);
-        assert_eq!(
-            pleo.refreshes.load(std::sync::atomic::Ordering::SeqCst),
-            expiry
-        );
-        assert_eq!(pleo.reuses.load(std::sync::atomic::Ordering::SeqCst), 0);
-    }
-}
-
-#[test]
-fn single_flight_cell_refreshes_once_under_every_schedule() {
-    shuttle::check_random(single_flight_scenario, 3_000);
-    shuttle::check_pct(single_flight_scenario, 3_000, 3);
 }

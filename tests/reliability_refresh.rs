@@ -413,6 +413,7 @@ fn paused_policy() -> RefreshPolicy {
     RefreshPolicy {
         lease_ttl: Duration::from_secs(3),
         lease_wait: Duration::from_secs(3),
+        store_timeout: Duration::from_millis(500),
         ..fast_policy()
     }
 }
@@ -576,6 +577,13 @@ async fn paused_holder_child(role: &str) {
         .build()
         .unwrap()
         .token_manager();
+    // The first answer may be the rotated pair, served from memory while its write waits
+    // (past the store timeout it is pending). Like any well-behaved process, A flushes before
+    // it ends, and then reports what it believes.
+    let first = manager.access_token(&acme()).await.map(|t| t.generation());
+    println!("first={first:?}");
+    let flushed = manager.flush().await;
+    println!("flushed={:?}", flushed.map_err(|e| e.kind().clone()));
     let outcome = match manager.access_token(&acme()).await {
         Ok(token) => format!("token generation {}", token.generation()),
         Err(err) if err.kind() == &OAuthKind::NeedsReauthorization => {
@@ -622,13 +630,14 @@ async fn expiry_follows_expires_in_on_our_clock_despite_skew() {
             (low..=high).contains(&margin),
             "margin {margin:?} within {low:?}..={high:?}"
         );
-        // The same refresh time on another replica (jitter is derived from the grant).
+        // Another replica picks its own margin (jitter is random per instance), within the
+        // same bounds, so replicas reach the refresh window one after another.
         let other = h.replica_with(0, policy.clone()).token_manager();
         let other_token = other.access_token(&acme()).await.unwrap();
-        assert_eq!(
-            other_token.expires_at() - other_token.refresh_at(),
-            margin,
-            "every replica picks the same margin"
+        let other_margin = other_token.expires_at() - other_token.refresh_at();
+        assert!(
+            (low..=high).contains(&other_margin),
+            "margin {other_margin:?} within {low:?}..={high:?}"
         );
 
         // Just before the refresh point: no refresh. Just after: exactly one.

@@ -230,6 +230,7 @@ fn policy(lease_ttl: Duration, access_ttl: Duration) -> RefreshPolicy {
         refresh_jitter: REFRESH_JITTER,
         lease_ttl,
         lease_wait: lease_ttl * 3,
+        store_timeout: lease_ttl / 5,
         initial_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(500),
         cooldown: Duration::from_secs(1),
@@ -678,7 +679,7 @@ async fn storm_task(
     // Spread the tasks over one tick.
     tokio::time::sleep(tick.mul_f64((offset % 97) as f64 / 97.0)).await;
     let mut n = offset;
-    // The generation this task saw last, and when this process was to refresh it.
+    // The generation this task saw last, and the earliest time any replica may refresh it.
     let mut last: Option<(u64, Instant)> = None;
     loop {
         if tokio::time::Instant::now() >= stop_at {
@@ -706,7 +707,7 @@ async fn storm_task(
             ));
         }
         if last.is_none_or(|(generation, _)| generation != token.generation()) {
-            last = Some((token.generation(), token.refresh_at()));
+            last = Some((token.generation(), earliest_refresh(&token, access_ttl)));
         }
         let done = token.generation() >= target;
         n += 1;
@@ -725,8 +726,18 @@ async fn storm_task(
     (waits, failures)
 }
 
+/// The earliest moment any replica may refresh `token`: its expiry less the largest margin the
+/// policy allows (margin plus all of the jitter, at most half the lifetime). Each replica draws
+/// its own jitter, so the first replica to reach its window may rotate the token before this
+/// one would have.
+fn earliest_refresh(token: &ActiveToken, access_ttl: Duration) -> Instant {
+    let policy = policy(STORM_LEASE_TTL, access_ttl);
+    let widest = (policy.refresh_margin + policy.refresh_jitter).min(access_ttl / 2);
+    token.expires_at() - widest
+}
+
 /// How much earlier than its predecessor was due `token` was issued, if it replaced the
-/// generation seen `last` (on this process's clock) before that one was due.
+/// generation seen `last` (on this process's clock) before any replica could refresh it.
 ///
 /// A token adopted from the store expires `access_ttl` after the replica that refreshed it
 /// received it, so `expires_at - access_ttl` is when the refresh happened. Only direct successors

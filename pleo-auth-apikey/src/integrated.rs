@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use pleo_auth_core::{
     ApiKey, ApiKeyCredential, ApiKeyKind, AuthorizationHeader, CompanyId, Credential, CredentialId,
     CredentialKey, CredentialKind, CredentialProvider, CredentialStatus, DynClock, DynSecretStore,
-    EnvironmentName, LinkRequest, Precondition, RecordStoreExt, StoreKey, Subject, SystemClock,
-    TenantId, TenantLink, TenantLinks, Version, is_conflict, layout,
+    EnvironmentName, LinkError, LinkRequest, Precondition, RecordStoreExt, StoreKey, Subject,
+    SystemClock, TenantId, TenantLink, TenantLinks, Version, is_conflict, layout,
 };
 use tracing::Instrument as _;
 
@@ -461,29 +461,15 @@ impl Inner {
             client_id: self.config.integration_id().clone(),
             relink,
         };
-        // The write's own error is kept here; the link only needs to know that it failed.
-        let mut write_error: Option<Error> = None;
-        let result = {
-            let slot = &mut write_error;
-            self.links
-                .link_with(&request, async move {
-                    write.await.map_err(|err| {
-                        let core = CoreError::new(err.kind(), "storing the api key failed");
-                        *slot = Some(err);
-                        core
-                    })
-                })
-                .await
-        };
-        match (result, write_error) {
-            (Ok((value, outcome)), _) => Ok((value, outcome.replaced)),
-            (Err(_), Some(err)) => Err(err),
-            (Err(source), None) if is_conflict(&source) => Err(Error::TenantConflict {
+        match self.links.link_with(&request, write).await {
+            Ok((value, outcome)) => Ok((value, outcome.replaced)),
+            Err(LinkError::Write(err)) => Err(err),
+            Err(LinkError::Link(source)) if is_conflict(&source) => Err(Error::TenantConflict {
                 tenant: tenant.clone(),
                 subject,
                 source,
             }),
-            (Err(source), None) => Err(Error::store(source)),
+            Err(LinkError::Link(source)) => Err(Error::store(source)),
         }
     }
 

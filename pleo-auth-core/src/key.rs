@@ -300,6 +300,16 @@ pub mod layout {
         ])
     }
 
+    /// Where a dangling grant is stored, by an id derived from its tokens (never a token).
+    pub fn dangling_grant(environment: &EnvironmentName, client: &ClientId, id: &str) -> StoreKey {
+        key(&["dangling", environment.as_str(), client.as_str(), id])
+    }
+
+    /// The prefix of every dangling grant of one client in one environment.
+    pub fn dangling_grants(environment: &EnvironmentName, client: &ClientId) -> StoreKey {
+        key(&["dangling", environment.as_str(), client.as_str()])
+    }
+
     /// Where the link of a tenant to its Pleo subject is stored.
     pub fn tenant_link(environment: &EnvironmentName, tenant: &TenantId) -> StoreKey {
         key(&["tenant", environment.as_str(), tenant.as_str()])

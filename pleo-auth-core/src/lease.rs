@@ -22,7 +22,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key::StoreKey;
 use crate::record::{Record, Timestamp};
 use crate::secret::random_urlsafe;
-use crate::store::{DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, is_conflict};
+use crate::store::{
+    DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, is_conflict,
+};
 
 /// Grants a time-limited, exclusive hold on a key.
 #[async_trait]

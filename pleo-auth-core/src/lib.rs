@@ -27,16 +27,14 @@ pub use environment::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use key::{ClientId, CredentialKey, MAX_KEY_LEN, MAX_SEGMENT_LEN, StoreKey, TenantId, layout};
-pub use lease::{
-    DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease, lease_for,
-};
+pub use lease::{DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease, lease_for};
 pub use memory::MemoryStore;
 pub use provider::{Credential, CredentialId, CredentialProvider, DynCredentialProvider};
 pub use record::{
-    ApiKeyCredential, ApiKeyKind, CredentialKind, CredentialStatus, LinkStatus, OAuthGrant,
-    PendingAuthorization, Record, TenantLink, Timestamp,
+    ApiKeyCredential, ApiKeyKind, CredentialKind, CredentialStatus, DanglingGrant, DanglingReason,
+    LinkStatus, OAuthGrant, PendingAuthorization, Record, RevocationState, TenantLink, Timestamp,
 };
-pub use scope::{Scope, ScopeSet};
+pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES, Scope, ScopeSet};
 pub use secret::{
     AccessToken, ApiKey, AuthorizationCode, AuthorizationHeader, ClientSecret, PkceVerifier,
     RefreshToken, SecretBytes, random_urlsafe,
@@ -46,4 +44,4 @@ pub use store::{
     check_precondition, is_conflict,
 };
 pub use subject::{CompanyId, OrganisationId, Subject};
-pub use tenant::{LinkOutcome, LinkRequest, PENDING_LINK_TIMEOUT, TenantLinks};
+pub use tenant::{LinkError, LinkOutcome, LinkRequest, PENDING_LINK_TIMEOUT, TenantLinks};

@@ -410,6 +410,99 @@ impl Record for PendingAuthorization {
     const SCHEMA: u32 = 1;
 }
 
+/// Why a [`DanglingGrant`] exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DanglingReason {
+    /// The tokens of a connection being completed, stored right after the code exchange so a
+    /// crash before the grant is stored loses nothing. Deleted when the connection completes.
+    Connecting,
+    /// The connection was refused (another company than expected, a tenant linked elsewhere,
+    /// a subject that could not be learned).
+    Refused,
+    /// A reconnect of the same company replaced this grant.
+    Replaced,
+}
+
+impl DanglingReason {
+    /// A short lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DanglingReason::Connecting => "connecting",
+            DanglingReason::Refused => "refused",
+            DanglingReason::Replaced => "replaced",
+        }
+    }
+}
+
+/// Whether a dangling grant can be revoked now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RevocationState {
+    /// Not tried yet, or failed transiently: keep-alive retries it.
+    Pending,
+    /// Revoking it would also end a grant that is kept (Pleo documents no revocation endpoint,
+    /// and deleting the installation ends every token of the company): left alone while that
+    /// grant is kept, and shown by `status`.
+    Unsafe,
+}
+
+/// A grant the authorization server issued that pleo-auth does not keep as a connection, held
+/// until it is revoked. Its tokens are secrets, stored like a grant's.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DanglingGrant {
+    /// Where the grant is valid.
+    pub environment: EnvironmentName,
+    /// The OAuth client it was issued to.
+    pub client_id: ClientId,
+    /// The company or organisation, once learned.
+    #[serde(default)]
+    pub subject: Option<Subject>,
+    /// Why it is not kept.
+    pub reason: DanglingReason,
+    /// Whether revoking it can be tried now.
+    pub revocation: RevocationState,
+    /// The access token, while it may be usable.
+    #[serde(default)]
+    pub access_token: Option<AccessToken>,
+    /// When the access token expires.
+    #[serde(default)]
+    pub access_token_expires_at: Option<Timestamp>,
+    /// The refresh token (rotated here if the grant has to be refreshed to be revoked).
+    #[serde(default)]
+    pub refresh_token: Option<RefreshToken>,
+    /// Revocation attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the grant was issued.
+    pub created_at: Timestamp,
+    /// When the record last changed.
+    pub updated_at: Timestamp,
+}
+
+impl fmt::Debug for DanglingGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DanglingGrant")
+            .field("environment", &self.environment)
+            .field("client_id", &self.client_id)
+            .field("subject", &self.subject)
+            .field("reason", &self.reason)
+            .field("revocation", &self.revocation)
+            .field("has_access_token", &self.access_token.is_some())
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("attempts", &self.attempts)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Record for DanglingGrant {
+    const KIND: &'static str = "dangling_grant";
+    const SCHEMA: u32 = 1;
+}
+
 /// Whether a tenant link is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

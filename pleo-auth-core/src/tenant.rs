@@ -40,6 +40,16 @@ pub struct LinkOutcome {
     pub replaced: Vec<TenantLink>,
 }
 
+/// Why [`TenantLinks::link_with`] failed.
+#[derive(Debug)]
+pub enum LinkError<E> {
+    /// Linking failed: a [`Conflict`](crate::ErrorKind::Conflict) when the tenant or the
+    /// subject is linked to another party, or a store error. Nothing was written.
+    Link(Error),
+    /// The credential write failed; the claims were rolled back.
+    Write(E),
+}
+
 /// Reads and writes tenant links in a [`SecretStore`](crate::SecretStore).
 #[derive(Debug, Clone)]
 pub struct TenantLinks {
@@ -99,27 +109,33 @@ impl TenantLinks {
 
     /// Links the pair without writing a credential.
     pub async fn link(&self, request: &LinkRequest) -> Result<LinkOutcome> {
-        self.link_with(request, async { Ok(()) })
-            .await
-            .map(|(_, outcome)| outcome)
+        match self.link_with(request, async { Ok::<(), Error>(()) }).await {
+            Ok(((), outcome)) => Ok(outcome),
+            Err(LinkError::Link(e) | LinkError::Write(e)) => Err(e),
+        }
     }
 
     /// Links the pair and runs `write_credential` between claiming and settling the link, so
-    /// the link and the credential appear together: if the claim conflicts, nothing is written;
-    /// if the write fails, the claim is rolled back and the error returned.
-    pub async fn link_with<T, F>(
+    /// the link and the credential appear together: if the claim conflicts, nothing is written
+    /// ([`LinkError::Link`]); if the write fails, the claim is rolled back and the write's own
+    /// error returned ([`LinkError::Write`]).
+    pub async fn link_with<T, E, F>(
         &self,
         request: &LinkRequest,
         write_credential: F,
-    ) -> Result<(T, LinkOutcome)>
+    ) -> std::result::Result<(T, LinkOutcome), LinkError<E>>
     where
-        F: Future<Output = Result<T>> + Send,
+        F: Future<Output = std::result::Result<T, E>> + Send,
     {
         let env = &request.environment;
-        let tenant_side = self.side(layout::tenant_link(env, &request.tenant)).await?;
+        let tenant_side = self
+            .side(layout::tenant_link(env, &request.tenant))
+            .await
+            .map_err(LinkError::Link)?;
         let subject_side = self
             .side(layout::subject_link(env, &request.subject))
-            .await?;
+            .await
+            .map_err(LinkError::Link)?;
 
         let now = self.clock.timestamp();
         let mut replaced = Vec::new();
@@ -127,12 +143,12 @@ impl TenantLinks {
             && link.subject != request.subject
         {
             if !request.relink {
-                return Err(Error::conflict(format!(
+                return Err(LinkError::Link(Error::conflict(format!(
                     "tenant {:?} is already linked to {}; refusing to link it to {} without relink",
                     request.tenant.as_str(),
                     link.subject,
                     request.subject
-                )));
+                ))));
             }
             replaced.push(link.clone());
         }
@@ -140,12 +156,12 @@ impl TenantLinks {
             && link.tenant != request.tenant
         {
             if !request.relink {
-                return Err(Error::conflict(format!(
+                return Err(LinkError::Link(Error::conflict(format!(
                     "{} is already linked to tenant {:?}; refusing to link it to tenant {:?} without relink",
                     request.subject,
                     link.tenant.as_str(),
                     request.tenant.as_str()
-                )));
+                ))));
             }
             replaced.push(link.clone());
         }
@@ -167,12 +183,15 @@ impl TenantLinks {
         };
 
         // Claim both sides; a concurrent linker loses here with a Conflict.
-        let tenant_claim = self.claim(&tenant_side, &link, None).await?;
+        let tenant_claim = self
+            .claim(&tenant_side, &link, None)
+            .await
+            .map_err(LinkError::Link)?;
         let subject_claim = match self.claim(&subject_side, &link, None).await {
             Ok(v) => v,
             Err(e) => {
                 self.roll_back(&tenant_side, tenant_claim).await;
-                return Err(e);
+                return Err(LinkError::Link(e));
             }
         };
 
@@ -181,14 +200,17 @@ impl TenantLinks {
             Err(e) => {
                 self.roll_back(&subject_side, subject_claim).await;
                 self.roll_back(&tenant_side, tenant_claim).await;
-                return Err(e);
+                return Err(LinkError::Write(e));
             }
         };
 
         link.status = LinkStatus::Active;
-        self.claim(&tenant_side, &link, Some(tenant_claim)).await?;
+        self.claim(&tenant_side, &link, Some(tenant_claim))
+            .await
+            .map_err(LinkError::Link)?;
         self.claim(&subject_side, &link, Some(subject_claim))
-            .await?;
+            .await
+            .map_err(LinkError::Link)?;
 
         // Remove the far ends of replaced links, so both directions stay one-to-one.
         for old in &replaced {
@@ -197,7 +219,11 @@ impl TenantLinks {
             } else {
                 layout::subject_link(env, &old.subject)
             };
-            if let Some((far_link, version)) = self.store.get_record::<TenantLink>(&far).await?
+            if let Some((far_link, version)) = self
+                .store
+                .get_record::<TenantLink>(&far)
+                .await
+                .map_err(LinkError::Link)?
                 && far_link.tenant == old.tenant
                 && far_link.subject == old.subject
             {
@@ -208,7 +234,7 @@ impl TenantLinks {
                 {
                     Ok(()) => {}
                     Err(e) if is_conflict(&e) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(LinkError::Link(e)),
                 }
             }
         }

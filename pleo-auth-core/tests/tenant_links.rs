@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use pleo_auth_core::{
     ClientId, CompanyId, CredentialKind, DynSecretStore, EnvironmentName, Error, ErrorKind,
-    LinkRequest, ManualClock, MemoryStore, SecretStore, Subject, TenantId, TenantLinks, layout,
+    LinkError, LinkRequest, ManualClock, MemoryStore, SecretStore, Subject, TenantId, TenantLinks,
+    layout,
 };
 
 fn company(n: u8) -> Subject {
@@ -134,6 +135,9 @@ async fn a_failed_credential_write_leaves_neither_half() {
         })
         .await
         .unwrap_err();
+    let LinkError::Write(err) = err else {
+        panic!("the write's own error comes back: {err:?}");
+    };
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(
         links

@@ -110,7 +110,13 @@ pub async fn introspect(
             )
         })?
         .parse::<Subject>()?;
-    let scopes = data.scope.as_deref().unwrap_or("").parse::<ScopeSet>()?;
+    let (scopes, dropped) = ScopeSet::from_server(data.scope.as_deref().unwrap_or(""));
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "introspection listed scope names that are not OAuth scope-tokens; ignored"
+        );
+    }
     Ok(Introspection {
         auth_method,
         client_id: data.client_id,

@@ -120,7 +120,7 @@ pub(crate) fn challenge_scopes(header: &str) -> ScopeSet {
             }
         };
         if name.eq_ignore_ascii_case("scope") {
-            return parsed.parse().unwrap_or_default();
+            return ScopeSet::from_server(&parsed).0;
         }
         rest = remaining;
     }
@@ -158,7 +158,11 @@ mod tests {
         let s = challenge_scopes(r#"Basic realm="x", Bearer scope="a:b c:d", error=x"#);
         assert_eq!(s.to_string(), "a:b c:d");
         assert!(challenge_scopes(r#"Bearer realm="pleo""#).is_empty());
-        assert!(challenge_scopes(r#"Bearer scope="not a scope""#).is_empty());
+        assert_eq!(
+            challenge_scopes(r#"Bearer scope="openid users:read \"q""#).to_string(),
+            "openid users:read",
+            "any scope names, the unreadable one dropped"
+        );
         assert!(challenge_scopes("Basic abc==").is_empty());
         assert_eq!(
             challenge_scopes(r#"Bearer realm="a\"b", scope=x:y"#).to_string(),

@@ -19,9 +19,10 @@ pub(crate) enum Outcome {
     Refused(Error),
 }
 
-/// A parsed callback: the state and its outcome.
+/// A parsed callback: the state, the issuer it names (RFC 9207) and its outcome.
 pub(crate) struct Callback {
     pub(crate) state: String,
+    pub(crate) iss: Option<String>,
     pub(crate) outcome: Outcome,
 }
 
@@ -53,6 +54,7 @@ pub(crate) fn parse(raw: &str) -> Result<Callback> {
     let mut code = None;
     let mut error = None;
     let mut description = None;
+    let mut iss = None;
     let mut seen: Vec<String> = Vec::new();
     for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
         if seen.iter().any(|n| *n == name) {
@@ -64,6 +66,7 @@ pub(crate) fn parse(raw: &str) -> Result<Callback> {
             "code" => code = Some(AuthorizationCode::new(value.into_owned())),
             "error" => error = Some(value.into_owned()),
             "error_description" => description = Some(value.into_owned()),
+            "iss" => iss = Some(value.into_owned()),
             _ => {}
         }
     }
@@ -87,7 +90,11 @@ pub(crate) fn parse(raw: &str) -> Result<Callback> {
         (Some(code), None) => Outcome::Code(code),
         (None, Some(error)) => Outcome::Refused(refusal(&error, description.as_deref())),
     };
-    Ok(Callback { state, outcome })
+    Ok(Callback {
+        state,
+        iss,
+        outcome,
+    })
 }
 
 /// The typed error for an `error` callback.

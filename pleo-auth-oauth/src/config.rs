@@ -7,6 +7,7 @@ use pleo_auth_core::{ClientId, ClientSecret, Environment, ScopeSet, check_transp
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::server::AuthorizationServer;
 
 /// Default lifetime of a pending authorization: how long the customer has to consent.
 pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(10 * 60);
@@ -51,6 +52,7 @@ pub struct OAuthConfig {
     redirect_uri: Url,
     scopes: ScopeSet,
     pending_ttl: Duration,
+    server: AuthorizationServer,
 }
 
 impl OAuthConfig {
@@ -88,6 +90,12 @@ impl OAuthConfig {
     pub fn pending_ttl(&self) -> Duration {
         self.pending_ttl
     }
+
+    /// The authorization server: Pleo's for the environment unless
+    /// [`OAuthConfigBuilder::authorization_server`] named another.
+    pub fn server(&self) -> &AuthorizationServer {
+        &self.server
+    }
 }
 
 impl fmt::Debug for OAuthConfig {
@@ -98,6 +106,7 @@ impl fmt::Debug for OAuthConfig {
             .field("redirect_uri", &self.redirect_uri.as_str())
             .field("scopes", &self.scopes)
             .field("pending_ttl", &self.pending_ttl)
+            .field("server", &self.server)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +120,7 @@ pub struct OAuthConfigBuilder {
     redirect_uri: Option<String>,
     scopes: Option<String>,
     pending_ttl: Option<Duration>,
+    server: Option<AuthorizationServer>,
 }
 
 impl fmt::Debug for OAuthConfigBuilder {
@@ -150,7 +160,9 @@ impl OAuthConfigBuilder {
         self
     }
 
-    /// The scopes to request, space-separated (`"users:read export-jobs:read"`).
+    /// The scopes to request, space-separated (`"users:read export-jobs:read"`). Any OAuth
+    /// scope name is accepted, so scopes outside Pleo's `resource:permission` form (`openid`,
+    /// `offline_access`) can be requested from servers that know them.
     pub fn scopes(mut self, scopes: impl Into<String>) -> Self {
         self.scopes = Some(scopes.into());
         self
@@ -159,6 +171,13 @@ impl OAuthConfigBuilder {
     /// How long a pending authorization stays valid (default 10 minutes; 10 s to 1 hour).
     pub fn pending_ttl(mut self, ttl: Duration) -> Self {
         self.pending_ttl = Some(ttl);
+        self
+    }
+
+    /// Another authorization server than Pleo's (its endpoints, revocation, issuer and subject
+    /// lookup). Default: [`AuthorizationServer::pleo`] of the environment.
+    pub fn authorization_server(mut self, server: AuthorizationServer) -> Self {
+        self.server = Some(server);
         self
     }
 
@@ -197,7 +216,11 @@ impl OAuthConfigBuilder {
                 "the pending authorization ttl must be between 10 seconds and 1 hour",
             ));
         }
+        let server = self
+            .server
+            .unwrap_or_else(|| AuthorizationServer::pleo(&environment));
         Ok(OAuthConfig {
+            server,
             environment,
             client_id,
             client_secret,
@@ -257,7 +280,7 @@ mod tests {
             base().redirect_uri("ftp://app.example/cb"),
             base().redirect_uri("/relative"),
             base().scopes(""),
-            base().scopes("users"),
+            base().scopes("users:read  openid"),
             base().client_id(""),
             base().client_secret(ClientSecret::new("")),
             base().pending_ttl(Duration::from_secs(1)),

@@ -3,26 +3,28 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
 use pleo_auth_core::{
-    AccessToken, AuthorizationHeader, CredentialKind, CredentialStatus, DynSecretStore,
-    ErrorKind as CoreKind, LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization,
-    PkceVerifier, Precondition, RecordStoreExt, ScopeSet, Subject, TenantId, Version, is_conflict,
-    layout, random_urlsafe,
+    AccessToken, AuthorizationHeader, CredentialKind, CredentialStatus, DanglingReason,
+    DynSecretStore, ErrorKind as CoreKind, LinkError, LinkOutcome, LinkRequest, OAuthGrant,
+    PendingAuthorization, PkceVerifier, Precondition, RecordStoreExt, RevocationState, ScopeSet,
+    Subject, TenantId, Version, is_conflict, layout, random_urlsafe,
 };
-use pleo_auth_http::api::{self, AuthMethod, Introspection};
+use pleo_auth_http::api::{self, AuthMethod};
 use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use crate::callback::{self, Outcome};
 use crate::config::OAuthConfig;
+use crate::dangling::{Disposal, Held};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::OAuthEvent;
 use crate::inner::{Inner, OAuthClientBuilder};
 use crate::manager::{self, TokenManager};
-use crate::token;
+use crate::server::SubjectLookup;
+use crate::token::{self, Access};
 
 /// Bytes of randomness in `state` (256 bits).
 const STATE_BYTES: usize = 32;
@@ -206,7 +208,7 @@ impl OAuthClient {
         let scopes = options.scopes.unwrap_or_else(|| config.scopes().clone());
         let redirect = RedirectUrl::from_url(config.redirect_uri().clone());
         let mut request = inner
-            .oauth
+            .authorize
             .authorize_url(|| CsrfToken::new(state.clone()))
             .set_pkce_challenge(challenge)
             .set_redirect_uri(Cow::Owned(redirect))
@@ -256,15 +258,25 @@ impl OAuthClient {
 
     /// Finishes a flow from the callback's query string (or the whole redirect URL).
     ///
-    /// Malformed callbacks and unknown, reused or expired states are refused before any network
-    /// call. The pending authorization is consumed with a version check, so two callbacks with
-    /// the same state cannot both succeed. Then the code is exchanged (client_secret_basic,
-    /// PKCE verifier, redirect URI), the subject is learned from `GET /v1/introspect`, and the
-    /// grant is stored under (environment, client id, subject), together with the tenant link
-    /// if the flow named a tenant.
+    /// Malformed callbacks, an `iss` that names another issuer (RFC 9207), and unknown, reused
+    /// or expired states are refused before any network call. The pending authorization is
+    /// consumed with a version check, so two callbacks with the same state cannot both
+    /// succeed. Then the code is exchanged (client_secret_basic, PKCE verifier, redirect URI),
+    /// and the tokens are written to the store at once (a dangling record), before anything
+    /// about them is judged. The subject is learned (by default from `GET /v1/introspect`), and
+    /// the grant is stored under (environment, client id, subject), together with the tenant
+    /// link if the flow named a tenant.
+    ///
+    /// A grant that is refused here (another company than expected, a tenant linked
+    /// elsewhere, a subject that cannot be learned) is revoked when that is safe, or recorded
+    /// as dangling (see [`TokenManager::dangling`](crate::TokenManager::dangling)).
     #[tracing::instrument(skip_all, fields(environment = %self.inner.config.environment().name()))]
     pub async fn complete(&self, callback_query: &str) -> Result<Connection> {
         let callback = callback::parse(callback_query)?;
+        self.inner
+            .config
+            .server()
+            .check_issuer(callback.iss.as_deref())?;
         let pending = self.consume(&callback.state).await?;
         let code = match callback.outcome {
             Outcome::Code(code) => code,
@@ -274,27 +286,91 @@ impl OAuthClient {
             }
         };
         let inner = &self.inner;
-        let tokens = token::exchange_code(
-            &inner.oauth,
+        let answer = token::exchange_code(
             &inner.http,
+            &inner.token_endpoint,
             inner.clock.now(),
             &code,
             &pending.verifier,
             &pending.redirect_uri,
         )
         .await?;
-        let refresh_token = tokens
+        let Some(mut held) = Held::connecting(inner, &answer) else {
+            return Err(answer
+                .access
+                .err()
+                .unwrap_or_else(|| Error::unexpected("the token response holds no token")));
+        };
+        // Install before judging: the tokens are in the store before anything may fail.
+        held.save(inner).await;
+        match self.settle(&pending, &mut held, answer.access).await {
+            Ok(connection) => {
+                held.discard(inner).await;
+                inner.emit(OAuthEvent::Connected {
+                    subject: connection.subject,
+                    tenant: connection.tenant.clone(),
+                    reconnected: connection.reconnected,
+                });
+                Ok(connection)
+            }
+            Err(err) => {
+                let subject = held.record.subject;
+                let disposal = held.dispose(inner, DanglingReason::Refused).await;
+                if disposal != Disposal::Revoked {
+                    inner.emit(OAuthEvent::GrantDangling {
+                        subject,
+                        reason: DanglingReason::Refused,
+                        unsafe_to_revoke: disposal == Disposal::Unsafe,
+                    });
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Turns held tokens into a stored connection, or says why not.
+    async fn settle(
+        &self,
+        pending: &PendingAuthorization,
+        held: &mut Held,
+        access: Result<Access>,
+    ) -> Result<Connection> {
+        let inner = &self.inner;
+        let access = match access {
+            Ok(access) => access,
+            Err(judgement) => {
+                // The server issued a refresh token but nothing usable with it: one refresh
+                // (its answer stored before it is judged) makes the grant usable.
+                let Some(refresh) = held.record.refresh_token.clone() else {
+                    return Err(judgement);
+                };
+                tracing::info!("the code exchange gave no usable access token; refreshing once");
+                let again = token::refresh(
+                    &inner.http,
+                    &inner.token_endpoint,
+                    inner.clock.now(),
+                    &refresh,
+                )
+                .await?;
+                held.rotate(inner, &again);
+                held.save(inner).await;
+                again.access?
+            }
+        };
+        let refresh_token = held
+            .record
             .refresh_token
             .clone()
             .ok_or_else(|| Error::unexpected("the token response has no refresh token"))?;
-        let lifetime = tokens.expires_in.unwrap_or(inner.policy.assumed_lifetime);
+        let lifetime = access.expires_in.unwrap_or(inner.policy.assumed_lifetime);
         let received = inner.clock.timestamp();
-        let introspection = self.introspect(&tokens.access_token).await?;
-        let subject = introspection.subject;
+        let (subject, introspected_scopes) = resolve_subject(inner, &access.access_token).await?;
+        held.record.subject = Some(subject);
+        held.save(inner).await;
         if let Some(expected) = pending.expected_subject
             && expected != subject
         {
-            tracing::warn!(%expected, actual = %subject, "pleo connected another company than expected; nothing stored");
+            tracing::warn!(%expected, actual = %subject, "another company was connected than expected; nothing stored");
             return Err(Error::new(
                 ErrorKind::WrongCompany {
                     expected,
@@ -303,13 +379,9 @@ impl OAuthClient {
                 "the customer connected another company than expected",
             ));
         }
-        let scopes = if !introspection.scopes.is_empty() {
-            introspection.scopes
-        } else {
-            tokens
-                .scopes
-                .clone()
-                .unwrap_or_else(|| pending.scopes.clone())
+        let scopes = match introspected_scopes.filter(|s| !s.is_empty()) {
+            Some(scopes) => scopes,
+            None => access.scopes.unwrap_or_else(|| pending.scopes.clone()),
         };
         let fresh = OAuthGrant {
             environment: inner.config.environment().name().clone(),
@@ -318,7 +390,7 @@ impl OAuthClient {
             tenant: pending.tenant.clone(),
             status: CredentialStatus::Active,
             status_reason: None,
-            access_token: Some(tokens.access_token.clone()),
+            access_token: Some(access.access_token.clone()),
             access_token_expires_at: Some(received.saturating_add(lifetime)),
             refresh_token: Some(refresh_token),
             refresh_token_issued_at: Some(received),
@@ -328,12 +400,8 @@ impl OAuthClient {
             updated_at: received,
             settings: Default::default(),
         };
-
-        let (record, version, reconnected, link) = match &pending.tenant {
-            None => {
-                let (record, version, reconnected) = write_grant(inner, fresh).await?;
-                (record, version, reconnected, None)
-            }
+        let (written, link) = match &pending.tenant {
+            None => (write_grant(inner, fresh).await?, None),
             Some(tenant) => {
                 let request = LinkRequest {
                     environment: inner.config.environment().name().clone(),
@@ -343,49 +411,40 @@ impl OAuthClient {
                     client_id: inner.config.client_id().clone(),
                     relink: pending.relink,
                 };
-                let own_error: Mutex<Option<Error>> = Mutex::new(None);
-                let write = async {
-                    write_grant(inner, fresh).await.map_err(|e| {
-                        let core = pleo_auth_core::Error::new(
-                            CoreKind::Unexpected,
-                            "writing the grant failed",
-                        );
-                        *own_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        core
-                    })
-                };
-                match inner.links.link_with(&request, write).await {
-                    Ok(((record, version, reconnected), outcome)) => {
-                        (record, version, reconnected, Some(outcome))
+                match inner
+                    .links
+                    .link_with(&request, write_grant(inner, fresh))
+                    .await
+                {
+                    Ok((written, outcome)) => (written, Some(outcome)),
+                    Err(LinkError::Write(e)) => return Err(e),
+                    Err(LinkError::Link(e)) if is_conflict(&e) => {
+                        return Err(Error::new(
+                            ErrorKind::TenantConflict {
+                                tenant: tenant.clone(),
+                                subject,
+                            },
+                            "the tenant or the company is already linked to another party",
+                        )
+                        .with_source(e));
                     }
-                    Err(e) => {
-                        if let Some(own) =
-                            own_error.lock().unwrap_or_else(|p| p.into_inner()).take()
-                        {
-                            return Err(own);
-                        }
-                        if is_conflict(&e) {
-                            return Err(Error::new(
-                                ErrorKind::TenantConflict {
-                                    tenant: tenant.clone(),
-                                    subject,
-                                },
-                                "the tenant or the company is already linked to another party",
-                            )
-                            .with_source(e));
-                        }
+                    Err(LinkError::Link(e)) => {
                         return Err(Error::store("linking the tenant failed", e));
                     }
                 }
             }
         };
+        let Written {
+            record,
+            version,
+            replaced,
+        } = written;
+        let reconnected = replaced.is_some();
+        if let Some(old) = replaced {
+            self.handle_replaced(&old, &record).await;
+        }
         let tenant = record.tenant.clone();
         manager::seed(inner, record, version, lifetime);
-        inner.emit(OAuthEvent::Connected {
-            subject,
-            tenant: tenant.clone(),
-            reconnected,
-        });
         Ok(Connection {
             subject,
             scopes,
@@ -393,6 +452,43 @@ impl OAuthClient {
             link,
             reconnected,
         })
+    }
+
+    /// A reconnect replaced `old`: with an RFC 7009 endpoint its refresh token is revoked
+    /// (exactly that token). With Pleo nothing can end it without ending the new grant too
+    /// (deleting the installation ends every token of the company), so it is recorded as
+    /// dangling and unsafe to revoke.
+    async fn handle_replaced(&self, old: &OAuthGrant, new: &OAuthGrant) {
+        let inner = &self.inner;
+        let same = match (&old.refresh_token, &new.refresh_token) {
+            (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let Some(mut held) = Held::replaced(inner, old) else {
+            return;
+        };
+        if inner.config.server().revocation_endpoint().is_none() {
+            held.record.revocation = RevocationState::Unsafe;
+            held.save(inner).await;
+            inner.emit(OAuthEvent::GrantDangling {
+                subject: Some(old.subject),
+                reason: DanglingReason::Replaced,
+                unsafe_to_revoke: true,
+            });
+            return;
+        }
+        held.save(inner).await;
+        let disposal = held.dispose(inner, DanglingReason::Replaced).await;
+        if disposal != Disposal::Revoked {
+            inner.emit(OAuthEvent::GrantDangling {
+                subject: Some(old.subject),
+                reason: DanglingReason::Replaced,
+                unsafe_to_revoke: disposal == Disposal::Unsafe,
+            });
+        }
     }
 
     /// Reads and deletes the pending authorization of `state` (single use).
@@ -432,45 +528,158 @@ impl OAuthClient {
         }
         Ok(pending)
     }
+}
 
-    /// `GET /v1/introspect` with the new access token, retrying transient failures.
-    async fn introspect(&self, access: &AccessToken) -> Result<Introspection> {
-        let inner = &self.inner;
-        let header = AuthorizationHeader::bearer(access);
-        let mut attempt = 1;
-        let introspection = loop {
-            match api::introspect(&inner.http, inner.config.environment(), &header).await {
-                Ok(found) => break found,
-                Err(e) if e.is_retryable() && attempt < inner.policy.max_attempts => {
-                    tokio::time::sleep(inner.policy.backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    let kind = match e.kind() {
-                        CoreKind::Unavailable => ErrorKind::Unavailable,
-                        CoreKind::RateLimited => ErrorKind::RateLimited { retry_after: None },
-                        _ => ErrorKind::UnexpectedResponse,
-                    };
-                    return Err(
-                        Error::new(kind, "learning the connected company failed").with_source(e)
-                    );
-                }
+/// Learns the subject of a new access token (and the scopes, where the lookup reports them)
+/// as the configured [`SubjectLookup`] says, retrying transient failures.
+pub(crate) async fn resolve_subject(
+    inner: &Inner,
+    access: &AccessToken,
+) -> Result<(Subject, Option<ScopeSet>)> {
+    let mut attempt = 1;
+    loop {
+        let result = match inner.config.server().subject_lookup() {
+            SubjectLookup::PleoIntrospect => pleo_introspect(inner, access).await,
+            SubjectLookup::TokenIntrospection(endpoint) => {
+                token_introspection(inner, endpoint, access).await
             }
+            SubjectLookup::Custom(resolver) => resolver
+                .resolve(access)
+                .await
+                .map(|subject| (subject, None))
+                .map_err(|e| lookup_failed(&e).with_source(e)),
         };
-        if introspection.auth_method != AuthMethod::OAuth2 {
-            return Err(Error::unexpected(
-                "introspection does not describe an oauth token",
-            ));
+        match result {
+            Err(e) if e.is_retryable() && attempt < inner.policy.max_attempts => {
+                tokio::time::sleep(inner.policy.backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
         }
-        if let Some(client) = &introspection.client_id
-            && client != inner.config.client_id().as_str()
-        {
-            return Err(Error::unexpected(
-                "introspection names another client than ours",
-            ));
-        }
-        Ok(introspection)
     }
+}
+
+fn lookup_failed(e: &pleo_auth_core::Error) -> Error {
+    let kind = match e.kind() {
+        CoreKind::Unavailable => ErrorKind::Unavailable,
+        CoreKind::RateLimited => ErrorKind::RateLimited { retry_after: None },
+        _ => ErrorKind::UnexpectedResponse,
+    };
+    Error::new(kind, "learning the connected company failed")
+}
+
+/// `GET {api}/v1/introspect` with the new access token.
+async fn pleo_introspect(
+    inner: &Inner,
+    access: &AccessToken,
+) -> Result<(Subject, Option<ScopeSet>)> {
+    let header = AuthorizationHeader::bearer(access);
+    let introspection = api::introspect(&inner.http, inner.config.environment(), &header)
+        .await
+        .map_err(|e| lookup_failed(&e).with_source(e))?;
+    if introspection.auth_method != AuthMethod::OAuth2 {
+        return Err(Error::unexpected(
+            "introspection does not describe an oauth token",
+        ));
+    }
+    if let Some(client) = &introspection.client_id
+        && client != inner.config.client_id().as_str()
+    {
+        return Err(Error::unexpected(
+            "introspection names another client than ours",
+        ));
+    }
+    Ok((introspection.subject, Some(introspection.scopes)))
+}
+
+/// RFC 7662 token introspection of the new access token.
+async fn token_introspection(
+    inner: &Inner,
+    endpoint: &Url,
+    access: &AccessToken,
+) -> Result<(Subject, Option<ScopeSet>)> {
+    let answer = post_introspection(inner, endpoint, access)
+        .await
+        .map_err(|e| lookup_failed(&e).with_source(e))?;
+    let fields = match answer {
+        serde_json::Value::Object(fields) => fields,
+        _ => {
+            return Err(Error::unexpected(
+                "token introspection is not a json object",
+            ));
+        }
+    };
+    if fields.get("active") != Some(&serde_json::Value::Bool(true)) {
+        return Err(Error::unexpected(
+            "token introspection says the new token is not active",
+        ));
+    }
+    if let Some(serde_json::Value::String(client)) = fields.get("client_id")
+        && client != inner.config.client_id().as_str()
+    {
+        return Err(Error::unexpected(
+            "token introspection names another client than ours",
+        ));
+    }
+    let urn = ["urn:pleo:params:oauth:subject_urn", "sub"]
+        .iter()
+        .find_map(|name| fields.get(*name).and_then(serde_json::Value::as_str))
+        .ok_or_else(|| Error::unexpected("token introspection names no subject"))?;
+    let subject = urn.parse::<Subject>().map_err(|e| {
+        Error::unexpected("token introspection names no pleo subject").with_source(e)
+    })?;
+    let scopes = fields
+        .get("scope")
+        .and_then(serde_json::Value::as_str)
+        .map(|list| ScopeSet::from_server(list).0);
+    Ok((subject, scopes))
+}
+
+async fn post_introspection(
+    inner: &Inner,
+    endpoint: &Url,
+    access: &AccessToken,
+) -> pleo_auth_core::Result<serde_json::Value> {
+    use pleo_auth_http::transport::{
+        DEFAULT_MAX_BODY_BYTES, read_body_capped, status_kind, transport_error,
+    };
+    let body = zeroize::Zeroizing::new(
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", access.expose_secret())
+            .append_pair("token_type_hint", "access_token")
+            .finish(),
+    );
+    let basic = token::basic_auth(inner.config.client_id(), inner.config.client_secret());
+    let mut authorization = reqwest::header::HeaderValue::from_str(&basic).map_err(|_| {
+        pleo_auth_core::Error::new(
+            CoreKind::Config,
+            "the client id or secret cannot be sent in a header",
+        )
+    })?;
+    authorization.set_sensitive(true);
+    let response = inner
+        .http
+        .post(endpoint.clone())
+        .header(reqwest::header::AUTHORIZATION, authorization)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(body.as_str().to_owned())
+        .send()
+        .await
+        .map_err(transport_error)?;
+    let status = response.status();
+    let bytes = read_body_capped(response, DEFAULT_MAX_BODY_BYTES).await?;
+    if !status.is_success() {
+        return Err(pleo_auth_core::Error::new(
+            status_kind(status),
+            format!("token introspection answered HTTP {}", status.as_u16()),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|_| {
+        pleo_auth_core::Error::new(CoreKind::Unexpected, "token introspection is not json")
+    })
 }
 
 fn unknown_state() -> Error {
@@ -480,9 +689,17 @@ fn unknown_state() -> Error {
     )
 }
 
+/// A grant as written by [`write_grant`].
+struct Written {
+    record: OAuthGrant,
+    version: Version,
+    /// The earlier grant of the same subject it replaced, if any.
+    replaced: Option<OAuthGrant>,
+}
+
 /// Writes a new grant, replacing an earlier one of the same subject and keeping its settings,
-/// creation time and tenant. Returns the record, its version and whether it replaced one.
-async fn write_grant(inner: &Inner, fresh: OAuthGrant) -> Result<(OAuthGrant, Version, bool)> {
+/// creation time and tenant.
+async fn write_grant(inner: &Inner, fresh: OAuthGrant) -> Result<Written> {
     let key = layout::oauth_grant(&inner.credential_key(fresh.subject));
     for _ in 0..8 {
         let existing = inner
@@ -490,19 +707,25 @@ async fn write_grant(inner: &Inner, fresh: OAuthGrant) -> Result<(OAuthGrant, Ve
             .get_record::<OAuthGrant>(&key)
             .await
             .map_err(|e| Error::store("reading the existing grant failed", e))?;
-        let (record, precondition, reconnected) = match existing {
-            None => (fresh.clone(), Precondition::Absent, false),
+        let (record, precondition, replaced) = match existing {
+            None => (fresh.clone(), Precondition::Absent, None),
             Some((old, version)) => {
                 let mut record = fresh.clone();
-                record.settings = old.settings;
+                record.settings = old.settings.clone();
                 record.created_at = old.created_at;
-                record.tenant = fresh.tenant.clone().or(old.tenant);
+                record.tenant = fresh.tenant.clone().or(old.tenant.clone());
                 record.generation = old.generation + 1;
-                (record, Precondition::Version(version), true)
+                (record, Precondition::Version(version), Some(old))
             }
         };
         match inner.store.put_record(&key, &record, precondition).await {
-            Ok(version) => return Ok((record, version, reconnected)),
+            Ok(version) => {
+                return Ok(Written {
+                    record,
+                    version,
+                    replaced,
+                });
+            }
             Err(e) if is_conflict(&e) => continue,
             Err(e) => return Err(Error::store("storing the grant failed", e)),
         }

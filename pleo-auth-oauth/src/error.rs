@@ -23,6 +23,9 @@ pub enum ErrorKind {
     UnknownState,
     /// The pending authorization named by the callback's `state` has expired.
     StateExpired,
+    /// The authorization response's `iss` names another authorization server than the
+    /// configured one (RFC 9207, a mix-up defence); refused before any token request.
+    IssuerMismatch,
     /// The user (or Pleo) refused consent: the callback carried `error=access_denied`.
     AccessDenied {
         /// Pleo's `error_description`, shortened and stripped of control characters.
@@ -99,9 +102,10 @@ impl ErrorKind {
     pub fn core_kind(&self) -> CoreKind {
         match self {
             ErrorKind::InvalidConfig | ErrorKind::InvalidClient => CoreKind::Config,
-            ErrorKind::InvalidCallback | ErrorKind::UnknownState | ErrorKind::StateExpired => {
-                CoreKind::InvalidInput
-            }
+            ErrorKind::InvalidCallback
+            | ErrorKind::UnknownState
+            | ErrorKind::StateExpired
+            | ErrorKind::IssuerMismatch => CoreKind::InvalidInput,
             ErrorKind::AccessDenied { .. } => CoreKind::PermissionDenied,
             ErrorKind::AuthorizationError { .. } | ErrorKind::CodeRejected { .. } => {
                 CoreKind::Unauthenticated

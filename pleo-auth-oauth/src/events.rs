@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use pleo_auth_core::{Subject, TenantId};
+use pleo_auth_core::{DanglingReason, Subject, TenantId};
 
 use crate::error::ErrorKind;
 
@@ -62,6 +62,18 @@ pub enum OAuthEvent {
         subject: Subject,
         /// The generation written.
         generation: u64,
+    },
+    /// A grant the server issued is not kept (refused at connect, or replaced by a reconnect)
+    /// and could not be revoked yet: it is recorded as dangling. See
+    /// [`TokenManager::dangling`](crate::TokenManager::dangling).
+    GrantDangling {
+        /// The company or organisation, if it was learned.
+        subject: Option<Subject>,
+        /// Why it is not kept.
+        reason: DanglingReason,
+        /// Revoking it would end a grant that is kept (so it is left alone); otherwise the
+        /// revocation is retried by keep-alive.
+        unsafe_to_revoke: bool,
     },
     /// A grant was disconnected.
     Disconnected {
@@ -140,6 +152,17 @@ impl EventSink for TracingEvents {
                 subject,
                 revoked_at_pleo,
             } => tracing::info!(target: T, %subject, revoked_at_pleo, "grant disconnected"),
+            OAuthEvent::GrantDangling {
+                subject,
+                reason,
+                unsafe_to_revoke,
+            } => tracing::warn!(
+                target: T,
+                subject = subject.map(|s| s.to_string()),
+                reason = reason.as_str(),
+                unsafe_to_revoke,
+                "a grant that is not kept could not be revoked yet"
+            ),
         }
     }
 }

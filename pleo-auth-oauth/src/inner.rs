@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use oauth2::EndpointSet;
 use pleo_auth_core::{
-    CredentialKey, DynClock, DynLease, DynSecretStore, InProcessLease, Subject, SystemClock,
-    TenantLinks, layout,
+    CredentialKey, DynClock, DynLease, DynSecretStore, Sharing, Subject, SystemClock, TenantLinks,
+    layout, lease_for,
 };
 use pleo_auth_http::transport::{TransportConfig, http_client};
 
@@ -16,12 +17,16 @@ use crate::error::{Error, Result};
 use crate::events::{DynEventSink, OAuthEvent, TracingEvents};
 use crate::manager::{ActiveToken, GrantCell};
 use crate::policy::RefreshPolicy;
-use crate::token::{OAuth2Client, oauth2_client};
+use crate::token::TokenEndpoint;
+
+/// The `oauth2` client that builds authorization URLs (PKCE challenge, state, scopes).
+pub(crate) type AuthorizeClient = oauth2::basic::BasicClient<EndpointSet>;
 
 /// Everything both halves need: configuration, store, lease, clock, HTTP, and the token cache.
 pub(crate) struct Inner {
     pub(crate) config: OAuthConfig,
-    pub(crate) oauth: OAuth2Client,
+    pub(crate) authorize: AuthorizeClient,
+    pub(crate) token_endpoint: TokenEndpoint,
     pub(crate) http: reqwest::Client,
     pub(crate) transport: TransportConfig,
     pub(crate) store: DynSecretStore,
@@ -30,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) policy: RefreshPolicy,
     pub(crate) events: DynEventSink,
     pub(crate) links: TenantLinks,
+    /// This instance's random seed for refresh jitter, so replicas spread their refreshes.
+    pub(crate) jitter_seed: u64,
     /// The token cache: read without locks; a shard is replaced copy-on-write when a subject
     /// is added to it or its token changes.
     pub(crate) cells: Cells,
@@ -218,22 +225,31 @@ impl Inner {
         }
     }
 
-    /// Sends an event to the sink.
+    /// Sends an event to the sink. A sink that panics is logged and otherwise ignored: events
+    /// are sent after the state they report is stored, and must never undo it.
     pub(crate) fn emit(&self, event: OAuthEvent) {
-        self.events.emit(&event);
+        let sink = &self.events;
+        let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.emit(&event)));
+        if sent.is_err() {
+            tracing::error!("the oauth event sink panicked; the event was dropped");
+        }
     }
 }
 
 /// Builds an [`OAuthClient`](crate::OAuthClient) and its [`TokenManager`](crate::TokenManager).
 ///
-/// Only the configuration and the store are required. The default lease is an
-/// [`InProcessLease`], which coordinates refreshes within this process only: replicas that
-/// share a store should pass a lease that spans them (a
-/// [`StoreLease`](pleo_auth_core::StoreLease) on the shared store, or a Redis lease).
+/// Only the configuration and the store are required. The default lease spans every process
+/// that can see the store ([`lease_for`]): the store's native lease (Redis), or a
+/// [`StoreLease`](pleo_auth_core::StoreLease) on the store itself; an
+/// [`InProcessLease`](pleo_auth_core::InProcessLease) only for a store no other process sees
+/// ([`MemoryStore`](pleo_auth_core::MemoryStore)). A lease that spans fewer processes than the
+/// store is refused by [`build`](Self::build) unless
+/// [`danger_process_local_lease`](Self::danger_process_local_lease) is called.
 pub struct OAuthClientBuilder {
     config: OAuthConfig,
     store: DynSecretStore,
     lease: Option<DynLease>,
+    process_local_lease_accepted: bool,
     clock: Option<DynClock>,
     policy: RefreshPolicy,
     events: Option<DynEventSink>,
@@ -256,6 +272,7 @@ impl OAuthClientBuilder {
             config,
             store,
             lease: None,
+            process_local_lease_accepted: false,
             clock: None,
             policy: RefreshPolicy::default(),
             events: None,
@@ -263,9 +280,20 @@ impl OAuthClientBuilder {
         }
     }
 
-    /// The lease that lets one replica at a time refresh a grant (default: in-process).
+    /// The lease that lets one replica at a time refresh a grant (default: [`lease_for`] the
+    /// store, which spans every process that sees it).
     pub fn lease(mut self, lease: DynLease) -> Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// **Dangerous.** Accepts a lease that coordinates only this process's tasks
+    /// ([`InProcessLease`](pleo_auth_core::InProcessLease)) with a store that other processes
+    /// can see. Only sound when no other process ever refreshes these grants (one CLI on one
+    /// machine, never replicas): two processes that refresh the same grant present the same
+    /// refresh token, and Pleo then revokes the grant.
+    pub fn danger_process_local_lease(mut self) -> Self {
+        self.process_local_lease_accepted = true;
         self
     }
 
@@ -295,26 +323,51 @@ impl OAuthClientBuilder {
     }
 
     /// Validates the settings and builds the client.
+    ///
+    /// Refuses ([`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig)) a lease TTL
+    /// that cannot hold one token request plus one store write (the fencing budget: a refresh
+    /// token is only presented while the lease is confirmed to last that long), and a
+    /// process-local lease with a store other processes see (unless
+    /// [`danger_process_local_lease`](Self::danger_process_local_lease)).
     pub fn build(self) -> Result<crate::OAuthClient> {
         self.policy.validate()?;
-        if self.policy.lease_ttl <= self.transport.timeout {
+        if self.policy.lease_ttl <= self.transport.timeout + self.policy.store_timeout {
             return Err(Error::config(
-                "the lease ttl must be longer than the http request timeout",
+                "the lease ttl must be longer than the http request timeout plus the store timeout",
             ));
         }
         let http = http_client(&self.transport)
             .map_err(|e| Error::config("the http client could not be built").with_source(e))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let lease = self
-            .lease
-            .unwrap_or_else(|| Arc::new(InProcessLease::with_clock(clock.clone())));
-        let oauth = oauth2_client(
-            self.config.environment(),
+        let lease = match self.lease {
+            Some(lease) => lease,
+            None => lease_for(&self.store, clock.clone()),
+        };
+        if lease.sharing() == Sharing::ProcessLocal
+            && self.store.sharing() == Sharing::CrossProcess
+            && !self.process_local_lease_accepted
+        {
+            return Err(Error::config(
+                "a process-local lease cannot coordinate refreshes of a store other processes see; \
+                 use the default lease (or danger_process_local_lease for a single process)",
+            ));
+        }
+        let server = self.config.server();
+        let authorize = oauth2::basic::BasicClient::new(oauth2::ClientId::new(
+            self.config.client_id().as_str().to_owned(),
+        ))
+        .set_auth_uri(oauth2::AuthUrl::from_url(
+            server.authorization_endpoint().clone(),
+        ));
+        let token_endpoint = TokenEndpoint::new(
+            server.token_endpoint().clone(),
             self.config.client_id(),
             self.config.client_secret(),
         );
         let inner = Inner {
-            oauth,
+            authorize,
+            token_endpoint,
+            jitter_seed: crate::policy::random_u64(),
             http,
             transport: self.transport,
             links: TenantLinks::new(self.store.clone(), clock.clone()),

@@ -6,21 +6,27 @@
 mod callback;
 mod config;
 mod connect;
+mod dangling;
 mod error;
 mod events;
 mod inner;
 mod manager;
 mod policy;
+mod server;
 mod token;
 
 pub use config::{DEFAULT_PENDING_TTL, OAuthConfig, OAuthConfigBuilder};
 pub use connect::{
     AuthorizationRequest, AuthorizationState, AuthorizeOptions, Connection, OAuthClient,
 };
+pub use dangling::{DanglingStatus, Disposal};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{DynEventSink, EventSink, OAuthEvent, TracingEvents};
 pub use inner::OAuthClientBuilder;
 pub use manager::{
-    ActiveToken, DisconnectOutcome, GrantState, GrantStatus, KeepAliveReport, TokenManager,
+    ActiveToken, DisconnectOutcome, FLUSH_ROUNDS, GrantState, GrantStatus, KeepAliveReport,
+    PendingPair, Recovered, TokenManager,
 };
 pub use policy::RefreshPolicy;
+pub use server::{AuthorizationServer, ResolveSubject, SubjectLookup};
+pub use token::MAX_TOKEN_LIFETIME;

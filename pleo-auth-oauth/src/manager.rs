@@ -47,17 +47,18 @@ use futures::stream::{self, StreamExt};
 use pleo_auth_core::{
     AccessToken, AuthorizationHeader, Credential, CredentialId, CredentialKind, CredentialProvider,
     CredentialStatus, EnvironmentName, ErrorKind as CoreKind, LeaseGuard, OAuthGrant, Precondition,
-    RecordStoreExt, RefreshToken, ScopeSet, StoreKey, Subject, TenantId, Timestamp, Version,
-    is_conflict, layout,
+    Record, RecordStoreExt, RefreshToken, ScopeSet, StoreKey, Subject, TenantId, Timestamp,
+    Version, is_conflict, layout,
 };
 use pleo_auth_http::api;
 use sha2::{Digest as _, Sha256};
 use tracing::Instrument;
 
+use crate::dangling::{self, DanglingStatus, Swept};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::OAuthEvent;
 use crate::inner::Inner;
-use crate::token::{self, Tokens};
+use crate::token::{self, Access, Answer, MAX_TOKEN_LIFETIME};
 
 /// `status_reason` of a disconnected grant whose revocation at Pleo is still to be retried.
 pub(crate) const REVOCATION_PENDING: &str = "revocation_pending";
@@ -67,6 +68,9 @@ const DISCONNECTED: &str = "disconnected";
 const INVALID_GRANT: &str = "invalid_grant";
 /// How many times a compare-and-swap loop re-reads after a conflict before giving up.
 const MAX_CAS_ROUNDS: usize = 8;
+/// How long after its pending authorization expired a connection's held tokens are left to
+/// the connection before keep-alive treats them as refused.
+const CONNECT_GRACE: Duration = Duration::from_secs(5 * 60);
 
 type TokenDigest = [u8; 32];
 
@@ -187,6 +191,11 @@ pub struct KeepAliveReport {
     pub revoked: Vec<Subject>,
     /// Grants that could not be refreshed or revoked, with the reason.
     pub failed: Vec<(Subject, Error)>,
+    /// Dangling grants (refused or replaced, see [`TokenManager::dangling`]) revoked, or found
+    /// to be kept after all, in this sweep.
+    pub dangling_settled: usize,
+    /// Dangling grants still dangling after this sweep.
+    pub dangling: Vec<DanglingStatus>,
 }
 
 /// What [`TokenManager::disconnect`] achieved.
@@ -322,10 +331,11 @@ fn overwritable(stored: &OAuthGrant, ours: &OAuthGrant, superseded: &[TokenDiges
     from_our_lineage && (stored.status == CredentialStatus::Active || stored.status == ours.status)
 }
 
-/// A share in `[0, 1)` derived from the grant's subject and generation: the same on every
-/// replica for one token, spread across grants.
-fn jitter_share(record: &OAuthGrant) -> f64 {
+/// A share in `[0, 1)` derived from this instance's random seed and the grant's subject and
+/// generation: stable for one token in one process, spread across grants and across replicas.
+fn jitter_share(seed: u64, record: &OAuthGrant) -> f64 {
     let mut hasher = Sha256::new();
+    hasher.update(seed.to_le_bytes());
     hasher.update(record.subject.to_string().as_bytes());
     hasher.update(record.generation.to_le_bytes());
     let bytes: [u8; 32] = hasher.finalize().into();
@@ -387,7 +397,8 @@ impl Inner {
         Some(self.new_token(record, access.clone(), remaining, lifetime))
     }
 
-    /// A token that expires `remaining` from now and was issued with `lifetime`.
+    /// A token that expires `remaining` from now and was issued with `lifetime` (both capped at
+    /// [`MAX_TOKEN_LIFETIME`], so no clock arithmetic can overflow).
     fn new_token(
         &self,
         record: &OAuthGrant,
@@ -396,8 +407,12 @@ impl Inner {
         lifetime: Duration,
     ) -> Arc<ActiveToken> {
         let now = self.clock.instant();
-        let expires_at = now + remaining;
-        let margin = self.policy.margin_for(lifetime, jitter_share(record));
+        let remaining = remaining.min(MAX_TOKEN_LIFETIME);
+        let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+        let expires_at = now.checked_add(remaining).unwrap_or(now);
+        let margin = self
+            .policy
+            .margin_for(lifetime, jitter_share(self.jitter_seed, record));
         let refresh_at = expires_at.checked_sub(margin).unwrap_or(now).max(now);
         Arc::new(ActiveToken {
             credential: Credential {
@@ -787,7 +802,7 @@ async fn flight(inner: &Arc<Inner>, cell: &Arc<GrantCell>, trigger: &Trigger) ->
     let result = while_renewing(
         &guard,
         inner.policy.lease_ttl,
-        refresh_under_lease(inner, cell, trigger, leased_at),
+        refresh_under_lease(inner, cell, trigger, &guard, leased_at),
     )
     .await;
     keep_or_release(inner, cell, guard).await;
@@ -1061,6 +1076,7 @@ async fn refresh_under_lease(
     inner: &Arc<Inner>,
     cell: &Arc<GrantCell>,
     trigger: &Trigger,
+    guard: &LeaseGuard,
     leased_at: tokio::time::Instant,
 ) -> FlightResult {
     // Another replica may have rotated while we waited for the lease: adopt, do not call Pleo.
@@ -1079,8 +1095,8 @@ async fn refresh_under_lease(
             "the grant has no refresh token",
         ));
     };
-    match request_refresh(inner, &presented, leased_at).await {
-        Ok(tokens) => {
+    match request_refresh(inner, &presented, guard, leased_at).await {
+        Ok(answer) => {
             // Failpoint (feature `failpoints`, tests only): the answer is lost after Pleo rotated.
             #[cfg(feature = "failpoints")]
             fail::fail_point!("pleo_auth_oauth::after_token_response", |_| Err(
@@ -1089,7 +1105,7 @@ async fn refresh_under_lease(
                     "failpoint: the token response was lost"
                 )
             ));
-            install(inner, cell, trigger, &presented, tokens).await
+            install(inner, cell, trigger, &presented, answer).await
         }
         Err(err) if err.kind() == &ErrorKind::NeedsReauthorization => {
             mark_needs_reauthorization(inner, cell, trigger, &presented).await
@@ -1098,20 +1114,82 @@ async fn refresh_under_lease(
     }
 }
 
-/// Calls the token endpoint, retrying transient failures with backoff while the lease (taken
-/// at `leased_at`) lasts.
+/// Fencing: confirms, right before a refresh token is presented, that this holder still holds
+/// the lease for a whole TTL (by renewing it), so the token request and the first write of its
+/// answer, which the builder checked fit in a TTL, end before any other holder can take over.
+/// `since` is when the lease was last known to be held for a whole TTL; it is moved forward on
+/// success. A lease that cannot renew is confirmed by that time budget alone.
+async fn confirm_lease(
+    inner: &Inner,
+    guard: &LeaseGuard,
+    since: &mut tokio::time::Instant,
+) -> Result<()> {
+    let ttl = inner.policy.lease_ttl;
+    let renewed = tokio::time::timeout(inner.policy.store_timeout, guard.renew(ttl)).await;
+    match renewed {
+        Ok(Ok(())) => {
+            *since = tokio::time::Instant::now();
+            Ok(())
+        }
+        Ok(Err(e)) if e.kind() == CoreKind::Unsupported => {
+            let budget = inner.transport.timeout + inner.policy.store_timeout;
+            if since.elapsed() + budget < ttl {
+                Ok(())
+            } else {
+                Err(lease_lost())
+            }
+        }
+        Ok(Err(e)) if e.kind() == CoreKind::Conflict => Err(lease_lost().with_source(e)),
+        Ok(Err(e)) => Err(Error::new(
+            ErrorKind::Store(e.kind()),
+            "the refresh lease could not be confirmed before the refresh token was presented",
+        )
+        .with_source(e)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Store(CoreKind::Unavailable),
+            "confirming the refresh lease timed out before the refresh token was presented",
+        )),
+    }
+}
+
+fn lease_lost() -> Error {
+    Error::new(
+        ErrorKind::LeaseUnavailable,
+        "the refresh lease was lost before the refresh token was presented",
+    )
+}
+
+/// Calls the token endpoint, retrying transient failures with backoff. Every attempt is fenced
+/// by [`confirm_lease`] first.
 async fn request_refresh(
     inner: &Inner,
     presented: &RefreshToken,
+    guard: &LeaseGuard,
     leased_at: tokio::time::Instant,
-) -> Result<Tokens> {
+) -> Result<Answer> {
+    let mut confirmed_at = leased_at;
     let mut attempt = 1;
     loop {
-        let err =
-            match token::refresh(&inner.oauth, &inner.http, inner.clock.now(), presented).await {
-                Ok(tokens) => return Ok(tokens),
-                Err(err) => err,
-            };
+        // Failpoint (feature `failpoints`, tests only): the holder is held up for the given
+        // milliseconds between reading the store and presenting the refresh token.
+        #[cfg(feature = "failpoints")]
+        if let Some(Some(millis)) = fail::eval("pleo_auth_oauth::before_token_request", |arg| {
+            arg.and_then(|ms| ms.parse::<u64>().ok())
+        }) {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
+        confirm_lease(inner, guard, &mut confirmed_at).await?;
+        let err = match token::refresh(
+            &inner.http,
+            &inner.token_endpoint,
+            inner.clock.now(),
+            presented,
+        )
+        .await
+        {
+            Ok(answer) => return Ok(answer),
+            Err(err) => err,
+        };
         if !err.is_retryable() || attempt >= inner.policy.max_attempts {
             return Err(err);
         }
@@ -1120,27 +1198,35 @@ async fn request_refresh(
             Some(wait) => wait.max(inner.policy.backoff(attempt)),
             None => inner.policy.backoff(attempt),
         };
-        // The next attempt must end before the lease does, or another replica could present
-        // the same refresh token.
-        if leased_at.elapsed() + delay + inner.transport.timeout >= inner.policy.lease_ttl {
-            return Err(err);
-        }
         tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, kind = ?err.kind(), "retrying the refresh");
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
 }
 
-/// Makes a rotated pair the authority, then writes it.
+/// Install before judging: makes the answer's new refresh token (with its access token, if
+/// the answer has a usable one) the authority and writes it, and only then reports what was
+/// wrong with the answer. A refresh token the server rotated is never dropped.
 async fn install(
     inner: &Arc<Inner>,
     cell: &Arc<GrantCell>,
     trigger: &Trigger,
     presented: &RefreshToken,
-    tokens: Tokens,
+    answer: Answer,
 ) -> FlightResult {
+    let Answer {
+        refresh_token,
+        access,
+    } = answer;
+    let (access, judgement) = match access {
+        Ok(access) => (Some(access), None),
+        Err(err) => (None, Some(err)),
+    };
+    if refresh_token.is_none() && access.is_none() {
+        // Nothing to keep: the server did not rotate (or we cannot tell that it did).
+        return Err(judgement.unwrap_or_else(|| Error::unexpected("the token response is empty")));
+    }
     let now = inner.clock.timestamp();
-    let lifetime = tokens.expires_in.unwrap_or(inner.policy.assumed_lifetime);
     let generation = {
         let mut st = cell.lock();
         let Some(auth) = st.authority.as_mut() else {
@@ -1150,26 +1236,47 @@ async fn install(
             // The grant was replaced (reconnected or disconnected) while we refreshed; the new
             // pair belongs to the replaced lineage.
             drop(st);
-            return inner.current(cell, trigger);
+            return match judgement {
+                Some(err) => Err(err),
+                None => inner.current(cell, trigger),
+            };
         }
         let mut record = auth.record.clone();
         let mut superseded = std::mem::take(&mut auth.superseded);
-        record.access_token = Some(tokens.access_token.clone());
-        record.access_token_expires_at = Some(now.saturating_add(lifetime));
-        if let Some(rotated) = tokens.refresh_token {
+        let token = match access {
+            Some(Access {
+                access_token,
+                expires_in,
+                scopes,
+            }) => {
+                let lifetime = expires_in.unwrap_or(inner.policy.assumed_lifetime);
+                record.access_token = Some(access_token.clone());
+                record.access_token_expires_at = Some(now.saturating_add(lifetime));
+                if let Some(scopes) = scopes {
+                    record.scopes = scopes;
+                }
+                Some((access_token, lifetime))
+            }
+            None => {
+                // The server rotated but sent nothing usable to call the API with: keep the new
+                // refresh token; the next call refreshes with it.
+                record.access_token = None;
+                record.access_token_expires_at = None;
+                None
+            }
+        };
+        if let Some(rotated) = refresh_token {
             record.refresh_token = Some(rotated);
             record.refresh_token_issued_at = Some(now);
             superseded.push(digest(presented));
         }
-        if let Some(scopes) = tokens.scopes {
-            record.scopes = scopes;
-        }
         record.generation += 1;
         record.updated_at = now;
-        let token = inner.new_token(&record, tokens.access_token, lifetime, lifetime);
-        if record.status == CredentialStatus::Active {
-            inner.set_token(cell, Some(token));
-        }
+        let token = token.map(|(access_token, lifetime)| {
+            inner.new_token(&record, access_token, lifetime, lifetime)
+        });
+        let active = record.status == CredentialStatus::Active;
+        inner.set_token(cell, token.filter(|_| active));
         let generation = record.generation;
         st.set_authority(Some(Authority {
             record,
@@ -1178,14 +1285,30 @@ async fn install(
         }));
         generation
     };
+    match tokio::time::timeout(inner.policy.store_timeout, persist(inner, cell)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(kind = ?err.kind(), "rotated tokens are held in memory until the store accepts them");
+        }
+        Err(_) => {
+            tracing::warn!(
+                "writing rotated tokens timed out; they are held in memory until the store accepts them"
+            );
+            persist_failed(
+                inner,
+                cell,
+                pleo_auth_core::Error::unavailable("the store did not answer within store_timeout"),
+            );
+        }
+    }
     inner.emit(OAuthEvent::Refreshed {
         subject: cell.subject,
         generation,
     });
-    if let Err(err) = persist(inner, cell).await {
-        tracing::warn!(kind = ?err.kind(), "rotated tokens are held in memory until the store accepts them");
+    match judgement {
+        Some(err) => Err(err),
+        None => inner.current(cell, trigger),
     }
-    inner.current(cell, trigger)
 }
 
 /// Writes the pending authority with compare-and-swap. On a store failure the authority stays
@@ -1686,7 +1809,42 @@ impl TokenManager {
                 (Job::Refresh(s) | Job::Revoke(s), Err(e)) => report.failed.push((s, e)),
             }
         }
+        self.sweep_dangling(&mut report).await;
         Ok(report)
+    }
+
+    /// Retries the revocation of every dangling grant (see [`dangling`](Self::dangling)).
+    async fn sweep_dangling(&self, report: &mut KeepAliveReport) {
+        let records = match dangling::list(&self.inner).await {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::warn!(kind = ?err.kind(), "listing dangling grants failed; retried at the next keep-alive");
+                return;
+            }
+        };
+        for (key, record, version) in records {
+            let before = DanglingStatus::of(&record);
+            match dangling::sweep_one(&self.inner, key, record, version, CONNECT_GRACE).await {
+                Ok(Swept::Settled) => report.dangling_settled += 1,
+                Ok(Swept::Young) => {}
+                Ok(Swept::Left(now)) => report.dangling.push(now),
+                Err(err) => {
+                    tracing::warn!(kind = ?err.kind(), "a dangling grant could not be swept");
+                    report.dangling.push(before);
+                }
+            }
+        }
+    }
+
+    /// Grants the authorization server issued that are not kept (refused when connecting, or
+    /// replaced by a reconnect) and are not revoked yet, without secrets. Keep-alive retries
+    /// their revocation; those whose revocation would end a kept grant are left alone.
+    pub async fn dangling(&self) -> Result<Vec<DanglingStatus>> {
+        Ok(dangling::list(&self.inner)
+            .await?
+            .iter()
+            .map(|(_, record, _)| DanglingStatus::of(record))
+            .collect())
     }
 
     /// Disconnects `subject`: `DELETE /v1/installations/me` at Pleo (which revokes every token
@@ -1697,23 +1855,201 @@ impl TokenManager {
         disconnect(&self.inner, *subject).await
     }
 
-    /// Writes every pending token pair now (for example before shutdown). Fails with the first
-    /// store error; pairs that could not be written stay pending.
+    /// Writes every pending token pair now (for example before shutdown), in up to
+    /// [`FLUSH_ROUNDS`] rounds with the persist backoff between them. Fails with the last store
+    /// error when a pair is still pending after that; such pairs stay pending in memory, and
+    /// [`pending_pairs`](Self::pending_pairs) exports them for a recovery file.
     pub async fn flush(&self) -> Result<()> {
-        let cells = self.inner.cells.all();
-        for cell in cells {
-            let pending = cell
-                .lock()
-                .authority
-                .as_ref()
-                .is_some_and(|a| a.stored.is_none());
-            if pending {
-                persist(&self.inner, &cell).await?;
-                release_kept_lease(&cell, false).await;
+        let mut last_error = None;
+        for round in 1..=FLUSH_ROUNDS {
+            last_error = None;
+            for cell in self.inner.cells.all() {
+                if !cell.pending() {
+                    continue;
+                }
+                match persist(&self.inner, &cell).await {
+                    Ok(()) => release_kept_lease(&cell, false).await,
+                    Err(err) => last_error = Some(err),
+                }
+            }
+            match &last_error {
+                None => return Ok(()),
+                Some(_) if round < FLUSH_ROUNDS => {
+                    tokio::time::sleep(self.inner.policy.persist_backoff(round)).await;
+                }
+                Some(_) => {}
             }
         }
-        Ok(())
+        last_error.map_or(Ok(()), Err)
     }
+
+    /// The rotated pairs this process holds that the store has not taken yet, for a recovery
+    /// file (see [`PendingPair`]). Empty after a successful [`flush`](Self::flush).
+    pub fn pending_pairs(&self) -> Vec<PendingPair> {
+        self.inner
+            .cells
+            .all()
+            .iter()
+            .filter_map(|cell| {
+                let st = cell.lock();
+                let auth = st.authority.as_ref().filter(|a| a.stored.is_none())?;
+                Some(PendingPair {
+                    record: auth.record.clone(),
+                    superseded: auth.superseded.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes pairs that an earlier process could not store (from its recovery file), with the
+    /// same rules as its own pending pairs: a pair is written only over a record that still
+    /// holds a refresh token it superseded; a newer record in the store wins and the pair is
+    /// dropped. Pairs of another environment or client are skipped.
+    pub async fn recover(&self, pairs: Vec<PendingPair>) -> Vec<(Subject, Result<Recovered>)> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            let subject = pair.record.subject;
+            out.push((subject, self.recover_one(pair).await));
+        }
+        out
+    }
+
+    async fn recover_one(&self, pair: PendingPair) -> Result<Recovered> {
+        let inner = &self.inner;
+        if pair.record.environment != *inner.config.environment().name()
+            || pair.record.client_id != *inner.config.client_id()
+        {
+            return Ok(Recovered::Skipped);
+        }
+        let cell = inner.cell_or_insert(pair.record.subject);
+        if cell.pending() {
+            // This process holds a pair of its own for the grant: newer than any recovered one.
+            return Ok(Recovered::Dropped);
+        }
+        let ours = digest_of(pair.record.refresh_token.as_ref());
+        {
+            let mut st = cell.lock();
+            let token = (pair.record.status == CredentialStatus::Active)
+                .then(|| inner.token_from_record(&pair.record, None))
+                .flatten();
+            inner.set_token(&cell, token);
+            st.set_authority(Some(Authority {
+                record: pair.record,
+                stored: None,
+                superseded: pair.superseded,
+            }));
+        }
+        persist(inner, &cell).await?;
+        let st = cell.lock();
+        Ok(match st.authority.as_ref() {
+            Some(auth) if digest_of(auth.record.refresh_token.as_ref()) == ours => {
+                Recovered::Stored
+            }
+            _ => Recovered::Dropped,
+        })
+    }
+}
+
+/// How many rounds [`TokenManager::flush`] tries a pending pair before it gives up.
+pub const FLUSH_ROUNDS: u32 = 4;
+
+/// What [`TokenManager::recover`] did with one pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovered {
+    /// Written to the store (or found there already).
+    Stored,
+    /// Not written: the store holds a newer record (another process rotated, or the grant was
+    /// reconnected, disconnected or deleted), which stays.
+    Dropped,
+    /// Of another environment or client than this manager's; left for that manager.
+    Skipped,
+}
+
+/// A rotated pair that the store has not taken yet, taken out of a process so a later one can
+/// write it ([`TokenManager::pending_pairs`], [`TokenManager::recover`]).
+///
+/// It holds the grant's tokens: `Debug` shows none, and the only ways in and out are
+/// [`to_recovery_json`](Self::to_recovery_json) and
+/// [`from_recovery_json`](Self::from_recovery_json), for a file only its owner can read.
+pub struct PendingPair {
+    record: OAuthGrant,
+    superseded: Vec<TokenDigest>,
+}
+
+impl fmt::Debug for PendingPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingPair")
+            .field("record", &self.record)
+            .field("superseded", &self.superseded.len())
+            .finish()
+    }
+}
+
+/// The recovery encoding of a [`PendingPair`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecoveryJson {
+    /// The grant record in its store encoding.
+    record: String,
+    /// Hex SHA-256 digests of the refresh tokens the pair superseded.
+    superseded: Vec<String>,
+}
+
+impl PendingPair {
+    /// The company or organisation.
+    pub fn subject(&self) -> Subject {
+        self.record.subject
+    }
+
+    /// The generation of the pair.
+    pub fn generation(&self) -> u64 {
+        self.record.generation
+    }
+
+    /// The pair as one line of JSON, secrets included.
+    pub fn to_recovery_json(&self) -> Result<pleo_auth_core::SecretBytes> {
+        let record = self
+            .record
+            .encode()
+            .map_err(|e| Error::unexpected("encoding a pending pair failed").with_source(e))?;
+        let record = String::from_utf8(record.expose_secret().to_vec())
+            .map_err(|_| Error::unexpected("a grant record is not utf-8"))?;
+        let json = RecoveryJson {
+            record,
+            superseded: self.superseded.iter().map(hex_digest).collect(),
+        };
+        serde_json::to_vec(&json)
+            .map(pleo_auth_core::SecretBytes::new)
+            .map_err(|_| Error::unexpected("encoding a pending pair failed"))
+    }
+
+    /// Reads a pair written by [`to_recovery_json`](Self::to_recovery_json).
+    pub fn from_recovery_json(bytes: &[u8]) -> Result<Self> {
+        let malformed = || Error::unexpected("a recovery entry is malformed");
+        let json: RecoveryJson = serde_json::from_slice(bytes).map_err(|_| malformed())?;
+        let record = OAuthGrant::decode(json.record.as_bytes()).map_err(|_| malformed())?;
+        let superseded = json
+            .superseded
+            .iter()
+            .map(|hex| parse_digest(hex).ok_or_else(malformed))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { record, superseded })
+    }
+}
+
+fn hex_digest(digest: &TokenDigest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_digest(hex: &str) -> Option<TokenDigest> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 fn status_of(record: &OAuthGrant, state: GrantState) -> GrantStatus {
@@ -1825,6 +2161,9 @@ async fn disconnect(inner: &Arc<Inner>, subject: Subject) -> Result<DisconnectOu
         }
         CredentialStatus::Active => {}
     }
+    if inner.config.server().revocation_endpoint().is_some() {
+        return revoke_at_endpoint(inner, &cell).await;
+    }
     let token = match obtain(inner, subject, Trigger::Fresh).await {
         Ok(token) => token,
         Err(err) if err.kind() == &ErrorKind::NeedsReauthorization => {
@@ -1836,6 +2175,56 @@ async fn disconnect(inner: &Arc<Inner>, subject: Subject) -> Result<DisconnectOu
         Err(err) => return Err(err),
     };
     revoke_at_pleo(inner, &cell, &token).await
+}
+
+/// RFC 7009: revokes the grant's refresh token at the configured revocation endpoint and
+/// records the outcome. No access token is needed, so nothing is refreshed first.
+async fn revoke_at_endpoint(
+    inner: &Arc<Inner>,
+    cell: &Arc<GrantCell>,
+) -> Result<DisconnectOutcome> {
+    match revoke_refresh_token(inner, cell).await {
+        Ok(outcome) => Ok(outcome),
+        Err(err) if err.is_retryable() => {
+            tracing::debug!(error = %err, "revocation failed; leaving a tombstone");
+            leave_tombstone(inner, cell).await
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the revocation endpoint refused to revoke the grant; disconnected locally");
+            finish_locally(inner, cell).await
+        }
+    }
+}
+
+/// One RFC 7009 revocation of the grant's refresh token; on success the record is marked
+/// revoked. A grant without a refresh token is finished locally.
+async fn revoke_refresh_token(
+    inner: &Arc<Inner>,
+    cell: &Arc<GrantCell>,
+) -> std::result::Result<DisconnectOutcome, pleo_auth_core::Error> {
+    let Some(endpoint) = inner.config.server().revocation_endpoint() else {
+        return Err(pleo_auth_core::Error::new(
+            CoreKind::Config,
+            "no revocation endpoint is configured",
+        ));
+    };
+    let refresh = {
+        let st = cell.lock();
+        st.authority
+            .as_ref()
+            .and_then(|a| a.record.refresh_token.clone())
+    };
+    let Some(refresh) = refresh else {
+        return finish_locally(inner, cell).await.map_err(Into::into);
+    };
+    crate::dangling::revoke_token(inner, endpoint, refresh.expose_secret(), "refresh_token")
+        .await?;
+    write_status(inner, cell, revoke_locally).await?;
+    inner.emit(OAuthEvent::Disconnected {
+        subject: cell.subject,
+        revoked_at_pleo: true,
+    });
+    Ok(DisconnectOutcome::Revoked)
 }
 
 /// Calls `DELETE /v1/installations/me` with `token` and records the outcome.
@@ -1918,6 +2307,13 @@ async fn retry_revocation(inner: &Arc<Inner>, subject: Subject) -> Result<Discon
     };
     if !tombstone {
         return Ok(DisconnectOutcome::Revoked);
+    }
+    if inner.config.server().revocation_endpoint().is_some() {
+        return match revoke_refresh_token(inner, &cell).await {
+            Ok(outcome) => Ok(outcome),
+            Err(err) if err.is_retryable() => Ok(DisconnectOutcome::RevocationPending),
+            Err(_) => finish_locally(inner, &cell).await,
+        };
     }
     let token = match obtain(inner, subject, Trigger::Revoke).await {
         Ok(token) => token,
@@ -2290,6 +2686,7 @@ mod tests {
         let policy = RefreshPolicy {
             lease_ttl: Duration::from_millis(300),
             lease_wait: Duration::from_millis(300),
+            store_timeout: Duration::from_millis(50),
             ..RefreshPolicy::default()
         };
         let transport = TransportConfig {
@@ -2373,14 +2770,23 @@ mod tests {
     }
 
     #[test]
-    fn jitter_is_the_same_on_every_replica_and_spread_across_grants() {
-        let a = jitter_share(&grant("CANARY-rt-a", 1));
+    fn jitter_is_stable_per_instance_and_spread_across_instances_and_grants() {
+        let a = jitter_share(1, &grant("CANARY-rt-a", 1));
         assert_eq!(
             a,
-            jitter_share(&grant("CANARY-rt-b", 1)),
+            jitter_share(1, &grant("CANARY-rt-b", 1)),
             "tokens do not matter"
         );
-        assert_ne!(a, jitter_share(&grant("CANARY-rt-a", 2)));
+        assert_ne!(
+            a,
+            jitter_share(1, &grant("CANARY-rt-a", 2)),
+            "generations spread"
+        );
+        assert_ne!(
+            a,
+            jitter_share(2, &grant("CANARY-rt-a", 1)),
+            "instances spread"
+        );
         assert!((0.0..1.0).contains(&a));
     }
 

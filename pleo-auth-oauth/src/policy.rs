@@ -24,19 +24,25 @@ pub struct RefreshPolicy {
     /// may be a few milliseconds off).
     pub refresh_margin: Duration,
     /// An extra margin between zero and this, so grants do not all refresh at the same instant
-    /// (default 30 s). The share is derived from the grant's subject and generation, so every
-    /// replica picks the same refresh time for a token and they meet at the lease instead of
-    /// one rotating early (which would invalidate the others' copies). Margin plus jitter is
-    /// capped at half the token's lifetime.
+    /// (default 30 s). The share is random per manager instance (and spread across grants), so
+    /// replicas reach the refresh window one after another: the first one refreshes under the
+    /// lease, the others find the rotated pair in the store. Margin plus jitter is capped at
+    /// half the token's lifetime.
     pub refresh_jitter: Duration,
     /// The lifetime assumed when a token response has no `expires_in` (default 5 minutes).
     pub assumed_lifetime: Duration,
     /// How long the refresh lease is held without renewal (default 60 s). Another replica takes
     /// over a lease whose holder died (or was paused) after this. It must exceed the HTTP request
-    /// timeout, so that a token request started under the lease ends before the lease does. A
-    /// live holder renews the lease every third of this while it refreshes and writes, and while
-    /// rotated tokens wait for their store write.
+    /// timeout plus [`store_timeout`](Self::store_timeout): right before a refresh token is
+    /// presented, the holder renews the lease (which confirms it still holds it), so the token
+    /// request and the first write of its answer end before the lease can. A live holder also
+    /// renews the lease every third of this while it refreshes and writes, and while rotated
+    /// tokens wait for their store write.
     pub lease_ttl: Duration,
+    /// The longest a refresh waits for the first store write of a rotated pair (default 10 s);
+    /// a write that takes longer leaves the pair pending (kept, served, retried in the
+    /// background, the lease renewed).
+    pub store_timeout: Duration,
     /// How long a replica that did not get the lease waits for the holder's result, polling the
     /// store, before it gives up with a retryable error (default 70 s; at least `lease_ttl`).
     pub lease_wait: Duration,
@@ -73,6 +79,7 @@ impl Default for RefreshPolicy {
             refresh_jitter: Duration::from_secs(30),
             assumed_lifetime: Duration::from_secs(300),
             lease_ttl: Duration::from_secs(60),
+            store_timeout: Duration::from_secs(10),
             lease_wait: Duration::from_secs(70),
             max_attempts: 3,
             initial_backoff: Duration::from_millis(250),
@@ -96,8 +103,10 @@ impl RefreshPolicy {
         if self.refresh_margin < Duration::from_secs(1) {
             return Err(Error::config("refresh_margin must be at least 1 second"));
         }
-        if self.lease_ttl.is_zero() {
-            return Err(Error::config("lease_ttl must be positive"));
+        if self.lease_ttl.is_zero() || self.store_timeout.is_zero() {
+            return Err(Error::config(
+                "lease_ttl and store_timeout must be positive",
+            ));
         }
         if self.lease_wait < self.lease_ttl {
             return Err(Error::config("lease_wait must be at least lease_ttl"));
@@ -150,11 +159,20 @@ fn jittered(step: Duration) -> Duration {
 
 /// A uniformly distributed number in `[0, 1)` from the operating system's random source.
 pub(crate) fn random_fraction() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A random number from the operating system's random source (the time, if it has none).
+pub(crate) fn random_u64() -> u64 {
     let mut buf = [0u8; 8];
     if getrandom::getrandom(&mut buf).is_err() {
-        return 0.5;
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos()
+            .into();
     }
-    (u64::from_le_bytes(buf) >> 11) as f64 / (1u64 << 53) as f64
+    u64::from_le_bytes(buf)
 }
 
 #[cfg(test)]

@@ -158,6 +158,12 @@ impl CliError {
 
     /// Prints the error to stderr and returns the exit code.
     pub fn report(&self) -> ExitCode {
+        self.print();
+        ExitCode::from(self.code as u8)
+    }
+
+    /// Prints the error, its causes and its hint to stderr.
+    pub fn print(&self) {
         eprintln!("error: {}", self.message);
         let mut source = self
             .source
@@ -176,7 +182,6 @@ impl CliError {
         if let Some(hint) = &self.hint {
             eprintln!("hint: {hint}");
         }
-        ExitCode::from(self.code as u8)
     }
 }
 

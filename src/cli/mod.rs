@@ -6,6 +6,7 @@ mod exit;
 mod keys;
 mod login;
 mod output;
+mod recovery;
 mod settings;
 
 use std::process::ExitCode;
@@ -160,16 +161,29 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let settings = || Settings::resolve(&cli.config);
-    match cli.command {
-        Command::Demo => demo::run().await,
-        Command::Sandbox(args) => commands::sandbox(args).await,
-        Command::Login(args) => login::run(&settings()?, args).await,
-        Command::Status { json } => commands::status(&settings()?, json).await,
-        Command::Refresh { target } => commands::refresh(&settings()?, target).await,
-        Command::Disconnect { target } => commands::disconnect(&settings()?, target).await,
-        Command::Token(args) => commands::token(&settings()?, args).await,
-        Command::Keys(command) => keys::run(&settings()?, command).await,
-        Command::Api(args) => commands::api(&settings()?, args).await,
+    let command = match cli.command {
+        Command::Demo => return demo::run().await,
+        Command::Sandbox(args) => return commands::sandbox(args).await,
+        command => command,
+    };
+    let settings = Settings::resolve(&cli.config)?;
+    let result = match command {
+        Command::Login(args) => login::run(&settings, args).await,
+        Command::Status { json } => commands::status(&settings, json).await,
+        Command::Refresh { target } => commands::refresh(&settings, target).await,
+        Command::Disconnect { target } => commands::disconnect(&settings, target).await,
+        Command::Token(args) => commands::token(&settings, args).await,
+        Command::Keys(command) => keys::run(&settings, command).await,
+        Command::Api(args) => commands::api(&settings, args).await,
+        Command::Demo | Command::Sandbox(_) => Ok(()),
+    };
+    // No rotated pair may die with the process: flush before exiting, whatever happened.
+    match (result, settings.finish().await) {
+        (result, Ok(())) => result,
+        (Ok(()), Err(lost)) => Err(lost),
+        (Err(err), Err(lost)) => {
+            err.print();
+            Err(lost)
+        }
     }
 }

@@ -12,7 +12,8 @@ use pleo_auth::{
 };
 use serde::Deserialize;
 
-use super::exit::CliError;
+use super::exit::{CliError, Code};
+use super::recovery;
 
 /// The configuration flags shared by every command. Each has an environment variable and a key
 /// in the config file; secrets have no flag.
@@ -104,6 +105,8 @@ pub struct Settings {
     pub key_scopes: Option<String>,
     /// The key of the encryption wrapper, when configured.
     encryption_key: Option<Secret>,
+    /// Every facade this run opened, flushed by [`finish`](Self::finish) before it exits.
+    opened: std::sync::Mutex<Vec<PleoAuth>>,
 }
 
 /// The default redirect URI: loopback, any free port.
@@ -212,6 +215,7 @@ impl Settings {
             encryption_key: env_var("PLEO_ENCRYPTION_KEY")
                 .or(file.encryption_key)
                 .map(Secret),
+            opened: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -291,9 +295,60 @@ impl Settings {
                 .map_err(|e| CliError::apikey("PLEO_API_KEY is refused", e))?;
             builder = builder.standalone_key(key);
         }
-        builder
+        let auth = builder
             .build()
-            .map_err(|e| CliError::facade("setting up pleo-auth failed", e))
+            .map_err(|e| CliError::facade("setting up pleo-auth failed", e))?;
+        if let Ok(manager) = auth.token_manager() {
+            recovery::apply(&manager).await;
+        }
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(auth.clone());
+        Ok(auth)
+    }
+
+    /// Before the process exits: writes every rotated token pair still pending in memory to the
+    /// store. Pairs the store does not take are saved to the recovery folder, and the run fails
+    /// (exit 7) naming the store and the file, so no rotated pair dies with the process.
+    pub async fn finish(&self) -> Result<(), CliError> {
+        let opened = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
+        for auth in opened {
+            let Ok(manager) = auth.token_manager() else {
+                continue;
+            };
+            let Err(err) = manager.flush().await else {
+                continue;
+            };
+            let pairs = manager.pending_pairs();
+            if pairs.is_empty() {
+                continue;
+            }
+            let count = pairs.len();
+            let store = &self.store;
+            return Err(match recovery::save(&pairs) {
+                Ok(file) => CliError::new(
+                    Code::StoreUnavailable,
+                    format!(
+                        "the store {store} did not take the rotated tokens of {count} grant(s); they are saved in {}",
+                        file.display()
+                    ),
+                )
+                .hint("the next pleo-auth command writes them to the store first; run one once the store is back")
+                .with_source(err),
+                Err(save_error) => {
+                    save_error.print();
+                    CliError::new(
+                    Code::StoreUnavailable,
+                    format!(
+                        "the store {store} did not take the rotated tokens of {count} grant(s), and saving them to the recovery folder failed: they are lost, and the grant(s) will need `pleo-auth login` again"
+                    ),
+                )
+                .with_source(err)
+                }
+            });
+        }
+        Ok(())
     }
 }
 

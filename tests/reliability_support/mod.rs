@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use pleo_auth_core::{
     ClientSecret, CompanyId, CredentialKey, DynClock, DynLease, DynSecretStore, Environment,
     Error as CoreError, InProcessLease, ManualClock, OAuthGrant, Precondition, RecordStoreExt,
-    SecretBytes, SecretStore, StoreKey, Subject, Version, Versioned, layout,
+    SecretBytes, SecretStore, Sharing, StoreKey, Subject, Version, Versioned, layout,
 };
 use pleo_auth_oauth::{
     AuthorizeOptions, Connection, EventSink, OAuthClient, OAuthConfig, OAuthEvent, RefreshPolicy,
@@ -151,7 +151,12 @@ pub struct ReplicaSpec<'a> {
 impl ReplicaSpec<'_> {
     /// Builds the client.
     pub fn build(self) -> OAuthClient {
-        let mut builder = OAuthClient::builder(config(self.environment, self.client), self.store)
+        let mut builder = OAuthClient::builder(config(self.environment, self.client), self.store);
+        if self.lease.sharing() == Sharing::ProcessLocal {
+            // Every replica of the harness lives in this process and shares this one lease.
+            builder = builder.danger_process_local_lease();
+        }
+        let mut builder = builder
             .lease(self.lease)
             .clock(self.clock)
             .policy(self.policy);
@@ -425,6 +430,10 @@ impl<S: SecretStore> SecretStore for FlakyStore<S> {
             return Err(injected("list"));
         }
         self.inner.list(prefix).await
+    }
+
+    fn sharing(&self) -> Sharing {
+        self.inner.sharing()
     }
 }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use pleo_auth_core::{
     AuthorizationHeader, ClientSecret, DynLease, DynSecretStore, Environment, Error as CoreError,
     InProcessLease, ManualClock, MemoryStore, OAuthGrant, Precondition, RecordStoreExt,
-    SecretBytes, SecretStore, StoreKey, Subject, Version, Versioned, layout,
+    SecretBytes, SecretStore, Sharing, StoreKey, Subject, Version, Versioned, layout,
 };
 use pleo_auth_oauth::{
     AuthorizeOptions, Connection, EventSink, OAuthClient, OAuthConfig, OAuthEvent, RefreshPolicy,
@@ -114,6 +114,11 @@ impl SecretStore for FlakyStore {
 
     async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
         self.inner.list(prefix).await
+    }
+
+    /// In memory: the test's replicas live in this process and share one in-process lease.
+    fn sharing(&self) -> Sharing {
+        self.inner.sharing()
     }
 }
 
