@@ -806,8 +806,7 @@ fn revoke_token(inner: &mut Inner, headers: &HeaderMap, params: &Params) -> Resu
     let token = params
         .get("token")?
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-    // The hint only orders the search (RFC 7009 §2.1); any value is accepted.
-    params.get("token_type_hint")?;
+    // `token_type_hint` needs no reading: both kinds of token are searched (RFC 7009 §2.1).
     let now = inner.now();
     let key = digest(token);
     let other_client = || {

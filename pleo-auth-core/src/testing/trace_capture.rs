@@ -2,7 +2,7 @@
 //!
 //! Tests put a marker such as `CANARY` into every token, key and secret they use, run the code,
 //! then assert that the marker appears nowhere in what was logged or formatted, raw or encoded
-//! ([`find_leak`]).
+//! ([`find_leak`](super::find_leak)).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -67,10 +67,10 @@ impl TraceCapture {
         String::from_utf8_lossy(&buffer).into_owned()
     }
 
-    /// Panics if `marker` appears in what was logged, raw or in any encoding [`find_leak`]
-    /// knows, showing the offending line (with the marker masked, so the failure output does not
-    /// leak it either). Returns how many bytes were captured, so a test can also assert that
-    /// logging happened at all.
+    /// Panics if `marker` appears in what was logged, raw or in any encoding that
+    /// [`find_leak`](super::find_leak) knows, showing the offending line (with the marker
+    /// masked, so the failure output does not leak it either). Returns how many bytes were
+    /// captured, so a test can also assert that logging happened at all.
     pub fn assert_absent(&self, marker: &str) -> usize {
         let text = self.contents();
         assert_marker_absent(marker, "trace output", &text);
@@ -78,8 +78,9 @@ impl TraceCapture {
     }
 }
 
-/// Panics if `marker` appears in `text`, raw or in any encoding [`find_leak`] knows, naming
-/// `what` and showing the line with every encoding of the marker masked.
+/// Panics if `marker` appears in `text`, raw or in any encoding that
+/// [`find_leak`](super::find_leak) knows, naming `what` and showing the line with every
+/// encoding of the marker masked.
 pub fn assert_marker_absent(marker: &str, what: &str, text: &str) {
     assert_no_leak(what, text, &[marker]);
 }
