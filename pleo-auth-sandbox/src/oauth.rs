@@ -529,17 +529,9 @@ pub(crate) async fn token(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut inner = shared.lock();
-    let (label, result) = match &body {
-        Err(rejection) => (
-            "unparsed",
-            Err(OAuthError::new(
-                rejection.status(),
-                "invalid_request",
-                "the request body could not be read",
-            )),
-        ),
-        Ok(body) => {
-            let params = Params::parse(body);
+    let (label, result) = match read_form(&body) {
+        Err(e) => ("unparsed", Err(e)),
+        Ok(params) => {
             let label = match params.get("grant_type") {
                 Ok(Some("authorization_code")) => "authorization_code",
                 Ok(Some("refresh_token")) => "refresh_token",
@@ -588,22 +580,40 @@ pub(crate) async fn token(
     response
 }
 
+/// The form parameters of a request body, or the error for a body that could not be read.
+fn read_form(body: &Result<Bytes, BytesRejection>) -> Result<Params, OAuthError> {
+    match body {
+        Ok(body) => Ok(Params::parse(body)),
+        Err(rejection) => Err(OAuthError::new(
+            rejection.status(),
+            "invalid_request",
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// Refuses a body that is not declared form-encoded or that repeats a parameter.
+fn require_form(headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
+    if !is_form(headers) {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    match params.first_repeated() {
+        Some(name) => Err(OAuthError::invalid_request(format!(
+            "parameter {name} is repeated"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn token_grant(
     shared: &Shared,
     inner: &mut Inner,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<IssuedTokens, OAuthError> {
-    if !is_form(headers) {
-        return Err(OAuthError::invalid_request(
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    }
-    if let Some(name) = params.first_repeated() {
-        return Err(OAuthError::invalid_request(format!(
-            "parameter {name} is repeated"
-        )));
-    }
+    require_form(headers, params)?;
     let client_id = authenticate_client(inner, headers, params)?;
     match params.get("grant_type")? {
         Some("authorization_code") => exchange_code(shared, inner, &client_id, params),
@@ -764,14 +774,7 @@ pub(crate) async fn revoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut inner = shared.lock();
-    let result = match &body {
-        Err(rejection) => Err(OAuthError::new(
-            rejection.status(),
-            "invalid_request",
-            "the request body could not be read",
-        )),
-        Ok(body) => revoke_token(&mut inner, &headers, &Params::parse(body)),
-    };
+    let result = read_form(&body).and_then(|params| revoke_token(&mut inner, &headers, &params));
     inner
         .stats
         .revocation_requests
@@ -792,16 +795,7 @@ pub(crate) async fn revoke(
 /// Revokes `token`: a live refresh token ends its whole grant, a live access token ends itself.
 /// Unknown, spent, expired or already revoked tokens change nothing (RFC 7009 §2.2: still 200).
 fn revoke_token(inner: &mut Inner, headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
-    if !is_form(headers) {
-        return Err(OAuthError::invalid_request(
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    }
-    if let Some(name) = params.first_repeated() {
-        return Err(OAuthError::invalid_request(format!(
-            "parameter {name} is repeated"
-        )));
-    }
+    require_form(headers, params)?;
     let client_id = authenticate_client(inner, headers, params)?;
     let token = params
         .get("token")?
@@ -853,14 +847,8 @@ pub(crate) async fn introspect(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut inner = shared.lock();
-    let result = match &body {
-        Err(rejection) => Err(OAuthError::new(
-            rejection.status(),
-            "invalid_request",
-            "the request body could not be read",
-        )),
-        Ok(body) => introspect_token(&shared, &inner, &headers, &Params::parse(body)),
-    };
+    let result =
+        read_form(&body).and_then(|params| introspect_token(&shared, &inner, &headers, &params));
     inner
         .stats
         .introspection_requests

@@ -42,15 +42,7 @@ async fn authorize(
     challenge: &str,
     scope: &str,
 ) -> Url {
-    let mut u = sb.authorize_endpoint();
-    u.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", seed::DEMO_CLIENT_ID)
-        .append_pair("redirect_uri", REDIRECT)
-        .append_pair("scope", scope)
-        .append_pair("state", "state-123")
-        .append_pair("code_challenge", challenge)
-        .append_pair("code_challenge_method", "S256");
+    let u = authorize_url(sb, challenge, scope, &[]);
     location(&http.get(u).send().await.unwrap())
 }
 
@@ -72,10 +64,9 @@ async fn connect_raw(http: &reqwest::Client, sb: &SandboxHandle, scope: &str) ->
     let (verifier, challenge) = pkce();
     let back = authorize(http, sb, &challenge, scope).await;
     let code = query(&back, "code").expect("a code");
-    post_form(
+    token_request(
         http,
-        sb.token_endpoint(),
-        Some(demo_basic()),
+        sb,
         &[
             ("grant_type", "authorization_code"),
             ("code", &code),
@@ -90,16 +81,6 @@ async fn connect(http: &reqwest::Client, sb: &SandboxHandle, scope: &str) -> Val
     let response = connect_raw(http, sb, scope).await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()
-}
-
-async fn refresh_at(http: &reqwest::Client, sb: &SandboxHandle, token: &str) -> reqwest::Response {
-    post_form(
-        http,
-        sb.token_endpoint(),
-        Some(demo_basic()),
-        &[("grant_type", "refresh_token"), ("refresh_token", token)],
-    )
-    .await
 }
 
 async fn revoke(
@@ -137,7 +118,7 @@ async fn a_generic_shape_serves_every_endpoint_at_its_own_path_and_nothing_at_pl
     let tokens = connect(&http, &sb, "users:read").await;
     let access = s(&tokens, "access_token");
     assert_eq!(introspect(&http, &sb, access).await["active"], true);
-    let refreshed = refresh_at(&http, &sb, s(&tokens, "refresh_token")).await;
+    let refreshed = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
     assert_eq!(refreshed.status(), StatusCode::OK);
 
     for pleo_path in [
@@ -156,15 +137,7 @@ async fn a_generic_shape_serves_every_endpoint_at_its_own_path_and_nothing_at_pl
     // The consent page posts to the shape's authorization endpoint.
     sb.set_auto_approve(None).unwrap();
     let (_, challenge) = pkce();
-    let mut page = sb.authorize_endpoint();
-    page.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", seed::DEMO_CLIENT_ID)
-        .append_pair("redirect_uri", REDIRECT)
-        .append_pair("scope", "users:read")
-        .append_pair("state", "s")
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
+    let page = authorize_url(&sb, &challenge, "users:read", &[]);
     let (html, _) = consent_page(&http, page).await;
     assert!(html.contains("action=\"/authorize\""), "{html}");
 
@@ -301,7 +274,7 @@ async fn token_responses_carry_extra_members_and_every_expires_in_format() {
             ..ServerShape::default()
         })
         .unwrap();
-        let response = refresh_at(&http, &sb, s(&tokens, "refresh_token")).await;
+        let response = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
         assert_eq!(response.status(), StatusCode::OK);
         tokens = response.json().await.unwrap();
         assert_eq!(tokens.get("expires_in").cloned(), expected, "{format:?}");
@@ -366,18 +339,21 @@ async fn revoking_a_refresh_token_revokes_its_whole_grant() {
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
     let other = connect(&http, &sb, "users:read").await;
-    let (access, refresh) = (s(&tokens, "access_token"), s(&tokens, "refresh_token"));
+    let (access, refresh_token) = (s(&tokens, "access_token"), s(&tokens, "refresh_token"));
     let response = revoke(
         &http,
         &sb,
         Some(demo_basic()),
-        &[("token", refresh), ("token_type_hint", "refresh_token")],
+        &[
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ],
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
 
-    let reused = refresh_at(&http, &sb, refresh).await;
+    let reused = refresh(&http, &sb, refresh_token).await;
     assert_eq!(oauth_error(reused).await.1, "invalid_grant");
     assert_eq!(
         api_get(&http, &sb, "v2/employees", &bearer(access))
@@ -391,14 +367,14 @@ async fn revoking_a_refresh_token_revokes_its_whole_grant() {
     );
     // The other grant is untouched.
     assert_eq!(
-        refresh_at(&http, &sb, s(&other, "refresh_token"))
+        refresh(&http, &sb, s(&other, "refresh_token"))
             .await
             .status(),
         StatusCode::OK
     );
 
     let stats = sb.stats();
-    let grant = sb.grant_id(refresh).unwrap();
+    let grant = sb.grant_id(refresh_token).unwrap();
     assert_eq!(
         stats.grants[&grant].revoked,
         Some(RevocationCause::RevocationEndpoint)
@@ -435,7 +411,7 @@ async fn revoking_an_access_token_revokes_that_token_only() {
             .status(),
         StatusCode::UNAUTHORIZED
     );
-    let refreshed = refresh_at(&http, &sb, s(&tokens, "refresh_token")).await;
+    let refreshed = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
     assert_eq!(refreshed.status(), StatusCode::OK);
     let refreshed: Value = refreshed.json().await.unwrap();
     assert_eq!(
@@ -460,7 +436,7 @@ async fn unknown_and_spent_tokens_get_200_and_change_nothing() {
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
     let old = s(&tokens, "refresh_token");
-    let rotated: Value = refresh_at(&http, &sb, old).await.json().await.unwrap();
+    let rotated: Value = refresh(&http, &sb, old).await.json().await.unwrap();
     for token in ["CANARY-never-issued", old, s(&tokens, "access_token")] {
         let response = revoke(&http, &sb, Some(demo_basic()), &[("token", token)]).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -470,7 +446,7 @@ async fn unknown_and_spent_tokens_get_200_and_change_nothing() {
     assert_eq!(stats.access_tokens_revoked, 0);
     assert_eq!(stats.revocation_requests.success, 3);
     assert_eq!(
-        refresh_at(&http, &sb, s(&rotated, "refresh_token"))
+        refresh(&http, &sb, s(&rotated, "refresh_token"))
             .await
             .status(),
         StatusCode::OK
@@ -491,9 +467,9 @@ async fn revocation_needs_client_authentication_and_the_tokens_own_client() {
     .unwrap();
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
-    let refresh = s(&tokens, "refresh_token");
+    let refresh_token = s(&tokens, "refresh_token");
 
-    let anonymous = revoke(&http, &sb, None, &[("token", refresh)]).await;
+    let anonymous = revoke(&http, &sb, None, &[("token", refresh_token)]).await;
     assert_eq!(
         oauth_error(anonymous).await,
         (StatusCode::UNAUTHORIZED, "invalid_client".to_owned())
@@ -502,7 +478,7 @@ async fn revocation_needs_client_authentication_and_the_tokens_own_client() {
         &http,
         &sb,
         Some(basic(seed::DEMO_CLIENT_ID, "wrong")),
-        &[("token", refresh)],
+        &[("token", refresh_token)],
     )
     .await;
     assert_eq!(wrong_secret.status(), StatusCode::UNAUTHORIZED);
@@ -510,7 +486,7 @@ async fn revocation_needs_client_authentication_and_the_tokens_own_client() {
         &http,
         &sb,
         Some(basic("other-client", "other-secret")),
-        &[("token", refresh)],
+        &[("token", refresh_token)],
     )
     .await;
     assert_eq!(
@@ -523,7 +499,7 @@ async fn revocation_needs_client_authentication_and_the_tokens_own_client() {
         &http,
         &sb,
         Some(demo_basic()),
-        &[("token", refresh), ("token", refresh)],
+        &[("token", refresh_token), ("token", refresh_token)],
     )
     .await;
     assert_eq!(oauth_error(repeated).await.1, "invalid_request");
@@ -537,7 +513,7 @@ async fn revocation_needs_client_authentication_and_the_tokens_own_client() {
         1
     );
     assert_eq!(
-        refresh_at(&http, &sb, refresh).await.status(),
+        refresh(&http, &sb, refresh_token).await.status(),
         StatusCode::OK
     );
 }
@@ -684,7 +660,7 @@ async fn the_rewrite_hook_replaces_answers_after_the_grant_rotated() {
     sb.set_token_response_rewrite(Some(Arc::new(|_| {
         TokenResponseReplacement::new(200, Some("application/json"), "{\"access_token\":")
     })));
-    let broken = refresh_at(&http, &sb, &first_refresh).await;
+    let broken = refresh(&http, &sb, &first_refresh).await;
     assert_eq!(broken.status(), StatusCode::OK);
     assert_eq!(broken.text().await.unwrap(), "{\"access_token\":");
     let stats = sb.stats();
@@ -694,7 +670,7 @@ async fn the_rewrite_hook_replaces_answers_after_the_grant_rotated() {
 
     // Normal answers again; the spent refresh token is now a reuse, and the grant dies.
     sb.set_token_response_rewrite(None);
-    let reused = refresh_at(&http, &sb, &first_refresh).await;
+    let reused = refresh(&http, &sb, &first_refresh).await;
     assert_eq!(oauth_error(reused).await.1, "invalid_grant");
     let stats = sb.stats();
     assert_eq!(stats.refresh_token_reuses, 1);
@@ -722,7 +698,7 @@ async fn the_rewrite_hook_can_send_a_valid_but_strange_answer() {
         body["token_type"] = json!("bearer");
         TokenResponseReplacement::json(&body)
     })));
-    let response = refresh_at(&http, &sb, s(&tokens, "refresh_token")).await;
+    let response = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
     let body: Value = response.json().await.unwrap();
