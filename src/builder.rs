@@ -28,6 +28,7 @@ pub struct PleoAuthBuilder {
     environment: Option<Environment>,
     store: Option<std::result::Result<DynSecretStore, pleo_auth_core::Error>>,
     lease: Option<DynLease>,
+    process_local_lease_accepted: bool,
     clock: Option<DynClock>,
     #[cfg(feature = "oauth")]
     oauth: Option<pleo_auth_oauth::OAuthConfig>,
@@ -64,6 +65,7 @@ impl PleoAuthBuilder {
             environment: None,
             store: None,
             lease: None,
+            process_local_lease_accepted: false,
             clock: None,
             #[cfg(feature = "oauth")]
             oauth: None,
@@ -112,11 +114,22 @@ impl PleoAuthBuilder {
         self
     }
 
-    /// The lease that lets one replica at a time refresh a grant. Default: within this process
-    /// only. Replicas that share a store pass a lease that spans them: a
-    /// [`StoreLease`](crate::StoreLease) on the shared store, or the Redis lease.
+    /// The lease that lets one replica at a time refresh a grant. The default spans every
+    /// process that can see the store ([`lease_for`](crate::lease_for)): the store's own lease
+    /// (Redis), else a [`StoreLease`](crate::StoreLease) on the store; an in-process lease only
+    /// for a store no other process sees ([`MemoryStore`](crate::MemoryStore)). Most
+    /// integrations never call this.
     pub fn lease(mut self, lease: DynLease) -> Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// **Dangerous.** Accepts a lease that coordinates only this process's tasks with a store
+    /// that other processes can see. Only sound when no other process ever refreshes these
+    /// grants: two processes that refresh one grant present the same refresh token, and Pleo
+    /// revokes the grant. Without this, [`build`](Self::build) refuses that combination.
+    pub fn danger_process_local_lease(mut self) -> Self {
+        self.process_local_lease_accepted = true;
         self
     }
 
@@ -227,6 +240,9 @@ impl PleoAuthBuilder {
                 if let Some(lease) = self.lease.clone() {
                     builder = builder.lease(lease);
                 }
+                if self.process_local_lease_accepted {
+                    builder = builder.danger_process_local_lease();
+                }
                 if let Some(policy) = self.refresh_policy {
                     builder = builder.policy(policy);
                 }
@@ -290,7 +306,7 @@ impl PleoAuthBuilder {
         };
 
         #[cfg(not(feature = "oauth"))]
-        let _ = self.lease;
+        let _ = (self.lease, self.process_local_lease_accepted);
 
         Ok(PleoAuth {
             inner: Arc::new(Inner {

@@ -13,7 +13,10 @@
 //! | [`stores::vault`] | HashiCorp Vault / OpenBao KV v2 | `vault` |
 //! | [`stores::aws`] | AWS Secrets Manager | `aws` |
 //! | [`stores::redis`] | Redis store and lease | `redis` |
-//! | [`stores::encrypted`] | envelope encryption for any store | `encryption` |
+//! | [`stores::postgres`] | PostgreSQL store and lease | `postgres` |
+//! | [`stores::encrypted`] | envelope encryption for any store, with local keys | `encryption` |
+//! | [`stores::kms`] | data keys from AWS KMS for the encryption wrapper | `kms` |
+//! | [`stores::transit`] | data keys from Vault/OpenBao Transit for the encryption wrapper | `transit` |
 //! | [`sandbox`] | a local emulator of Pleo's authorization server and External API | `sandbox` |
 //! | [`testing`] | the store and lease conformance suites, for a store of your own | `testing` |
 //!
@@ -138,6 +141,7 @@ pub use pleo_auth_sandbox as sandbox;
     feature = "vault",
     feature = "aws",
     feature = "redis",
+    feature = "postgres",
     feature = "encryption"
 ))]
 #[cfg_attr(
@@ -147,6 +151,7 @@ pub use pleo_auth_sandbox as sandbox;
         feature = "vault",
         feature = "aws",
         feature = "redis",
+        feature = "postgres",
         feature = "encryption"
     )))
 )]
@@ -175,9 +180,27 @@ pub mod stores {
     #[doc(inline)]
     pub use pleo_auth_stores::redis;
 
+    /// PostgreSQL store and lease.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::postgres;
+
     /// Envelope encryption for any store.
     #[cfg(feature = "encryption")]
     #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
     #[doc(inline)]
     pub use pleo_auth_stores::encrypted;
+
+    /// Data keys from AWS KMS for the encryption wrapper.
+    #[cfg(feature = "kms")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "kms")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::kms;
+
+    /// Data keys from Vault/OpenBao Transit for the encryption wrapper.
+    #[cfg(feature = "transit")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "transit")))]
+    #[doc(inline)]
+    pub use pleo_auth_stores::transit;
 }

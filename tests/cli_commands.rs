@@ -128,6 +128,47 @@ async fn login_refuses_another_company_than_expected() {
     assert!(login.stderr.contains("another company"), "{}", login.stderr);
     let status = cli.run(&["status", "--json"]).await;
     assert_eq!(status.ok().json(), serde_json::json!([]));
+    // Acme Denmark was not kept, so its unwanted grant was revoked (its installation deleted).
+    assert_eq!(sandbox.stats().total_revocations(), 1);
+
+    // Once Acme Denmark is kept, a refused grant of it cannot be revoked without ending the kept
+    // one: status shows it as dangling.
+    let login = cli
+        .start_login(&["--company", ACME_DK, "--no-browser"])
+        .await;
+    let back = answer_consent(&login.url, &format!("urn:pleo:company:{ACME_DK}"), "allow").await;
+    browser().get(&back).send().await.unwrap();
+    login.finish().await.ok();
+    let login = cli
+        .start_login(&["--company", GLOBEX, "--no-browser"])
+        .await;
+    let back = answer_consent(&login.url, &format!("urn:pleo:company:{ACME_DK}"), "allow").await;
+    browser().get(&back).send().await.unwrap();
+    login.finish().await.expect_code(5);
+    assert_eq!(
+        sandbox.stats().total_revocations(),
+        1,
+        "the kept grant is not ended"
+    );
+    let status = cli.run(&["status", "--json"]).await;
+    let json = status.ok().no_secret().json();
+    let items = json.as_array().unwrap();
+    let dangling = items
+        .iter()
+        .find(|i| i["state"] == "dangling")
+        .unwrap_or_else(|| panic!("a dangling grant is listed: {json:#}"));
+    assert_eq!(dangling["company"], ACME_DK);
+    assert_eq!(dangling["dangling_reason"], "refused");
+    assert_eq!(dangling["revocation"], "unsafe");
+    let table = cli.run(&["status"]).await;
+    assert!(
+        table
+            .ok()
+            .stderr
+            .contains("not kept, and are not revoked yet"),
+        "{}",
+        table.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,6 +216,130 @@ async fn refresh_rotates_the_tokens_once() {
     cli.run(&["refresh", "--company", ACME_SE])
         .await
         .expect_code(3);
+}
+
+/// A refresh whose store write fails after Pleo rotated: the command exits 7 naming the store
+/// and the recovery file (0600), which holds the rotated pair; the next command writes it to the
+/// store first, and the grant goes on without any refresh token presented twice.
+///
+/// The sandbox answers the token request after a delay; meanwhile the store's directory is
+/// moved away and a plain file put in its place, so every store call of the running command
+/// fails (also for root, unlike permissions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_store_write_fails_is_saved_and_applied_by_the_next_run() {
+    use pleo_auth_sandbox::{Endpoint, Fault};
+
+    let sandbox = sandbox(Some(seed::ACME_DK)).await;
+    let cli = Cli::new(&sandbox);
+    cli.login(&["--no-browser"]).await.ok();
+    let store = cli.dir().join("store");
+    let away = cli.dir().join("store.away");
+    let hits = |s: &pleo_auth_sandbox::Stats| s.endpoint_hits.get(&Endpoint::Token).copied();
+    let before = hits(&sandbox.stats()).unwrap_or(0);
+
+    sandbox.inject_fault(
+        Endpoint::Token,
+        Fault::Delay(Duration::from_millis(1500)),
+        1,
+    );
+    let refreshing = cli
+        .command(&["refresh", "--company", ACME_DK])
+        .spawn()
+        .expect("the binary starts");
+    let started = std::time::Instant::now();
+    while hits(&sandbox.stats()).unwrap_or(0) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the refresh was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::rename(&store, &away).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(60), refreshing.wait_with_output())
+        .await
+        .expect("the refresh ends")
+        .unwrap();
+    let failed = common::Run::from(output);
+    eprintln!("TIMING refresh ended after {:?}", started.elapsed());
+    failed.expect_code(7).no_secret();
+    assert!(
+        failed
+            .stderr
+            .contains("did not take the rotated tokens of 1 grant"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        failed.stderr.contains(&store.display().to_string()),
+        "names the store: {}",
+        failed.stderr
+    );
+    let recovery_dir = cli.dir().join(".local/state/pleo-auth");
+    let files: Vec<_> = std::fs::read_dir(&recovery_dir)
+        .expect("the recovery folder exists")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        failed.stderr.contains(&files[0].display().to_string()),
+        "names the file: {}",
+        failed.stderr
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "only the user reads the recovery file");
+    }
+    let stats = sandbox.stats();
+    assert_eq!(stats.refreshes, 1, "Pleo rotated");
+
+    // The store is back: the next command applies the file before anything else.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&away, &store).unwrap();
+    let status = cli.run(&["status", "--json"]).await;
+    status.ok().no_secret();
+    assert!(
+        status.stderr.contains("Applied 1 rotated token pair"),
+        "{}",
+        status.stderr
+    );
+    assert_eq!(entry(&status.json(), ACME_DK)["generation"], 2);
+    assert!(!files[0].exists(), "the applied file is removed");
+
+    // The stored refresh token is the live one: Pleo accepts it, and no refresh token was ever
+    // presented twice. (The failed run's refresh lease is still recorded in the store and runs
+    // out after its TTL, so the next refresh through the CLI would first wait for it.)
+    let stored = pleo_auth::stores::file::FileStore::open(&store).unwrap();
+    let key = pleo_auth::layout::oauth_grant(&pleo_auth::CredentialKey::new(
+        pleo_auth::EnvironmentName::new("sandbox").unwrap(),
+        pleo_auth::ClientId::new(seed::DEMO_CLIENT_ID).unwrap(),
+        ACME_DK.parse::<pleo_auth::CompanyId>().unwrap().into(),
+    ));
+    let (grant, _) = pleo_auth::RecordStoreExt::get_record::<pleo_auth::OAuthGrant>(&stored, &key)
+        .await
+        .unwrap()
+        .expect("the grant is stored");
+    assert_eq!(grant.generation, 2);
+    let answer = browser()
+        .post(sandbox.auth_url().join("oauth/token").unwrap())
+        .basic_auth(seed::DEMO_CLIENT_ID, Some(seed::DEMO_CLIENT_SECRET))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            (
+                "refresh_token",
+                grant.refresh_token.unwrap().expose_secret(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "the recovered refresh token is live");
+    let stats = sandbox.stats();
+    assert_eq!(stats.refreshes, 2);
+    assert_eq!(stats.refresh_token_reuses, 0);
+    assert_eq!(stats.total_revocations(), 0);
+    assert!(stats.refresh_token_uses.values().all(|uses| *uses == 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,4 +859,52 @@ async fn demo_runs_the_whole_story() {
         );
     }
     assert!(took < Duration::from_secs(15), "the demo took {took:?}");
+}
+
+#[cfg(feature = "encryption")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_moves_every_record_to_the_new_key() {
+    const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+    const KEY_B: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+    let sandbox = sandbox(Some(seed::ACME_DK)).await;
+    let mut cli = Cli::new(&sandbox);
+    cli.env("PLEO_ENCRYPTION_KEY", KEY_A);
+    cli.login(&["--tenant", "acme-dk", "--no-browser"])
+        .await
+        .ok();
+
+    // Rotate: B is the key, A (id `cli`, as a plain key is named) only opens old records.
+    cli.env("PLEO_ENCRYPTION_KEY", &format!("b:{KEY_B}"));
+    let without_a = cli.run(&["status", "--json"]).await;
+    assert_ne!(
+        without_a.code,
+        Some(0),
+        "records under A do not open with B alone"
+    );
+    cli.env("PLEO_ENCRYPTION_OLD_KEYS", KEY_A);
+    let before = cli.run(&["status", "--json"]).await;
+    before.ok();
+    assert_eq!(entry(&before.json(), ACME_DK)["state"], "active");
+
+    let rewrap = cli.run(&["rewrap"]).await;
+    rewrap.ok().no_secret();
+    let counts = rewrap.stdout.lines().next().unwrap_or_default().to_owned();
+    assert!(counts.starts_with("checked "), "{}", rewrap.stdout);
+    assert!(!counts.contains("rewrapped 0"), "{counts}");
+    assert!(counts.ends_with("failed 0"), "{counts}");
+    let again = cli.run(&["rewrap"]).await;
+    again.ok();
+    assert!(again.stdout.contains("rewrapped 0,"), "{}", again.stdout);
+
+    cli.unset("PLEO_ENCRYPTION_OLD_KEYS");
+    let after = cli.run(&["status", "--json"]).await;
+    after.ok();
+    assert_eq!(
+        entry(&after.json(), ACME_DK)["state"],
+        "active",
+        "B alone opens every record"
+    );
+
+    cli.unset("PLEO_ENCRYPTION_KEY");
+    cli.run(&["rewrap"]).await.expect_code(2);
 }

@@ -160,6 +160,49 @@ async fn the_builder_checks_its_settings() {
     assert!(!shown.contains(CANARY), "{shown}");
 }
 
+/// Safe by default: a store other processes see refuses a lease that only coordinates this
+/// process, unless that is asked for by name; the README's shape (a file store and nothing
+/// else) builds with a lease that spans processes.
+#[tokio::test]
+async fn a_process_local_lease_with_a_shared_store_is_refused_unless_asked_for_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OAuthConfig::builder()
+        .environment(Environment::staging())
+        .client_id("client")
+        .client_secret(ClientSecret::new("CANARY-client-secret"))
+        .redirect_uri("https://app.example/callback")
+        .scopes("users:read")
+        .build()
+        .unwrap();
+    let shared = || {
+        PleoAuth::builder()
+            .environment(Environment::staging())
+            .file_store(dir.path().join("store"))
+            .oauth(config.clone())
+    };
+    let err = shared()
+        .lease(Arc::new(pleo_auth::InProcessLease::new()))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let chain = format!("{err} {:?}", std::error::Error::source(&err));
+    assert!(chain.contains("process-local lease"), "{chain}");
+
+    shared()
+        .lease(Arc::new(pleo_auth::InProcessLease::new()))
+        .danger_process_local_lease()
+        .build()
+        .expect("the loudly named opt-in");
+    shared().build().expect("the README's shape builds");
+    PleoAuth::builder()
+        .environment(Environment::staging())
+        .store_from(MemoryStore::new())
+        .lease(Arc::new(pleo_auth::InProcessLease::new()))
+        .oauth(config)
+        .build()
+        .expect("an in-memory store is seen by this process only");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_uses_each_companys_own_method() {
     let (sandbox, environment) = start_sandbox().await;

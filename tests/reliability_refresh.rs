@@ -1,7 +1,8 @@
 //! Reliability of the refresh path against the sandbox in strict-rotation mode (reusing a
 //! rotated refresh token revokes the whole grant), over real loopback HTTP:
-//! the storm at expiry, many grants, cancellation, the 401 storm, a paused lease holder in
-//! another process, clock skew, and a token endpoint that rate-limits for a minute.
+//! many grants, cancellation, the 401 storm, a paused lease holder in
+//! another process, clock skew, and a token endpoint that rate-limits for a minute. (The storm at
+//! expiry runs as real processes: `tests/replicas_readme_way.rs`.)
 //! See `shared/docs/reliability.md` and `SECURITY.md`.
 
 #![cfg(all(feature = "oauth", feature = "http", feature = "file"))]
@@ -21,7 +22,7 @@ use pleo_auth_core::{
 };
 use pleo_auth_http::transport::TransportConfig;
 use pleo_auth_http::{PleoClient, RetryPolicy};
-use pleo_auth_oauth::{ErrorKind as OAuthKind, OAuthClient, RefreshPolicy, TokenManager};
+use pleo_auth_oauth::{ErrorKind as OAuthKind, OAuthClient, RefreshPolicy};
 use pleo_auth_sandbox::{Endpoint, Fault, RevocationCause};
 use pleo_auth_stores::file::FileStore;
 use support::*;
@@ -29,63 +30,6 @@ use support::*;
 /// A file store in `dir/store` (created private, as the store requires).
 fn file_store(dir: &std::path::Path) -> Arc<FileStore> {
     Arc::new(FileStore::open(dir.join("store")).expect("the file store opens"))
-}
-
-/// 8 replicas (separate caches and connection pools, one file store and one store lease, the
-/// cross-process setup) x 125 tasks ask for the token of one grant at each of 20 expiries.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn storm_at_expiry_refreshes_once_per_expiry() {
-    const REPLICAS: usize = 8;
-    const TASKS: usize = 125;
-    const EXPIRIES: u64 = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let files = file_store(dir.path());
-    let store: DynSecretStore = files.clone();
-    let clock = ManualClock::new();
-    let lease: DynLease = Arc::new(StoreLease::with_clock(files, Arc::new(clock.clone())));
-    let h = Harness::with_lease(SandboxSpec::default(), store, clock, lease).await;
-    let replicas: Vec<TokenManager> = (0..REPLICAS).map(|_| h.replica().token_manager()).collect();
-    let first = h.replica();
-    h.connect(&first, acme()).await;
-    let initial = h.stored(0, &acme()).await.unwrap().0.generation;
-
-    let mut slowest = Duration::ZERO;
-    for expiry in 1..=EXPIRIES {
-        h.advance(ACCESS_TTL);
-        let started = Instant::now();
-        let mut tasks = Vec::with_capacity(REPLICAS * TASKS);
-        for replica in &replicas {
-            for _ in 0..TASKS {
-                let m = replica.clone();
-                tasks.push(tokio::spawn(async move { m.credential_for(&acme()).await }));
-            }
-        }
-        let mut headers = HashSet::new();
-        for task in tasks {
-            let credential = task.await.unwrap().expect("every caller gets a token");
-            headers.insert(credential.header.expose_secret().to_owned());
-        }
-        slowest = slowest.max(started.elapsed());
-        assert_eq!(headers.len(), 1, "every caller got the one new token");
-        let stats = h.sandbox.stats();
-        assert_eq!(stats.refreshes, expiry, "one refresh per expiry");
-        assert_eq!(stats.token_requests_for("refresh_token"), expiry);
-        assert_eq!(stats.refresh_token_reuses, 0);
-        assert_eq!(stats.total_revocations(), 0);
-    }
-    let (stored, _) = h.stored(0, &acme()).await.unwrap();
-    assert_eq!(stored.generation, initial + EXPIRIES);
-    assert!(
-        h.sandbox
-            .stats()
-            .refresh_token_uses
-            .values()
-            .all(|n| *n == 1),
-        "every refresh token was presented exactly once"
-    );
-    eprintln!(
-        "storm: {REPLICAS} replicas x {TASKS} tasks, {EXPIRIES} expiries, slowest round {slowest:?}"
-    );
 }
 
 /// 200 grants x 5 tasks with staggered expiries: every grant refreshes once per expiry, and a

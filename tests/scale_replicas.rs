@@ -1,7 +1,7 @@
 //! Many replicas of one integration sharing one secret backend: worker **processes** ask for the
 //! same grants' tokens and call the API across several expiries, against the sandbox in strict
-//! rotation mode, for each shared backend (Redis with its lease, OpenBao, moto and the file store
-//! with `StoreLease`).
+//! rotation mode, for each shared backend (Redis and PostgreSQL with their leases, OpenBao, moto
+//! and the file store with `StoreLease`).
 //!
 //! Pass: no token is replaced before it is due (each worker checks), the sandbox sees exactly one
 //! refresh per expiry and grant (one per stored generation), no refresh token twice, no
@@ -29,6 +29,7 @@
     feature = "vault",
     feature = "aws",
     feature = "redis",
+    feature = "postgres",
     feature = "sandbox"
 ))]
 
@@ -54,6 +55,7 @@ use pleo_auth_sandbox::{
 };
 use pleo_auth_stores::aws::AwsStore;
 use pleo_auth_stores::file::FileStore;
+use pleo_auth_stores::postgres::PostgresStore;
 use pleo_auth_stores::redis::RedisStore;
 use pleo_auth_stores::vault::VaultStore;
 use serde::{Deserialize, Serialize};
@@ -104,6 +106,8 @@ enum Backend {
     Moto,
     /// `FileStore` with `StoreLease` (file lock).
     File,
+    /// `PostgresStore` with `PostgresLease` (a lease row with holder, expiry and fencing).
+    Postgres,
 }
 
 /// Where the shared records live: a fresh prefix (or directory) per test run.
@@ -114,6 +118,7 @@ fn new_location(backend: Backend, dir: &Path) -> String {
         Backend::OpenBao => format!("pleo-scale/{run}"),
         Backend::Moto => format!("pleo-scale/{run}/"),
         Backend::File => dir.join("store").display().to_string(),
+        Backend::Postgres => format!("scale_{}", run.to_lowercase()),
     }
 }
 
@@ -155,6 +160,17 @@ async fn open_backend(backend: Backend, location: &str) -> (DynSecretStore, DynL
         Backend::File => {
             let store = Arc::new(FileStore::open(location).expect("file store"));
             (store.clone(), Arc::new(StoreLease::new(store)))
+        }
+        Backend::Postgres => {
+            let store = PostgresStore::builder(service_env("PLEO_AUTH_TEST_POSTGRES_URL"))
+                .schema(location)
+                .max_connections(4)
+                .connect()
+                .await
+                .expect("postgres store");
+            store.migrate().await.expect("postgres migrations");
+            let lease: DynLease = Arc::new(store.lease());
+            (Arc::new(store), lease)
         }
     }
 }
@@ -1317,4 +1333,7 @@ scale_tests! {
     killed_lease_holder_openbao => killed_lease_holder(Backend::OpenBao);
     killed_lease_holder_moto => killed_lease_holder(Backend::Moto);
     killed_lease_holder_file => killed_lease_holder(Backend::File);
+    one_grant_postgres => one_grant(Backend::Postgres);
+    many_grants_postgres => many_grants(Backend::Postgres);
+    killed_lease_holder_postgres => killed_lease_holder(Backend::Postgres);
 }

@@ -40,8 +40,8 @@ pub use secret::{
     RefreshToken, SecretBytes, random_urlsafe,
 };
 pub use store::{
-    DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, Version, Versioned,
-    check_precondition, is_conflict,
+    DynSecretStore, ListPage, MAX_PAGE_SIZE, Precondition, RecordStoreExt, SecretStore, Sharing,
+    Version, Versioned, check_page_limit, check_precondition, is_conflict,
 };
 pub use subject::{CompanyId, OrganisationId, Subject};
 pub use tenant::{LinkError, LinkOutcome, LinkRequest, PENDING_LINK_TIMEOUT, TenantLinks};

@@ -64,6 +64,44 @@ pub enum Precondition {
     Version(Version),
 }
 
+/// One page of keys from [`SecretStore::list_page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Keys below the prefix, in ascending order.
+    pub keys: Vec<StoreKey>,
+    /// The key to pass as `after` for the next page; `None` when this page is the last.
+    pub next: Option<StoreKey>,
+}
+
+impl ListPage {
+    /// The page of `sorted` (ascending, without duplicates) that starts after `after` and holds at
+    /// most `limit` keys. For stores that list everything and page in memory.
+    pub fn from_sorted(sorted: Vec<StoreKey>, after: Option<&StoreKey>, limit: usize) -> Self {
+        let start = after.map_or(0, |after| sorted.partition_point(|k| k <= after));
+        let mut keys: Vec<StoreKey> = sorted.into_iter().skip(start).take(limit + 1).collect();
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Self { keys, next }
+    }
+}
+
+/// The most keys a single [`SecretStore::list_page`] call may ask for.
+pub const MAX_PAGE_SIZE: usize = 10_000;
+
+/// Checks the `limit` of a [`SecretStore::list_page`] call.
+pub fn check_page_limit(limit: usize) -> Result<()> {
+    if limit == 0 || limit > MAX_PAGE_SIZE {
+        return Err(Error::invalid_input(format!(
+            "a page holds 1 to {MAX_PAGE_SIZE} keys"
+        )));
+    }
+    Ok(())
+}
+
 /// Who can see what a store or a lease holds besides this process.
 ///
 /// The refresh manager needs a lease that reaches every process that shares the store: two
@@ -91,6 +129,8 @@ pub enum Sharing {
 ///   `InvalidInput`.
 /// - `list(prefix)` returns every key that [`StoreKey::starts_with`] `prefix` (not the prefix
 ///   itself), and nothing else.
+/// - `get_many(keys)` answers exactly what `get` answers for each key, in the order asked
+///   (duplicates included); `list_page` pages through what `list` returns, in ascending order.
 /// - Errors carry the backend's name and never a secret value.
 #[async_trait]
 pub trait SecretStore: Send + Sync + fmt::Debug + 'static {
@@ -110,6 +150,34 @@ pub trait SecretStore: Send + Sync + fmt::Debug + 'static {
 
     /// Lists the keys below `prefix`.
     async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>>;
+
+    /// Reads many values at once: element `i` of the answer is what [`SecretStore::get`] answers
+    /// for `keys[i]`. The default calls `get` once per key; backends with a batch read
+    /// (PostgreSQL `= ANY`, a Redis pipeline, AWS `BatchGetSecretValue`) answer in few round
+    /// trips. Any key that cannot be read fails the whole call.
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// One page of the keys below `prefix`, in ascending order, starting after `after` (`None`
+    /// for the first page), with at most `limit` keys (1 to [`MAX_PAGE_SIZE`]). The default
+    /// lists every key and pages in memory; backends that can, page on the server.
+    async fn list_page(
+        &self,
+        prefix: &StoreKey,
+        after: Option<&StoreKey>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        check_page_limit(limit)?;
+        let mut keys = self.list(prefix).await?;
+        keys.sort();
+        keys.dedup();
+        Ok(ListPage::from_sorted(keys, after, limit))
+    }
 
     /// Who besides this process can see what the store holds. The default,
     /// [`Sharing::CrossProcess`], is the safe assumption for a store of your own: refreshes are
@@ -153,6 +221,19 @@ impl<T: SecretStore + ?Sized> SecretStore for Arc<T> {
         (**self).list(prefix).await
     }
 
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        (**self).get_many(keys).await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &StoreKey,
+        after: Option<&StoreKey>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        (**self).list_page(prefix, after, limit).await
+    }
+
     fn sharing(&self) -> Sharing {
         (**self).sharing()
     }
@@ -170,6 +251,34 @@ pub trait RecordStoreExt: SecretStore {
         match self.get(key).await? {
             None => Ok(None),
             Some(v) => Ok(Some((R::decode(v.value.expose_secret())?, v.version))),
+        }
+    }
+
+    /// Reads and decodes many records with one [`SecretStore::get_many`]; element `i` answers
+    /// `keys[i]`. Bytes that do not decode fail the whole call.
+    async fn get_records<R: Record>(&self, keys: &[StoreKey]) -> Result<Vec<Option<(R, Version)>>> {
+        self.get_many(keys)
+            .await?
+            .into_iter()
+            .map(|read| match read {
+                None => Ok(None),
+                Some(v) => Ok(Some((R::decode(v.value.expose_secret())?, v.version))),
+            })
+            .collect()
+    }
+
+    /// Every key below `prefix`, read page by page with [`SecretStore::list_page`] (pages of
+    /// `page_size` keys).
+    async fn list_paged(&self, prefix: &StoreKey, page_size: usize) -> Result<Vec<StoreKey>> {
+        let mut keys = Vec::new();
+        let mut after: Option<StoreKey> = None;
+        loop {
+            let page = self.list_page(prefix, after.as_ref(), page_size).await?;
+            keys.extend(page.keys);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(keys),
+            }
         }
     }
 

@@ -311,37 +311,37 @@ async fn revoke(inner: &Inner, held: &mut Held) -> Disposal {
         Ok(None) => {}
         Err(_) => return Disposal::RetryLater,
     }
-    let Some(access) = usable_access(inner, held).await else {
-        return if held.record.refresh_token.is_none() {
-            Disposal::Revoked
-        } else {
-            Disposal::RetryLater
-        };
-    };
-    let header = AuthorizationHeader::bearer(&access);
-    match api::delete_installation(
-        &inner.http,
-        inner.config.environment(),
-        &header,
-        subject.company(),
-    )
-    .await
-    {
-        Ok(()) => Disposal::Revoked,
-        Err(e) if matches!(e.kind(), CoreKind::Unauthenticated) => {
-            // The token is dead already; so is the grant if refreshing it fails too.
-            held.record.access_token = None;
-            if held.record.refresh_token.is_some() {
-                Disposal::RetryLater
-            } else {
+    // Two tries: an access token Pleo no longer accepts is replaced by refreshing once.
+    for _ in 0..2 {
+        let Some(access) = usable_access(inner, held).await else {
+            return if held.record.refresh_token.is_none() {
                 Disposal::Revoked
+            } else {
+                Disposal::RetryLater
+            };
+        };
+        let header = AuthorizationHeader::bearer(&access);
+        match api::delete_installation(
+            &inner.http,
+            inner.config.environment(),
+            &header,
+            subject.company(),
+        )
+        .await
+        {
+            Ok(()) => return Disposal::Revoked,
+            Err(e) if matches!(e.kind(), CoreKind::Unauthenticated) => {
+                // The access token is dead; the grant is too if refreshing it fails as well.
+                held.record.access_token = None;
+                held.record.access_token_expires_at = None;
+            }
+            Err(e) => {
+                tracing::warn!(kind = %e.kind(), "deleting the installation of an unwanted grant failed; retried by keep-alive");
+                return Disposal::RetryLater;
             }
         }
-        Err(e) => {
-            tracing::warn!(kind = %e.kind(), "deleting the installation of an unwanted grant failed; retried by keep-alive");
-            Disposal::RetryLater
-        }
     }
+    Disposal::RetryLater
 }
 
 /// The held access token while it is fresh; else refreshes the held grant (storing the rotated

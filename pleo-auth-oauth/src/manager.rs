@@ -1730,13 +1730,16 @@ impl TokenManager {
             .list(&prefix)
             .await
             .map_err(|e| Error::store("listing grants failed", e))?;
+        // Batch reads: one `get_many` per 1,000 grants instead of one `get` per grant.
         let mut records = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.inner.store.get_record::<OAuthGrant>(&key).await {
-                Ok(Some((record, _))) => records.push(record),
-                Ok(None) => {}
-                Err(e) => return Err(Error::store("reading a grant failed", e)),
-            }
+        for chunk in keys.chunks(1000) {
+            let reads = self
+                .inner
+                .store
+                .get_records::<OAuthGrant>(chunk)
+                .await
+                .map_err(|e| Error::store("reading grants failed", e))?;
+            records.extend(reads.into_iter().flatten().map(|(record, _)| record));
         }
         Ok(records)
     }

@@ -73,6 +73,14 @@
 //! error and the tombstone stays: the key reads as absent, and [`SecretStore::list`] names it
 //! until it is deleted or created again.
 //!
+//! # Batch reads
+//!
+//! [`SecretStore::get_many`] names up to 20 secrets in one `BatchGetSecretValue`, which answers
+//! each secret's `AWSCURRENT` version (the IAM policy needs `secretsmanager:BatchGetSecretValue`
+//! and `GetSecretValue` on the secrets). An answer that is not `AWSCURRENT` (moto answers the
+//! version last written rather than the one a stage move made current) and a secret the call
+//! cannot read (one scheduled for deletion) are read again one by one, as `get` reads them.
+//!
 //! # Listing
 //!
 //! `ListSecrets` with a `name` filter on the key prefix, paginated; the filter is
@@ -131,7 +139,6 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{Credentials, Region};
-use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 use pleo_auth_core::{
@@ -142,7 +149,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::cause::{Cause, is_tls_failure};
+use crate::aws_error::AwsError;
 
 const BACKEND: &str = "aws";
 const CURRENT: &str = "AWSCURRENT";
@@ -165,6 +172,8 @@ const MAX_SECRET_BYTES: usize = 65_536;
 /// big-endian), the key and the value.
 const KEY_FRAME_MAGIC: [u8; 4] = *b"PAK\x01";
 const WRITE_ATTEMPTS: u32 = 5;
+/// The most secrets one `BatchGetSecretValue` names.
+const BATCH: usize = 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -512,16 +521,32 @@ impl AwsStore {
                     Described::Missing => return Ok((State::Missing, None)),
                     // Restored since the read: read again.
                     Described::Active if attempt < WRITE_ATTEMPTS => attempt += 1,
-                    Described::Active => return Err(e.into_error("read")),
+                    Described::Active => return Err(e.into_error("read", BACKEND)),
                 },
-                _ => return Err(e.into_error("read")),
+                _ => return Err(e.into_error("read", BACKEND)),
             }
         };
-        let version = out
-            .version_id()
+        Self::read_state(
+            name,
+            key,
+            out.version_id(),
+            out.secret_binary(),
+            out.secret_string(),
+        )
+    }
+
+    /// What one version of a secret holds, from the fields of a read.
+    fn read_state(
+        name: &Name,
+        key: Option<&StoreKey>,
+        version: Option<&str>,
+        binary: Option<&Blob>,
+        string: Option<&str>,
+    ) -> Result<(State, Option<String>)> {
+        let version = version
             .ok_or_else(|| unexpected("the answer has no version id"))?
             .to_owned();
-        if let Some(blob) = out.secret_binary() {
+        if let Some(blob) = binary {
             let (stored_key, value) = Self::decode(name, blob)?;
             if let (Some(stored), Some(key)) = (&stored_key, key)
                 && stored != key.as_str()
@@ -533,13 +558,67 @@ impl AwsStore {
             }
             return Ok((State::Live { version, value }, stored_key));
         }
-        match out.secret_string() {
+        match string {
             Some(TOMBSTONE) => Ok((State::Tombstone { version }, None)),
             _ => {
                 Err(Error::corrupt("the secret does not hold a pleo-auth value")
                     .with_backend(BACKEND))
             }
         }
+    }
+
+    /// Reads up to [`BATCH`] secrets with one `BatchGetSecretValue`. Each answer that is the
+    /// secret's `AWSCURRENT` version is used as it is; a secret the call reports as not found is
+    /// absent; every other key (an error such as a secret scheduled for deletion, or an answer
+    /// without `AWSCURRENT`, which moto gives after a stage move) is read with `get`.
+    async fn get_batch(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let names: Vec<Name> = keys.iter().map(|key| self.name(key)).collect();
+        let mut unique: Vec<String> = names.iter().map(|n| n.as_str().to_owned()).collect();
+        unique.sort();
+        unique.dedup();
+        let out = self
+            .client
+            .batch_get_secret_value()
+            .set_secret_id_list(Some(unique))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(e).into_error("read many", BACKEND))?;
+        let answers: HashMap<&str, _> = out
+            .secret_values()
+            .iter()
+            .filter(|entry| entry.version_stages().iter().any(|s| s == CURRENT))
+            .filter_map(|entry| entry.name().map(|name| (name, entry)))
+            .collect();
+        let not_found: Vec<&str> = out
+            .errors()
+            .iter()
+            .filter(|e| e.error_code() == Some("ResourceNotFoundException"))
+            .filter_map(|e| e.secret_id())
+            .collect();
+        let mut result = Vec::with_capacity(keys.len());
+        for (key, name) in keys.iter().zip(&names) {
+            if let Some(entry) = answers.get(name.as_str()) {
+                let (state, _) = Self::read_state(
+                    name,
+                    Some(key),
+                    entry.version_id(),
+                    entry.secret_binary(),
+                    entry.secret_string(),
+                )?;
+                result.push(match state {
+                    State::Live { version, value } => Some(Versioned {
+                        value,
+                        version: Version::new(version),
+                    }),
+                    State::Tombstone { .. } | State::Deleted | State::Missing => None,
+                });
+            } else if not_found.contains(&name.as_str()) {
+                result.push(None);
+            } else {
+                result.push(self.get(key).await?);
+            }
+        }
+        Ok(result)
     }
 
     async fn describe(&self, name: &Name) -> Result<Described> {
@@ -562,7 +641,7 @@ impl AwsStore {
                 let e = AwsError::from_sdk(e);
                 match e.code() {
                     Some("ResourceNotFoundException") => Ok(Described::Missing),
-                    _ => Err(e.into_error("describe")),
+                    _ => Err(e.into_error("describe", BACKEND)),
                 }
             }
         }
@@ -620,7 +699,7 @@ impl AwsStore {
                             cleared = true;
                             self.clear_legacy_labels(name).await?;
                         }
-                        _ => return Err(e.into_error("write")),
+                        _ => return Err(e.into_error("write", BACKEND)),
                     }
                 }
             }
@@ -656,7 +735,7 @@ impl AwsStore {
                             Err(mismatch())
                         }
                     }
-                    _ => Err(e.into_error("promote")),
+                    _ => Err(e.into_error("promote", BACKEND)),
                 }
             }
         }
@@ -676,7 +755,7 @@ impl AwsStore {
                 let e = AwsError::from_sdk(e);
                 return match e.code() {
                     Some("ResourceNotFoundException") => Ok(None),
-                    _ => Err(e.into_error("describe")),
+                    _ => Err(e.into_error("describe", BACKEND)),
                 };
             }
         };
@@ -699,7 +778,7 @@ impl AwsStore {
             .secret_id(name.as_str())
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk(e).into_error("describe"))?;
+            .map_err(|e| AwsError::from_sdk(e).into_error("describe", BACKEND))?;
         let Some(stages) = out.version_ids_to_stages() else {
             return Ok(());
         };
@@ -742,7 +821,7 @@ impl AwsStore {
                 let e = AwsError::from_sdk(e);
                 match e.code() {
                     Some("ResourceExistsException" | "InvalidRequestException") => Err(exists()),
-                    _ => Err(e.into_error("create")),
+                    _ => Err(e.into_error("create", BACKEND)),
                 }
             }
         }
@@ -771,7 +850,7 @@ impl AwsStore {
             let e = AwsError::from_sdk(e);
             return match e.code() {
                 Some("ResourceNotFoundException" | "InvalidRequestException") => Err(exists()),
-                _ => Err(e.into_error("restore")),
+                _ => Err(e.into_error("restore", BACKEND)),
             };
         }
         self.compare_and_swap(name, key, &Payload::Value(value), &current)
@@ -847,7 +926,7 @@ impl AwsStore {
                 match e.code() {
                     // Gone already, or already scheduled for deletion.
                     Some("ResourceNotFoundException" | "InvalidRequestException") => Ok(()),
-                    _ => Err(e.into_error("delete")),
+                    _ => Err(e.into_error("delete", BACKEND)),
                 }
             }
         }
@@ -870,7 +949,7 @@ impl AwsStore {
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| AwsError::from_sdk(e).into_error("list"))?;
+                .map_err(|e| AwsError::from_sdk(e).into_error("list", BACKEND))?;
             names.extend(
                 out.secret_list()
                     .iter()
@@ -916,6 +995,16 @@ impl SecretStore for AwsStore {
             })),
             State::Tombstone { .. } | State::Deleted | State::Missing => Ok(None),
         }
+    }
+
+    /// One `BatchGetSecretValue` per 20 keys; see [`AwsStore`]'s module documentation.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, keys = keys.len()))]
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            out.extend(self.get_batch(chunk).await?);
+        }
+        Ok(out)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -1056,117 +1145,6 @@ fn unexpected(message: &'static str) -> Error {
 
 fn config_error(message: &'static str) -> Error {
     Error::new(ErrorKind::Config, message).with_backend(BACKEND)
-}
-
-/// An SDK error reduced to what is safe to keep: the service's error code and message, the HTTP
-/// status, or the transport failure; never a request or response body.
-struct AwsError {
-    kind: ErrorKind,
-    code: Option<String>,
-    cause: Cause,
-}
-
-impl AwsError {
-    fn from_sdk<E, R>(e: SdkError<E, R>) -> Self
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: fmt::Debug,
-    {
-        match &e {
-            SdkError::ServiceError(service) => {
-                let err = service.err();
-                let code = err.code().map(str::to_owned);
-                let kind = code.as_deref().map_or(ErrorKind::Unexpected, service_kind);
-                let text = match (err.code(), err.message()) {
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    (Some(c), None) => c.to_owned(),
-                    _ => "unknown service error".to_owned(),
-                };
-                AwsError {
-                    kind,
-                    code,
-                    cause: Cause::new(text),
-                }
-            }
-            SdkError::TimeoutError(_) => AwsError {
-                kind: ErrorKind::Unavailable,
-                code: None,
-                cause: Cause::new("the request timed out"),
-            },
-            SdkError::DispatchFailure(failure) => {
-                let connector = failure.as_connector_error();
-                let tls = connector.is_some_and(|c| is_tls_failure(c));
-                let kind = if tls || failure.is_user() {
-                    ErrorKind::Config
-                } else {
-                    ErrorKind::Unavailable
-                };
-                let text = connector.map_or_else(
-                    || "the request could not be sent".to_owned(),
-                    |c| Cause::from_chain(c).as_str().to_owned(),
-                );
-                AwsError {
-                    kind,
-                    code: None,
-                    cause: Cause::new(text),
-                }
-            }
-            SdkError::ResponseError(_) => AwsError {
-                kind: ErrorKind::Unavailable,
-                code: None,
-                cause: Cause::new("the response could not be read"),
-            },
-            // Credentials that cannot be loaded, an invalid request: a configuration problem.
-            SdkError::ConstructionFailure(_) => AwsError {
-                kind: ErrorKind::Config,
-                code: None,
-                cause: Cause::new(e.to_string()),
-            },
-            _ => AwsError {
-                kind: ErrorKind::Unexpected,
-                code: None,
-                cause: Cause::new(e.to_string()),
-            },
-        }
-    }
-
-    fn code(&self) -> Option<&str> {
-        self.code.as_deref()
-    }
-
-    fn into_error(self, op: &'static str) -> Error {
-        let message = match self.kind {
-            ErrorKind::Config if self.code.is_none() => {
-                format!("{op} failed: check the credentials, region and TLS settings")
-            }
-            _ => format!("{op} failed"),
-        };
-        Error::new(self.kind, message)
-            .with_backend(BACKEND)
-            .with_source(self.cause)
-    }
-}
-
-fn service_kind(code: &str) -> ErrorKind {
-    match code {
-        "ResourceNotFoundException" => ErrorKind::NotFound,
-        "ResourceExistsException" => ErrorKind::Conflict,
-        "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-            ErrorKind::RateLimited
-        }
-        "AccessDeniedException" | "AccessDenied" => ErrorKind::PermissionDenied,
-        "UnrecognizedClientException"
-        | "InvalidClientTokenId"
-        | "InvalidSignatureException"
-        | "SignatureDoesNotMatch"
-        | "IncompleteSignature"
-        | "MissingAuthenticationToken"
-        | "ExpiredTokenException"
-        | "DecryptionFailure"
-        | "EncryptionFailure" => ErrorKind::Config,
-        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => ErrorKind::Unavailable,
-        _ => ErrorKind::Unexpected,
-    }
 }
 
 #[cfg(test)]
@@ -1382,6 +1360,60 @@ mod tests {
 
     fn bytes(s: &str) -> SecretBytes {
         SecretBytes::new(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_of_45_keys_is_three_calls() {
+        let calls = Calls::default();
+        let store = moto_store(&calls).await;
+        let mut keys = Vec::new();
+        for i in 0..40 {
+            let key = StoreKey::from_parts(["batch", &format!("k{i:02}")]).unwrap();
+            store
+                .put(&key, bytes(&format!("v{i}")), Precondition::Absent)
+                .await
+                .unwrap();
+            keys.push(key);
+        }
+        let hashed = StoreKey::from_parts(["batch", &"h".repeat(600)]).unwrap();
+        store
+            .put(&hashed, bytes("hashed"), Precondition::Absent)
+            .await
+            .unwrap();
+        keys.push(hashed);
+        let deleted = StoreKey::from_parts(["batch", "deleted"]).unwrap();
+        store
+            .put(&deleted, bytes("gone"), Precondition::Absent)
+            .await
+            .unwrap();
+        store.delete(&deleted, Precondition::None).await.unwrap();
+        keys.push(deleted);
+        for i in 0..3 {
+            keys.push(StoreKey::from_parts(["batch", &format!("missing{i}")]).unwrap());
+        }
+        calls.take();
+        let got = store.get_many(&keys).await.unwrap();
+        let operations = calls.take();
+        let batches = operations
+            .iter()
+            .filter(|op| *op == "BatchGetSecretValue")
+            .count();
+        assert_eq!(batches, 3, "45 keys in batches of 20: {operations:?}");
+        assert!(
+            operations.len() <= 5,
+            "only the deleted secret is read on its own: {operations:?}"
+        );
+        for (i, read) in got.iter().take(40).enumerate() {
+            assert_eq!(
+                read.as_ref().unwrap().value.expose_secret(),
+                format!("v{i}").as_bytes()
+            );
+        }
+        assert_eq!(got[40].as_ref().unwrap().value.expose_secret(), b"hashed");
+        assert!(
+            got[41..].iter().all(Option::is_none),
+            "deleted and missing keys read as absent"
+        );
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ impl Cause {
 
     /// The `Display` texts of `e` and its sources, joined by `: `. Only for errors whose chain
     /// holds no secret (transport errors).
-    #[cfg(any(feature = "vault", feature = "aws"))]
+    #[cfg(any(feature = "vault", feature = "aws", feature = "kms"))]
     pub(crate) fn from_chain(e: &(dyn StdError + 'static)) -> Self {
         let mut text = e.to_string();
         let mut next = e.source();
@@ -28,7 +28,7 @@ impl Cause {
         Cause(text)
     }
 
-    #[cfg(any(feature = "vault", feature = "aws"))]
+    #[cfg(any(feature = "vault", feature = "aws", feature = "kms"))]
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,32 +1,50 @@
-//! `EncryptedStore`: authenticated encryption of every value, on top of any [`SecretStore`].
+//! `EncryptedStore`: envelope encryption of every value, on top of any [`SecretStore`].
 //!
-//! Values are sealed with XChaCha20-Poly1305 under a 32-byte key before the inner store sees
-//! them, so a backend (a file, Redis, a shared Vault) holds only ciphertext. Keys, versions and
-//! preconditions pass through unchanged; compare-and-swap, listing and leases work exactly as on
-//! the inner store.
+//! Values are sealed with XChaCha20-Poly1305 under a 32-byte data key before the inner store sees
+//! them, so a backend (a file, Redis, PostgreSQL, a shared Vault) holds only ciphertext. Keys,
+//! versions and preconditions pass through unchanged; compare-and-swap, listing, batch reads and
+//! leases work exactly as on the inner store.
+//!
+//! # Where the keys come from
+//!
+//! A [`KeyProvider`] hands out the data keys:
+//!
+//! - [`EncryptionKeys`]: local 32-byte keys (from configuration) that seal values directly;
+//! - `kms::AwsKmsKeyProvider` (feature `kms`): a new data key per write from AWS KMS
+//!   `GenerateDataKey`, stored wrapped in front of the value and opened with `Decrypt`, with the
+//!   record's store key as the encryption context; opened data keys are cached for a TTL;
+//! - `transit::TransitKeyProvider` (feature `transit`): the same with Vault/OpenBao Transit
+//!   (`datakey`, `decrypt`) on a derived key, with the store key as the context.
 //!
 //! # Value format
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 4 | magic and format version: `PAE` then `1` |
-//! | 1 | length `n` of the key id |
-//! | n | the key id (printable ASCII) |
+//! | 4 | magic and format version: `PAE` then `1` (a key used directly) or `2` (a wrapped data key) |
+//! | 1 | length `n` of the master key id |
+//! | n | the master key id (printable ASCII: a local key id, a KMS key ARN, a Transit key name) |
+//! | 2 | format 2 only: length `m` of the wrapped data key (big-endian) |
+//! | m | format 2 only: the wrapped data key, as the provider returned it |
 //! | 24 | a random nonce, new for every write |
 //! | rest | the ciphertext and its 16-byte Poly1305 tag |
 //!
 //! The associated data is the header (everything before the nonce) followed by the store key, so
-//! a value copied to another key, or relabelled with another key id, fails to decrypt. Every
-//! value that cannot be opened (wrong key, unknown key id, tampered or truncated bytes) is an
-//! [`ErrorKind::Corrupt`] error naming the store key; it is never read as absent.
+//! a value copied to another key, or relabelled with another key id or wrapped key, fails to
+//! decrypt. Every value that cannot be opened (wrong key, unknown key id, a wrapped key that does
+//! not open under this record's context, tampered or truncated bytes) is an
+//! [`ErrorKind::Corrupt`] error naming the store key; it is never read as absent. A master key
+//! that is missing, disabled or of the wrong kind is an [`ErrorKind::Config`] error naming it.
 //!
 //! # Key rotation
 //!
-//! [`EncryptionKeys`] holds one primary key, used for every write, and any number of older keys,
-//! used only to read values written before a rotation. To rotate: make the new key primary and
-//! keep the old one as an older key, call [`EncryptedStore::reencrypt`] on the stored keys (or
-//! let normal writes replace them), then drop the old key. Values still sealed with a dropped key
-//! read as `Corrupt`.
+//! New writes always use the provider's newest master key: the primary of [`EncryptionKeys`],
+//! the configured KMS key, the latest version of the Transit key. Older keys still open the
+//! values they sealed (older local keys, older KMS keys listed on the provider, older Transit
+//! key versions above `min_decryption_version`). [`EncryptedStore::rewrap`] and
+//! [`EncryptedStore::rewrap_below`] (the `pleo-auth rewrap` command) seal values under an older
+//! key again with the newest one, each with compare-and-swap on the version read, so a
+//! concurrent refresh is never overwritten; then the old key can go. Values still sealed with a
+//! dropped key read as `Corrupt`.
 //!
 //! # Example
 //!
@@ -52,8 +70,10 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -63,8 +83,8 @@ use chacha20poly1305::aead::rand_core::RngCore as _;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use pleo_auth_core::{
-    DynLease, Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, Sharing, StoreKey,
-    Version, Versioned,
+    DynLease, Error, ErrorKind, ListPage, Precondition, Result, SecretBytes, SecretStore, Sharing,
+    StoreKey, Version, Versioned,
 };
 use zeroize::Zeroizing;
 
@@ -72,6 +92,11 @@ const BACKEND: &str = "encryption";
 
 const MAGIC: &[u8; 3] = b"PAE";
 const FORMAT_VERSION: u8 = 1;
+const ENVELOPE_FORMAT_VERSION: u8 = 2;
+/// The longest wrapped data key, in bytes.
+const MAX_WRAPPED_LEN: usize = 4096;
+/// The longest master key id of a [`KeyProvider`], in bytes.
+const MAX_PROVIDER_KEY_ID_LEN: usize = 255;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 
@@ -151,10 +176,6 @@ impl EncryptionKey {
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
         &self.key
     }
-
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(Key::from_slice(&*self.key))
-    }
 }
 
 impl fmt::Debug for EncryptionKey {
@@ -223,16 +244,266 @@ impl fmt::Debug for EncryptionKeys {
     }
 }
 
-/// A [`SecretStore`] that seals every value before it reaches the inner store `S`.
-#[derive(Clone)]
-pub struct EncryptedStore<S> {
-    inner: S,
-    keys: Arc<EncryptionKeys>,
+/// A data key: the 32 bytes that seal one value, with the id of the master key that wraps it and
+/// the wrapped form stored in front of the value.
+///
+/// A provider that uses its master key directly (the local [`EncryptionKeys`]) returns the master
+/// key itself with no wrapped form; the value then has the format-1 layout.
+pub struct DataKey {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    key_id: String,
+    wrapped: Vec<u8>,
 }
 
-impl<S: SecretStore> EncryptedStore<S> {
-    /// Wraps `inner`, sealing new values with the primary key of `keys`.
-    pub fn new(inner: S, keys: EncryptionKeys) -> Self {
+impl DataKey {
+    /// A data key from its plaintext bytes (exactly 32), the id of the master key that wrapped it
+    /// (1 to 255 printable ASCII characters) and the wrapped bytes (at most 4096).
+    pub fn new(key: &[u8], key_id: impl Into<String>, wrapped: Vec<u8>) -> Result<Self> {
+        let key_id = key_id.into();
+        check_provider_key_id(&key_id)?;
+        if wrapped.len() > MAX_WRAPPED_LEN {
+            return Err(
+                Error::invalid_input("a wrapped data key holds at most 4096 bytes")
+                    .with_backend(BACKEND),
+            );
+        }
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        if key.len() != KEY_LEN {
+            return Err(wrong_key_length());
+        }
+        bytes.copy_from_slice(key);
+        Ok(Self {
+            key: bytes,
+            key_id,
+            wrapped,
+        })
+    }
+
+    /// The id of the master key.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The wrapped form, as stored.
+    pub fn wrapped(&self) -> &[u8] {
+        &self.wrapped
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(Key::from_slice(&*self.key))
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("key_id", &self.key_id)
+            .field("wrapped_len", &self.wrapped.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an [`EncryptedStore`] gets the keys that seal values: local keys ([`EncryptionKeys`]),
+/// AWS KMS (`kms::AwsKmsKeyProvider`, feature `kms`) or Vault/OpenBao Transit
+/// (`transit::TransitKeyProvider`, feature `transit`), or a provider of your own.
+///
+/// Every data key is bound to the store key of the record it seals (`record`): a provider that
+/// wraps data keys passes it as the encryption context, so a wrapped key copied to another record
+/// does not open; the value's authenticated data binds it again.
+#[async_trait]
+pub trait KeyProvider: Send + Sync + fmt::Debug + 'static {
+    /// A data key for a new value of `record`, under the newest master key.
+    async fn data_key(&self, record: &StoreKey) -> Result<DataKey>;
+
+    /// The plaintext of the data key of a value of `record`, sealed under master key `key_id`
+    /// with the wrapped form `wrapped` (empty for a master key used directly). A wrapped key that
+    /// does not open is [`ErrorKind::Corrupt`]; a master key that is gone, disabled or unknown is
+    /// [`ErrorKind::Config`].
+    async fn open_data_key(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        record: &StoreKey,
+    ) -> Result<DataKey>;
+
+    /// Whether a value sealed under `key_id` and `wrapped` uses the newest master key; values
+    /// for which this is `false` are what [`EncryptedStore::rewrap`] moves forward.
+    async fn is_current(&self, key_id: &str, wrapped: &[u8]) -> Result<bool>;
+}
+
+#[async_trait]
+impl<T: KeyProvider + ?Sized> KeyProvider for Arc<T> {
+    async fn data_key(&self, record: &StoreKey) -> Result<DataKey> {
+        (**self).data_key(record).await
+    }
+
+    async fn open_data_key(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        record: &StoreKey,
+    ) -> Result<DataKey> {
+        (**self).open_data_key(key_id, wrapped, record).await
+    }
+
+    async fn is_current(&self, key_id: &str, wrapped: &[u8]) -> Result<bool> {
+        (**self).is_current(key_id, wrapped).await
+    }
+}
+
+/// Local keys seal values directly (format 1): the primary key for writes, older keys for reads.
+#[async_trait]
+impl KeyProvider for EncryptionKeys {
+    async fn data_key(&self, _record: &StoreKey) -> Result<DataKey> {
+        Ok(self.primary.as_data_key())
+    }
+
+    async fn open_data_key(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        record: &StoreKey,
+    ) -> Result<DataKey> {
+        if !wrapped.is_empty() {
+            return Err(corrupt(
+                record,
+                &format!("holds a wrapped data key, which local key {key_id} does not use"),
+            ));
+        }
+        match self.find(key_id.as_bytes()) {
+            Some(key) => Ok(key.as_data_key()),
+            None => Err(corrupt(
+                record,
+                &format!("sealed with unknown key id {key_id}"),
+            )),
+        }
+    }
+
+    async fn is_current(&self, key_id: &str, _wrapped: &[u8]) -> Result<bool> {
+        Ok(key_id == self.primary.id)
+    }
+}
+
+/// Plaintext data keys opened recently, by record, master key and wrapped form, for a
+/// [`KeyProvider`] whose unwrapping is a network call (KMS `Decrypt`, Transit `decrypt`). Entries
+/// live for a TTL; the cache holds at most `capacity` keys and, when full, drops the expired ones,
+/// or all of them. A key cached for one record is never handed out for another.
+pub struct DataKeyCache {
+    ttl: Duration,
+    capacity: usize,
+    entries: Mutex<HashMap<CacheId, (Instant, DataKey)>>,
+}
+
+/// What a [`DataKeyCache`] entry is for: the record's store key, the master key id and the
+/// wrapped data key.
+type CacheId = (String, String, Vec<u8>);
+
+impl DataKeyCache {
+    /// A cache of at most `capacity` keys, each kept for `ttl` (zero: nothing is cached).
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            ttl,
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The data key opened for `record` from `key_id` and `wrapped`, if cached and fresh.
+    pub fn get(&self, record: &StoreKey, key_id: &str, wrapped: &[u8]) -> Option<DataKey> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().expect("data key cache lock");
+        let id = (
+            record.as_str().to_owned(),
+            key_id.to_owned(),
+            wrapped.to_vec(),
+        );
+        match entries.get(&id) {
+            Some((at, key)) if at.elapsed() < self.ttl => Some(key.duplicate()),
+            _ => None,
+        }
+    }
+
+    /// Remembers `key`, opened (or generated) for `record`.
+    pub fn insert(&self, record: &StoreKey, key: &DataKey) {
+        if self.ttl.is_zero() || self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("data key cache lock");
+        if entries.len() >= self.capacity {
+            let ttl = self.ttl;
+            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            (
+                record.as_str().to_owned(),
+                key.key_id.clone(),
+                key.wrapped.clone(),
+            ),
+            (Instant::now(), key.duplicate()),
+        );
+    }
+}
+
+impl fmt::Debug for DataKeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKeyCache")
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataKey {
+    fn duplicate(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+            key_id: self.key_id.clone(),
+            wrapped: self.wrapped.clone(),
+        }
+    }
+}
+
+impl EncryptionKey {
+    fn as_data_key(&self) -> DataKey {
+        DataKey {
+            key: self.key.clone(),
+            key_id: self.id.clone(),
+            wrapped: Vec::new(),
+        }
+    }
+}
+
+/// A [`SecretStore`] that seals every value before it reaches the inner store `S`, with data
+/// keys from the [`KeyProvider`] `K` (local keys by default).
+#[derive(Clone)]
+pub struct EncryptedStore<S, K = EncryptionKeys> {
+    inner: S,
+    keys: Arc<K>,
+}
+
+/// What [`EncryptedStore::rewrap_below`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RewrapReport {
+    /// Keys read.
+    pub checked: usize,
+    /// Keys sealed again under the newest master key.
+    pub rewrapped: Vec<StoreKey>,
+    /// Keys a concurrent write replaced meanwhile (that write used the newest key already).
+    pub raced: Vec<StoreKey>,
+    /// Keys that could not be read or sealed again, with the reason; nothing was written to them.
+    pub failed: Vec<(StoreKey, Error)>,
+}
+
+impl<S: SecretStore, K: KeyProvider> EncryptedStore<S, K> {
+    /// Wraps `inner`, sealing new values with data keys from `keys` (for [`EncryptionKeys`], the
+    /// primary key).
+    pub fn new(inner: S, keys: K) -> Self {
         Self {
             inner,
             keys: Arc::new(keys),
@@ -244,38 +515,43 @@ impl<S: SecretStore> EncryptedStore<S> {
         &self.inner
     }
 
-    /// The keys in use.
-    pub fn keys(&self) -> &EncryptionKeys {
+    /// The key provider.
+    pub fn keys(&self) -> &K {
         &self.keys
     }
 
-    /// The id of the key that sealed the value of `key`, without opening it; `None` when the key
-    /// holds no value.
+    /// The id of the master key that sealed the value of `key`, without opening it; `None` when
+    /// the key holds no value.
     pub async fn key_id(&self, key: &StoreKey) -> Result<Option<String>> {
         let Some(stored) = self.inner.get(key).await? else {
             return Ok(None);
         };
         let sealed = Sealed::parse(stored.value.expose_secret(), key)?;
-        Ok(Some(String::from_utf8_lossy(sealed.key_id).into_owned()))
+        Ok(Some(sealed.key_id_text()))
     }
 
-    /// Seals the value of `key` again with the primary key if an older key sealed it, using
-    /// compare-and-swap on the version read. Returns the new version, or `None` when there was
-    /// nothing to do (no value, or already sealed with the primary key).
+    /// Seals the value of `key` again under the newest master key if an older one sealed it,
+    /// with compare-and-swap on the version read. Returns the new version, or `None` when there
+    /// was nothing to do (no value, or already under the newest key).
     ///
-    /// A concurrent write makes this fail with [`ErrorKind::Conflict`]; that write used the
-    /// primary key already.
+    /// A concurrent write makes this fail with [`ErrorKind::Conflict`] and changes nothing; that
+    /// write used the newest key already.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
-    pub async fn reencrypt(&self, key: &StoreKey) -> Result<Option<Version>> {
+    pub async fn rewrap(&self, key: &StoreKey) -> Result<Option<Version>> {
         let Some(stored) = self.inner.get(key).await? else {
             return Ok(None);
         };
+        self.rewrap_stored(key, stored).await
+    }
+
+    async fn rewrap_stored(&self, key: &StoreKey, stored: Versioned) -> Result<Option<Version>> {
         let sealed = Sealed::parse(stored.value.expose_secret(), key)?;
-        if sealed.key_id == self.keys.primary.id.as_bytes() {
+        let key_id = sealed.key_id_text();
+        if self.keys.is_current(&key_id, sealed.wrapped).await? {
             return Ok(None);
         }
-        let plain = self.open(sealed, key)?;
-        let resealed = self.seal(key, &plain)?;
+        let plain = self.open(sealed, key).await?;
+        let resealed = self.seal(key, &plain).await?;
         let version = self
             .inner
             .put(key, resealed, Precondition::Version(stored.version))
@@ -283,49 +559,48 @@ impl<S: SecretStore> EncryptedStore<S> {
         Ok(Some(version))
     }
 
-    fn seal(&self, key: &StoreKey, plain: &SecretBytes) -> Result<SecretBytes> {
-        let primary = &self.keys.primary;
-        let id = primary.id.as_bytes();
-        let header_len = MAGIC.len() + 2 + id.len();
-        let mut out = Zeroizing::new(Vec::with_capacity(
-            header_len + NONCE_LEN + plain.len() + TAG_LEN,
-        ));
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
-        out.push(u8::try_from(id.len()).expect("key ids are at most 64 bytes"));
-        out.extend_from_slice(id);
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.try_fill_bytes(&mut nonce).map_err(random_error)?;
-        out.extend_from_slice(&nonce);
-        let body_start = out.len();
-        out.extend_from_slice(plain.expose_secret());
-        let aad = associated_data(&out[..header_len], key);
-        let (head, body) = out.split_at_mut(body_start);
-        let tag = primary
-            .cipher()
-            .encrypt_in_place_detached(XNonce::from_slice(&head[header_len..]), &aad, body)
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("cannot seal the value of key {key}"),
-                )
-                .with_backend(BACKEND)
-            })?;
-        out.extend_from_slice(&tag);
-        Ok(SecretBytes::new(std::mem::take(&mut *out)))
+    /// [`EncryptedStore::rewrap`] for every key below `prefix`, read a page of `page_size` keys
+    /// at a time with one batch read each. Keys that fail are reported, not fatal: the others
+    /// are still rewrapped; run it again until the report holds no failure.
+    pub async fn rewrap_below(&self, prefix: &StoreKey, page_size: usize) -> Result<RewrapReport> {
+        let mut report = RewrapReport::default();
+        let mut after: Option<StoreKey> = None;
+        loop {
+            let page = self
+                .inner
+                .list_page(prefix, after.as_ref(), page_size)
+                .await?;
+            let stored = self.inner.get_many(&page.keys).await?;
+            for (key, stored) in page.keys.into_iter().zip(stored) {
+                let Some(stored) = stored else { continue };
+                report.checked += 1;
+                match self.rewrap_stored(&key, stored).await {
+                    Ok(Some(_)) => report.rewrapped.push(key),
+                    Ok(None) => {}
+                    Err(e) if e.kind() == ErrorKind::Conflict => report.raced.push(key),
+                    Err(e) => report.failed.push((key, e)),
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(report),
+            }
+        }
     }
 
-    fn open(&self, sealed: Sealed<'_>, key: &StoreKey) -> Result<SecretBytes> {
-        let Some(secret) = self.keys.find(sealed.key_id) else {
-            let id = std::str::from_utf8(sealed.key_id)
-                .ok()
-                .filter(|id| check_key_id(id).is_ok())
-                .unwrap_or("(invalid)");
-            return Err(corrupt(key, &format!("sealed with unknown key id {id}")));
-        };
+    async fn seal(&self, key: &StoreKey, plain: &SecretBytes) -> Result<SecretBytes> {
+        let data_key = self.keys.data_key(key).await?;
+        seal_with(&data_key, key, plain)
+    }
+
+    async fn open(&self, sealed: Sealed<'_>, key: &StoreKey) -> Result<SecretBytes> {
+        let data_key = self
+            .keys
+            .open_data_key(&sealed.key_id_text(), sealed.wrapped, key)
+            .await?;
         let aad = associated_data(sealed.header, key);
-        let mut plain = sealed.ciphertext.to_vec();
-        secret
+        let mut plain = Zeroizing::new(sealed.ciphertext.to_vec());
+        data_key
             .cipher()
             .decrypt_in_place_detached(
                 XNonce::from_slice(sealed.nonce),
@@ -334,11 +609,62 @@ impl<S: SecretStore> EncryptedStore<S> {
                 Tag::from_slice(sealed.tag),
             )
             .map_err(|_| corrupt(key, "cannot be decrypted (wrong key, moved or tampered)"))?;
-        Ok(SecretBytes::new(plain))
+        Ok(SecretBytes::new(std::mem::take(&mut *plain)))
+    }
+
+    async fn open_stored(&self, key: &StoreKey, stored: Versioned) -> Result<Versioned> {
+        let sealed = Sealed::parse(stored.value.expose_secret(), key)?;
+        Ok(Versioned {
+            value: self.open(sealed, key).await?,
+            version: stored.version,
+        })
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for EncryptedStore<S> {
+/// Seals `plain` for `key` with `data_key`: format 1 for a key used directly, format 2 with the
+/// wrapped data key otherwise.
+fn seal_with(data_key: &DataKey, key: &StoreKey, plain: &SecretBytes) -> Result<SecretBytes> {
+    let id = data_key.key_id.as_bytes();
+    let wrapped = &data_key.wrapped;
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        MAGIC.len() + 4 + id.len() + wrapped.len() + NONCE_LEN + plain.len() + TAG_LEN,
+    ));
+    out.extend_from_slice(MAGIC);
+    out.push(if wrapped.is_empty() {
+        FORMAT_VERSION
+    } else {
+        ENVELOPE_FORMAT_VERSION
+    });
+    out.push(u8::try_from(id.len()).expect("key ids are at most 255 bytes"));
+    out.extend_from_slice(id);
+    if !wrapped.is_empty() {
+        let len = u16::try_from(wrapped.len()).expect("wrapped keys are at most 4096 bytes");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(wrapped);
+    }
+    let header_len = out.len();
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.try_fill_bytes(&mut nonce).map_err(random_error)?;
+    out.extend_from_slice(&nonce);
+    let body_start = out.len();
+    out.extend_from_slice(plain.expose_secret());
+    let aad = associated_data(&out[..header_len], key);
+    let (head, body) = out.split_at_mut(body_start);
+    let tag = data_key
+        .cipher()
+        .encrypt_in_place_detached(XNonce::from_slice(&head[header_len..]), &aad, body)
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot seal the value of key {key}"),
+            )
+            .with_backend(BACKEND)
+        })?;
+    out.extend_from_slice(&tag);
+    Ok(SecretBytes::new(std::mem::take(&mut *out)))
+}
+
+impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for EncryptedStore<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EncryptedStore")
             .field("inner", &self.inner)
@@ -348,17 +674,13 @@ impl<S: fmt::Debug> fmt::Debug for EncryptedStore<S> {
 }
 
 #[async_trait]
-impl<S: SecretStore> SecretStore for EncryptedStore<S> {
+impl<S: SecretStore, K: KeyProvider> SecretStore for EncryptedStore<S, K> {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
-        let Some(stored) = self.inner.get(key).await? else {
-            return Ok(None);
-        };
-        let sealed = Sealed::parse(stored.value.expose_secret(), key)?;
-        Ok(Some(Versioned {
-            value: self.open(sealed, key)?,
-            version: stored.version,
-        }))
+        match self.inner.get(key).await? {
+            None => Ok(None),
+            Some(stored) => Ok(Some(self.open_stored(key, stored).await?)),
+        }
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -368,7 +690,7 @@ impl<S: SecretStore> SecretStore for EncryptedStore<S> {
         value: SecretBytes,
         precondition: Precondition,
     ) -> Result<Version> {
-        let sealed = self.seal(key, &value)?;
+        let sealed = self.seal(key, &value).await?;
         self.inner.put(key, sealed, precondition).await
     }
 
@@ -378,6 +700,29 @@ impl<S: SecretStore> SecretStore for EncryptedStore<S> {
 
     async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
         self.inner.list(prefix).await
+    }
+
+    /// One batch read of the inner store, then each value opened.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, keys = keys.len()))]
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let stored = self.inner.get_many(keys).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, stored) in keys.iter().zip(stored) {
+            out.push(match stored {
+                None => None,
+                Some(stored) => Some(self.open_stored(key, stored).await?),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &StoreKey,
+        after: Option<&StoreKey>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        self.inner.list_page(prefix, after, limit).await
     }
 
     fn sharing(&self) -> Sharing {
@@ -394,6 +739,7 @@ impl<S: SecretStore> SecretStore for EncryptedStore<S> {
 struct Sealed<'a> {
     header: &'a [u8],
     key_id: &'a [u8],
+    wrapped: &'a [u8],
     nonce: &'a [u8],
     ciphertext: &'a [u8],
     tag: &'a [u8],
@@ -412,7 +758,7 @@ impl<'a> Sealed<'a> {
             return Err(truncated());
         };
         match format {
-            FORMAT_VERSION => {}
+            FORMAT_VERSION | ENVELOPE_FORMAT_VERSION => {}
             0 => return Err(corrupt(key, "has an invalid format version")),
             v => {
                 return Err(Error::new(
@@ -426,20 +772,48 @@ impl<'a> Sealed<'a> {
             return Err(truncated());
         };
         let id_len = usize::from(id_len);
-        if rest.len() < id_len + NONCE_LEN + TAG_LEN {
+        if rest.len() < id_len {
             return Err(truncated());
         }
-        let header_len = MAGIC.len() + 2 + id_len;
         let (key_id, rest) = rest.split_at(id_len);
+        let (wrapped, rest) = if format == ENVELOPE_FORMAT_VERSION {
+            let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+                return Err(truncated());
+            };
+            let len = usize::from(u16::from_be_bytes(*len));
+            if len == 0 {
+                return Err(corrupt(key, "has an empty wrapped data key"));
+            }
+            if rest.len() < len {
+                return Err(truncated());
+            }
+            rest.split_at(len)
+        } else {
+            (&[][..], rest)
+        };
+        if rest.len() < NONCE_LEN + TAG_LEN {
+            return Err(truncated());
+        }
+        let header_len = bytes.len() - rest.len();
         let (nonce, rest) = rest.split_at(NONCE_LEN);
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
         Ok(Self {
             header: &bytes[..header_len],
             key_id,
+            wrapped,
             nonce,
             ciphertext,
             tag,
         })
+    }
+
+    /// The key id as text; ids that are not printable ASCII show as `(invalid)`.
+    fn key_id_text(&self) -> String {
+        std::str::from_utf8(self.key_id)
+            .ok()
+            .filter(|id| check_provider_key_id(id).is_ok())
+            .unwrap_or("(invalid)")
+            .to_owned()
     }
 }
 
@@ -455,6 +829,19 @@ fn check_key_id(id: &str) -> Result<()> {
         return Err(Error::invalid_input(
             "encryption key ids must be 1-64 printable ASCII characters without spaces",
         ));
+    }
+    Ok(())
+}
+
+fn check_provider_key_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > MAX_PROVIDER_KEY_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Error::invalid_input(
+            "master key ids must be 1-255 printable ASCII characters without spaces",
+        )
+        .with_backend(BACKEND));
     }
     Ok(())
 }

@@ -163,13 +163,16 @@ impl FileStore {
     {
         let root = self.root.clone();
         let timeout = self.lock_timeout;
-        tokio::task::spawn_blocking(move || work(&root, timeout))
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Unexpected, "file store task failed")
-                    .with_backend(BACKEND)
-                    .with_source(e)
-            })?
+        tokio::task::spawn_blocking(move || {
+            check_root_present(&root)?;
+            work(&root, timeout)
+        })
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Unexpected, "file store task failed")
+                .with_backend(BACKEND)
+                .with_source(e)
+        })?
     }
 }
 
@@ -216,6 +219,27 @@ impl SecretStore for FileStore {
         let prefix = prefix.clone();
         self.blocking(move |root, _| list_below(root, &prefix))
             .await
+    }
+
+    /// Reads every file in one task on Tokio's blocking pool, instead of one task per key.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, keys = keys.len()))]
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let keys = keys.to_vec();
+        self.blocking(move |root, _| {
+            keys.iter()
+                .map(|key| {
+                    Ok(
+                        read_value(&value_path(root, key), key)?.map(|(version, value)| {
+                            Versioned {
+                                value,
+                                version: Version::from_u64(version),
+                            }
+                        }),
+                    )
+                })
+                .collect()
+        })
+        .await
     }
 }
 
@@ -552,6 +576,23 @@ fn crc32(bytes: &[u8]) -> u32 {
     !bytes.iter().fold(!0u32, |crc, &b| {
         TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8)
     })
+}
+
+/// The store's directory must still be there: if it was removed or replaced, every key would
+/// read as absent, and a reader must never take "the store is gone" for "no credential".
+fn check_root_present(root: &Path) -> Result<()> {
+    match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::unavailable(format!(
+            "the store directory {} is not a directory",
+            root.display()
+        ))
+        .with_backend(BACKEND)),
+        Err(e) => Err(io_error(
+            e,
+            format!("the store directory {} cannot be read", root.display()),
+        )),
+    }
 }
 
 fn is_missing(e: &io::Error) -> bool {

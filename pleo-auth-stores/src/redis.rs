@@ -27,6 +27,8 @@
 //! counter and writes (or deletes). Scripts run atomically, so of several writers naming one
 //! version exactly one wins; the others get [`ErrorKind::Conflict`].
 //!
+//! `get_many` sends one pipeline of `HMGET`s per 1,000 keys, one round trip each.
+//!
 //! `list` walks the whole database with `SCAN ... MATCH <prefix>*`, so its cost grows with every
 //! key of the database, not only with the keys below the prefix; give pleo-auth its own database
 //! when that matters.
@@ -99,12 +101,15 @@ use pleo_auth_core::{
 use url::Url;
 use zeroize::Zeroizing;
 
+use crate::address::{is_loopback_host, redact_url};
 use crate::cause::{Cause, is_tls_failure};
 
 const BACKEND: &str = "redis";
 const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const SCAN_COUNT: usize = 1000;
+/// How many keys one pipeline of `get_many` reads.
+const BATCH: usize = 1000;
 
 /// Writes a record if the precondition holds; returns the new version, or 0 on a conflict.
 /// KEYS: record, counter. ARGV: mode (`none`, `absent`, `version`), expected version, value.
@@ -181,7 +186,7 @@ pub struct RedisStoreBuilder {
 impl fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redact_url(&self.url))
+            .field("url", &redact_url(&self.url, false))
             .field("key_prefix", &self.key_prefix)
             .field("custom_ca", &self.ca_cert_pem.is_some())
             .field("allow_plaintext", &self.allow_plaintext)
@@ -225,7 +230,7 @@ impl RedisStoreBuilder {
         let url = Url::parse(&self.url).map_err(|_| config_error("the Redis URL is not valid"))?;
         match url.scheme() {
             "rediss" => {}
-            "redis" if self.allow_plaintext || is_loopback_host(&url) => {}
+            "redis" if self.allow_plaintext || is_loopback_url(&url) => {}
             "redis" => {
                 return Err(Error::invalid_input(
                     "redis:// is allowed only for loopback hosts; use rediss://",
@@ -275,7 +280,7 @@ impl RedisStoreBuilder {
             inner: Arc::new(Shared {
                 conn,
                 prefix: self.key_prefix,
-                url: redact_url(&self.url),
+                url: redact_url(&self.url, false),
             }),
         })
     }
@@ -350,17 +355,7 @@ impl SecretStore for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(|e| map_error("read", &e))?;
-        match (value, version) {
-            (None, None) => Ok(None),
-            (Some(value), Some(n)) if n.parse::<u64>().is_ok() => Ok(Some(Versioned {
-                value: SecretBytes::new(value),
-                version: Version::new(n),
-            })),
-            (value, _) => {
-                drop(value.map(Zeroizing::new));
-                Err(Error::corrupt("the record lacks its value or version").with_backend(BACKEND))
-            }
-        }
+        versioned(value, version)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -455,6 +450,27 @@ impl SecretStore for RedisStore {
         Ok(keys)
     }
 
+    /// One pipeline of `HMGET`s per 1,000 keys: one round trip each.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, keys = keys.len()))]
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut conn = self.conn();
+        for chunk in keys.chunks(BATCH) {
+            let mut pipe = ::redis::pipe();
+            for key in chunk {
+                pipe.cmd("HMGET").arg(self.record(key)).arg("v").arg("n");
+            }
+            let answers: Vec<(Option<Vec<u8>>, Option<String>)> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_error("read", &e))?;
+            for (value, version) in answers {
+                out.push(versioned(value, version)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The Redis lease on the same connection ([`RedisStore::lease`]).
     fn native_lease(&self) -> Option<DynLease> {
         Some(Arc::new(self.lease()))
@@ -545,6 +561,21 @@ impl LeaseRelease for RedisRelease {
     }
 }
 
+/// A record from the `v` and `n` fields of its hash.
+fn versioned(value: Option<Vec<u8>>, version: Option<String>) -> Result<Option<Versioned>> {
+    match (value, version) {
+        (None, None) => Ok(None),
+        (Some(value), Some(n)) if n.parse::<u64>().is_ok() => Ok(Some(Versioned {
+            value: SecretBytes::new(value),
+            version: Version::new(n),
+        })),
+        (value, _) => {
+            drop(value.map(Zeroizing::new));
+            Err(Error::corrupt("the record lacks its value or version").with_backend(BACKEND))
+        }
+    }
+}
+
 /// Escapes the glob characters of `SCAN MATCH`. Store keys have none of them, the prefix is
 /// checked, but escaping keeps the pattern literal whatever it holds.
 fn escape_glob(s: &str) -> String {
@@ -560,30 +591,8 @@ fn escape_glob(s: &str) -> String {
 
 /// Whether the URL names a loopback host. `redis:` is not a special scheme to the URL parser, so
 /// its host is an opaque name even when it is an IP address.
-fn is_loopback_host(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) => {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            host.eq_ignore_ascii_case("localhost")
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        None => false,
-    }
-}
-
-/// The URL with its password, if any, replaced by `[redacted]`.
-fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("[redacted]"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparsable URL]".to_owned(),
-    }
+fn is_loopback_url(url: &Url) -> bool {
+    url.host_str().is_some_and(is_loopback_host)
 }
 
 fn config_error(message: &'static str) -> Error {
@@ -628,10 +637,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password() {
-        let redacted = redact_url("rediss://app:CANARY-pass@redis.example:6380/2");
+        let redacted = redact_url("rediss://app:CANARY-pass@redis.example:6380/2", false);
         assert_eq!(redacted, "rediss://app:%5Bredacted%5D@redis.example:6380/2");
         assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
+            redact_url("redis://127.0.0.1:6379", false),
             "redis://127.0.0.1:6379"
         );
         let builder = RedisStore::builder("rediss://app:CANARY-pass@redis.example:6380");
@@ -649,7 +658,7 @@ mod tests {
             ("redis://localhost.example", false),
         ] {
             assert_eq!(
-                is_loopback_host(&Url::parse(url).unwrap()),
+                is_loopback_url(&Url::parse(url).unwrap()),
                 loopback,
                 "{url}"
             );

@@ -38,6 +38,13 @@
 //! the metadata, with the version count, stays. Data of any other shape than a value or a
 //! tombstone is an [`ErrorKind::Corrupt`] error.
 //!
+//! A version that Vault itself deleted (`kv delete`, or a mount's `delete_version_after` that
+//! passed) or destroyed reads as absent too: a version counts as deleted once its
+//! `deletion_time` is at or before now on the store's clock. With `delete_version_after` set,
+//! Vault gives every live version a deletion time in the future; such a version is live until
+//! then. (Keep `delete_version_after` well above the longest time a grant may sit unrefreshed,
+//! or Vault deletes credentials that are still needed.)
+//!
 //! If destroying fails, `delete` returns the error; the key already reads as absent, and a later
 //! delete or create of it destroys what is left (a create writes over the tombstone at once: the
 //! version numbers a destroy names all lie below the tombstone, so it can never remove a newer
@@ -46,11 +53,32 @@
 //!
 //! # Authentication
 //!
-//! - A token ([`VaultStoreBuilder::token`]), used as given.
-//! - AppRole ([`VaultStoreBuilder::approle`]): the store logs in on first use and again when two
-//!   thirds of the token's TTL have passed (on the injected [`Clock`]), and once more when Vault
-//!   answers 403, retrying that request once. A rejected login is [`ErrorKind::Config`]; a 403
-//!   that a fresh login does not cure is [`ErrorKind::PermissionDenied`].
+//! - A token ([`VaultStoreBuilder::token`]).
+//! - A token file ([`VaultStoreBuilder::token_file`]), such as the sink of a Vault Agent: read on
+//!   first use and again whenever the file changes (its modification time or length), and once
+//!   more when Vault answers 403.
+//! - AppRole ([`VaultStoreBuilder::approle`]).
+//! - Kubernetes ([`VaultStoreBuilder::kubernetes`]): logs in with the pod's service-account JWT,
+//!   read from [`KUBERNETES_JWT_PATH`] (or another path) at every login, since projected tokens
+//!   rotate.
+//!
+//! AWS IAM auth is not offered: vaultrs 0.8 has the login call, but the request it carries must
+//! be a SigV4-signed `sts:GetCallerIdentity` (the AWS signing crates in every Vault user's build),
+//! and OpenBao, which the tests run against, has no `aws` auth method, so it could not be tested
+//! against a real server. Run a Vault Agent with `auto_auth` method `aws` and give the store its
+//! sink ([`VaultStoreBuilder::token_file`]).
+//!
+//! Every token is renewed before it expires: at first use the store learns the token's TTL (from
+//! the login, or `auth/token/lookup-self` for a given token), and when two thirds of it have
+//! passed (on the injected [`Clock`]) it calls `auth/token/renew-self`. When renewal fails, or
+//! gives less than half the TTL back (the token reached its max TTL), a login method logs in
+//! again; a given token keeps working until it expires and is then refused with
+//! [`ErrorKind::Config`] ("the Vault token expired ..., give the store a new token"). A 403 makes
+//! a login method log in again (a token file is read again) and retries the request once; a 403
+//! that persists is [`ErrorKind::PermissionDenied`] when the token is valid (the policy lacks a
+//! capability) and `Config` when Vault rejects the token itself (expired, revoked or invalid). A
+//! rejected login is `Config`. Renewal and lookup use the `default` policy's
+//! `auth/token/renew-self` and `auth/token/lookup-self`.
 //!
 //! # Transport
 //!
@@ -93,8 +121,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -129,25 +158,54 @@ const WRITE_ATTEMPTS: usize = 5;
 const CAS_MISMATCH: &str = "check-and-set parameter did not match";
 const CAS_REQUIRED: &str = "check-and-set parameter required";
 
+/// The standard path of a Kubernetes pod's service-account token.
+pub const KUBERNETES_JWT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// The default mount of the Kubernetes auth method.
+pub const DEFAULT_KUBERNETES_MOUNT: &str = "kubernetes";
+
 /// How the store authenticates to Vault.
 #[derive(Clone)]
 enum Auth {
     Token(Zeroizing<String>),
+    TokenFile(PathBuf),
     AppRole {
         mount: String,
         role_id: Zeroizing<String>,
         secret_id: Zeroizing<String>,
     },
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_path: PathBuf,
+    },
+}
+
+impl Auth {
+    /// Whether the store gets its tokens by logging in (and can log in again).
+    fn logs_in(&self) -> bool {
+        matches!(self, Auth::AppRole { .. } | Auth::Kubernetes { .. })
+    }
 }
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Auth::Token(_) => f.write_str("Token([redacted])"),
+            Auth::TokenFile(path) => f.debug_tuple("TokenFile").field(path).finish(),
             Auth::AppRole { mount, .. } => f
                 .debug_struct("AppRole")
                 .field("mount", mount)
                 .finish_non_exhaustive(),
+            Auth::Kubernetes {
+                mount,
+                role,
+                jwt_path,
+            } => f
+                .debug_struct("Kubernetes")
+                .field("mount", mount)
+                .field("role", role)
+                .field("jwt_path", jwt_path)
+                .finish(),
         }
     }
 }
@@ -181,9 +239,46 @@ impl fmt::Debug for VaultStoreBuilder {
 }
 
 impl VaultStoreBuilder {
-    /// Authenticates with a Vault token (used as given, never renewed).
+    /// Authenticates with a Vault token, renewed before it expires when it is renewable.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.auth = Some(Auth::Token(Zeroizing::new(token.into())));
+        self
+    }
+
+    /// Authenticates with the token in the file at `path` (a Vault Agent sink), read again
+    /// whenever the file changes.
+    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.auth = Some(Auth::TokenFile(path.into()));
+        self
+    }
+
+    /// Authenticates with Kubernetes auth as `role`, at the mount [`DEFAULT_KUBERNETES_MOUNT`],
+    /// with the service-account JWT at [`KUBERNETES_JWT_PATH`]; see
+    /// [`VaultStoreBuilder::kubernetes_mount`] and [`VaultStoreBuilder::kubernetes_jwt_path`].
+    pub fn kubernetes(mut self, role: impl Into<String>) -> Self {
+        self.auth = Some(Auth::Kubernetes {
+            mount: DEFAULT_KUBERNETES_MOUNT.to_owned(),
+            role: role.into(),
+            jwt_path: PathBuf::from(KUBERNETES_JWT_PATH),
+        });
+        self
+    }
+
+    /// The mount of the Kubernetes auth method. Call after [`VaultStoreBuilder::kubernetes`];
+    /// without it it does nothing.
+    pub fn kubernetes_mount(mut self, mount: impl Into<String>) -> Self {
+        if let Some(Auth::Kubernetes { mount: m, .. }) = &mut self.auth {
+            *m = mount.into();
+        }
+        self
+    }
+
+    /// Where the service-account JWT is read from. Call after [`VaultStoreBuilder::kubernetes`];
+    /// without it it does nothing.
+    pub fn kubernetes_jwt_path(mut self, path: impl Into<PathBuf>) -> Self {
+        if let Some(Auth::Kubernetes { jwt_path, .. }) = &mut self.auth {
+            *jwt_path = path.into();
+        }
         self
     }
 
@@ -243,7 +338,7 @@ impl VaultStoreBuilder {
         self
     }
 
-    /// The clock that schedules AppRole re-logins and dates tombstones.
+    /// The clock that schedules token renewals and re-logins and dates tombstones.
     pub fn clock(mut self, clock: DynClock) -> Self {
         self.clock = clock;
         self
@@ -259,11 +354,26 @@ impl VaultStoreBuilder {
                 "the Vault address must not have a query or fragment",
             ));
         }
-        let auth = self
-            .auth
-            .ok_or_else(|| config_error("choose token or AppRole authentication"))?;
+        let auth = self.auth.ok_or_else(|| {
+            config_error("choose token, token file, AppRole or Kubernetes authentication")
+        })?;
         match &auth {
             Auth::Token(token) => check_header_value(token, "the Vault token")?,
+            Auth::TokenFile(path) => {
+                if path.as_os_str().is_empty() {
+                    return Err(config_error("the token file path is empty"));
+                }
+            }
+            Auth::Kubernetes {
+                mount,
+                role,
+                jwt_path,
+            } => {
+                validate_path(mount, "the Kubernetes mount")?;
+                if role.is_empty() || jwt_path.as_os_str().is_empty() {
+                    return Err(config_error("Kubernetes auth needs a role and a JWT path"));
+                }
+            }
             Auth::AppRole {
                 mount,
                 role_id,
@@ -328,14 +438,6 @@ impl VaultStoreBuilder {
             session: RwLock::new(None),
             login_lock: tokio::sync::Mutex::new(()),
         };
-        if let Auth::Token(token) = &inner.auth {
-            let client = inner.client_with_token(token);
-            *inner.session.write().expect("session lock") = Some(Session {
-                client,
-                refresh_at: None,
-                generation: 1,
-            });
-        }
         Ok(VaultStore {
             inner: Arc::new(inner),
         })
@@ -363,12 +465,77 @@ struct Inner {
     login_lock: tokio::sync::Mutex<()>,
 }
 
+/// The token in use and what the store knows of its life.
 #[derive(Clone)]
 struct Session {
     client: Arc<VaultClient>,
-    /// When an AppRole token should be replaced; `None` for tokens that do not expire.
-    refresh_at: Option<Instant>,
+    /// When to renew the token (or log in again); `None` for a token that does not expire.
+    renew_at: Option<Instant>,
+    /// When the token expires; `None` for a token that does not expire.
+    expires_at: Option<Instant>,
+    renewable: bool,
+    /// The token's TTL when it was obtained, asked for again on renewal.
+    ttl: Duration,
+    /// Counts sessions, so that concurrent callers replace a session only once.
     generation: u64,
+    /// For a token file: how the file looked when it was read.
+    stamp: Option<FileStamp>,
+}
+
+/// A token file's modification time and length.
+type FileStamp = (SystemTime, u64);
+
+impl Session {
+    fn new(
+        client: Arc<VaultClient>,
+        started: Instant,
+        ttl_secs: u64,
+        renewable: bool,
+        generation: u64,
+        stamp: Option<FileStamp>,
+    ) -> Self {
+        let ttl = Duration::from_secs(ttl_secs);
+        let (renew_at, expires_at) = if ttl.is_zero() {
+            (None, None)
+        } else {
+            (Some(started + ttl * 2 / 3), Some(started + ttl))
+        };
+        Self {
+            client,
+            renew_at,
+            expires_at,
+            renewable,
+            ttl,
+            generation,
+            stamp,
+        }
+    }
+}
+
+/// `GET auth/token/lookup-self`, answering only what the store needs (vaultrs's own response
+/// type wants fields that OpenBao leaves out).
+struct LookupSelf;
+
+/// What the store reads of `lookup-self`.
+#[derive(Deserialize)]
+struct TokenLife {
+    ttl: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+impl rustify::endpoint::Endpoint for LookupSelf {
+    type Response = TokenLife;
+    const REQUEST_BODY_TYPE: rustify::enums::RequestType = rustify::enums::RequestType::JSON;
+    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = rustify::enums::ResponseType::JSON;
+
+    fn path(&self) -> String {
+        "auth/token/lookup-self".to_owned()
+    }
+
+    fn method(&self) -> rustify::enums::RequestMethod {
+        rustify::enums::RequestMethod::GET
+    }
 }
 
 impl fmt::Debug for VaultStore {
@@ -406,86 +573,234 @@ impl VaultStore {
         }
     }
 
-    /// Runs one Vault call with a valid session; for AppRole, logs in again and retries once on
-    /// a 403.
-    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    /// Runs one Vault call with a valid session. On a 403 a login method logs in again (a token
+    /// file is read again) and the call is retried once; a 403 that remains is told apart: a
+    /// token Vault rejects is [`ErrorKind::Config`], a valid token without the capability
+    /// [`ErrorKind::PermissionDenied`].
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
         F: Fn(Arc<VaultClient>) -> Fut,
         Fut: Future<Output = std::result::Result<T, ClientError>>,
     {
-        let session = self.session().await?;
-        match f(session.client.clone()).await {
-            Err(ClientError::APIError { code: 403, .. })
-                if matches!(self.inner.auth, Auth::AppRole { .. }) =>
-            {
-                let session = self.login(session.generation).await?;
-                f(session.client).await.map_err(|e| map_error(op, e))
+        let mut session = self.session().await?;
+        let mut retried = false;
+        loop {
+            match f(session.client.clone()).await {
+                Err(ClientError::APIError { code: 403, .. })
+                    if !retried && !matches!(self.inner.auth, Auth::Token(_)) =>
+                {
+                    retried = true;
+                    session = self.login(session.generation).await?;
+                }
+                Err(e @ ClientError::APIError { code: 403, .. }) => {
+                    return Err(match self.lookup(&session.client).await {
+                        Err(rejected) if rejected.kind() == ErrorKind::Config => {
+                            rejected.with_source(cause_of(&e))
+                        }
+                        _ => map_error(op, e),
+                    });
+                }
+                other => return other.map_err(|e| map_error(op, e)),
             }
-            other => other.map_err(|e| map_error(op, e)),
         }
     }
 
     async fn session(&self) -> Result<Session> {
         let current = self.inner.session.read().expect("session lock").clone();
-        match current {
-            Some(s)
-                if s.refresh_at
-                    .is_none_or(|at| self.inner.clock.instant() < at) =>
-            {
-                Ok(s)
-            }
-            Some(s) => self.login(s.generation).await,
-            None => self.login(0).await,
+        let Some(session) = current else {
+            return self.login(0).await;
+        };
+        if let Auth::TokenFile(path) = &self.inner.auth
+            && file_stamp(path).ok() != session.stamp
+        {
+            return self.login(session.generation).await;
         }
+        if session
+            .renew_at
+            .is_some_and(|at| self.inner.clock.instant() >= at)
+        {
+            return self.renew(session.generation).await;
+        }
+        Ok(session)
     }
 
-    /// Logs in with AppRole unless another task already replaced session `seen`.
+    /// Obtains a new token (logs in, or reads the given token or the token file) unless another
+    /// task already replaced session `seen`.
     async fn login(&self, seen: u64) -> Result<Session> {
         let _single_flight = self.inner.login_lock.lock().await;
-        if let Some(s) = self.inner.session.read().expect("session lock").clone()
-            && s.generation != seen
-        {
+        if let Some(s) = self.current_if_replaced(seen) {
             return Ok(s);
         }
-        let Auth::AppRole {
-            mount,
-            role_id,
-            secret_id,
-        } = &self.inner.auth
-        else {
-            return Err(
-                Error::new(ErrorKind::Unexpected, "token authentication has no login")
-                    .with_backend(BACKEND),
-            );
-        };
-        let anonymous = self.inner.client_with_token("");
+        self.login_locked(seen).await
+    }
+
+    /// The current session if it is no longer session `seen`.
+    fn current_if_replaced(&self, seen: u64) -> Option<Session> {
+        self.inner
+            .session
+            .read()
+            .expect("session lock")
+            .clone()
+            .filter(|s| s.generation != seen)
+    }
+
+    async fn login_locked(&self, seen: u64) -> Result<Session> {
         let started = self.inner.clock.instant();
-        let auth = vaultrs::auth::approle::login(&*anonymous, mount, role_id, secret_id)
-            .await
-            .map_err(|e| match e {
-                ClientError::APIError {
-                    code: 400 | 401 | 403,
-                    ..
-                } => Error::new(ErrorKind::Config, "vault rejected the AppRole login")
-                    .with_backend(BACKEND)
-                    .with_source(cause_of(&e)),
-                other => map_error("AppRole login", other),
-            })?;
-        let token = Zeroizing::new(auth.client_token);
-        let refresh_at = (auth.lease_duration > 0)
-            .then(|| started + Duration::from_secs(auth.lease_duration) * 2 / 3);
-        let session = Session {
-            client: self.inner.client_with_token(&token),
-            refresh_at,
-            generation: seen + 1,
+        let session = match &self.inner.auth {
+            Auth::Token(token) => {
+                let client = self.inner.client_with_token(token);
+                let life = self.lookup(&client).await?;
+                Session::new(client, started, life.ttl, life.renewable, seen + 1, None)
+            }
+            Auth::TokenFile(path) => {
+                let (token, stamp) = read_token_file(path)?;
+                let client = self.inner.client_with_token(&token);
+                let life = self.lookup(&client).await?;
+                Session::new(
+                    client,
+                    started,
+                    life.ttl,
+                    life.renewable,
+                    seen + 1,
+                    Some(stamp),
+                )
+            }
+            Auth::AppRole {
+                mount,
+                role_id,
+                secret_id,
+            } => {
+                let anonymous = self.inner.client_with_token("");
+                let auth = vaultrs::auth::approle::login(&*anonymous, mount, role_id, secret_id)
+                    .await
+                    .map_err(|e| login_error(e, "AppRole"))?;
+                self.logged_in(auth, started, seen)
+            }
+            Auth::Kubernetes {
+                mount,
+                role,
+                jwt_path,
+            } => {
+                let jwt = Zeroizing::new(
+                    std::fs::read_to_string(jwt_path)
+                        .map_err(|e| {
+                            Error::new(
+                                ErrorKind::Config,
+                                format!(
+                                    "cannot read the service-account token at {}",
+                                    jwt_path.display()
+                                ),
+                            )
+                            .with_backend(BACKEND)
+                            .with_source(e)
+                        })?
+                        .trim()
+                        .to_owned(),
+                );
+                let anonymous = self.inner.client_with_token("");
+                let auth = vaultrs::auth::kubernetes::login(&*anonymous, mount, role, &jwt)
+                    .await
+                    .map_err(|e| login_error(e, "Kubernetes"))?;
+                self.logged_in(auth, started, seen)
+            }
         };
         tracing::debug!(
             backend = BACKEND,
-            ttl_secs = auth.lease_duration,
-            "vault AppRole login"
+            ttl_secs = session.ttl.as_secs(),
+            renewable = session.renewable,
+            "vault token obtained"
         );
         *self.inner.session.write().expect("session lock") = Some(session.clone());
         Ok(session)
+    }
+
+    fn logged_in(&self, auth: vaultrs::api::AuthInfo, started: Instant, seen: u64) -> Session {
+        let token = Zeroizing::new(auth.client_token);
+        Session::new(
+            self.inner.client_with_token(&token),
+            started,
+            auth.lease_duration,
+            auth.renewable,
+            seen + 1,
+            None,
+        )
+    }
+
+    /// The TTL of the token of `client`; a token Vault rejects is [`ErrorKind::Config`].
+    async fn lookup(&self, client: &VaultClient) -> Result<TokenLife> {
+        vault_api::exec_with_result(client, LookupSelf)
+            .await
+            .map_err(|e| match e {
+                ClientError::APIError {
+                    code: 401 | 403, ..
+                } => rejected_token().with_source(cause_of(&e)),
+                other => map_error("look up the token", other),
+            })
+    }
+
+    /// Renews the token of session `seen` (`renew-self`), or, when that fails or gives back less
+    /// than half of the TTL, logs in again (login methods) or reads the token file again. A
+    /// given token that cannot be renewed is used until it expires, then refused.
+    async fn renew(&self, seen: u64) -> Result<Session> {
+        let _single_flight = self.inner.login_lock.lock().await;
+        if let Some(s) = self.current_if_replaced(seen) {
+            return Ok(s);
+        }
+        let Some(old) = self.inner.session.read().expect("session lock").clone() else {
+            return self.login_locked(seen).await;
+        };
+        let now = self.inner.clock.instant();
+        let mut failure = None;
+        if old.renewable {
+            match vaultrs::token::renew_self(&*old.client, None).await {
+                Ok(auth) if auth.lease_duration > 0 => {
+                    let ttl = Duration::from_secs(auth.lease_duration);
+                    if !self.inner.auth.logs_in() || ttl >= old.ttl / 2 {
+                        let mut renewed = Session::new(
+                            old.client.clone(),
+                            now,
+                            auth.lease_duration,
+                            true,
+                            0,
+                            None,
+                        );
+                        renewed.ttl = old.ttl;
+                        renewed.generation = old.generation + 1;
+                        renewed.stamp = old.stamp;
+                        tracing::debug!(
+                            backend = BACKEND,
+                            ttl_secs = ttl.as_secs(),
+                            "vault token renewed"
+                        );
+                        *self.inner.session.write().expect("session lock") = Some(renewed.clone());
+                        return Ok(renewed);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => failure = Some(map_error("renew the token", e)),
+            }
+        }
+        if !matches!(self.inner.auth, Auth::Token(_)) {
+            return self.login_locked(old.generation).await;
+        }
+        if old.expires_at.is_some_and(|at| now < at) {
+            // Still valid: use it, and try again halfway to its expiry.
+            let left = old.expires_at.map_or(Duration::ZERO, |at| at - now);
+            let mut kept = old.clone();
+            kept.renew_at = Some(now + (left / 2).max(Duration::from_secs(1)).min(left));
+            kept.generation += 1;
+            *self.inner.session.write().expect("session lock") = Some(kept.clone());
+            return Ok(kept);
+        }
+        let error = Error::new(
+            ErrorKind::Config,
+            "the Vault token expired and could not be renewed; give the store a new token",
+        )
+        .with_backend(BACKEND);
+        Err(match failure {
+            Some(cause) => error.with_source(cause),
+            None => error,
+        })
     }
 
     async fn read(&self, path: &str) -> Result<Current> {
@@ -501,7 +816,7 @@ impl VaultStore {
             })
             .await;
         match result {
-            Ok(response) => Current::from_response(response),
+            Ok(response) => Current::from_response(response, self.inner.clock.timestamp()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Current::Missing),
             Err(e) => Err(e),
         }
@@ -855,9 +1170,12 @@ enum Current {
 }
 
 impl Current {
-    fn from_response(response: ReadSecretResponse) -> Result<Self> {
+    /// What a read of the latest version says, `now` on the store's clock. A version is deleted
+    /// once its `deletion_time` has passed: a mount with `delete_version_after` gives every live
+    /// version a deletion time in the future.
+    fn from_response(response: ReadSecretResponse, now: Timestamp) -> Result<Self> {
         let number = response.metadata.version;
-        if response.metadata.destroyed || !response.metadata.deletion_time.is_empty() {
+        if response.metadata.destroyed || is_deleted(&response.metadata.deletion_time, now)? {
             return Ok(Current::Missing);
         }
         let mut data: KvData = serde_json::from_value(response.data).map_err(|_| {
@@ -883,6 +1201,26 @@ impl Current {
     }
 }
 
+/// Whether a KV v2 `deletion_time` (empty, or RFC 3339) lies at or before `now`.
+fn is_deleted(deletion_time: &str, now: Timestamp) -> Result<bool> {
+    if deletion_time.is_empty() {
+        return Ok(false);
+    }
+    let at = time::OffsetDateTime::parse(
+        deletion_time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|_| {
+        Error::new(
+            ErrorKind::Unexpected,
+            "vault answered a deletion_time that is not an RFC 3339 time",
+        )
+        .with_backend(BACKEND)
+    })?;
+    let at_ms = at.unix_timestamp_nanos() / 1_000_000;
+    Ok(at_ms <= i128::from(now.as_millis()))
+}
+
 fn make_version(number: u64, nonce: &str) -> Version {
     Version::new(format!("{number}:{nonce}"))
 }
@@ -893,9 +1231,14 @@ fn parse_version(version: &Version) -> Option<(u64, &str)> {
 }
 
 fn is_cas_required(e: &Error) -> bool {
+    vault_said(e, CAS_REQUIRED)
+}
+
+/// Whether Vault's answer behind `e` says `needle`.
+pub(crate) fn vault_said(e: &Error, needle: &str) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<Cause>())
-        .is_some_and(|c| c.as_str().contains(CAS_REQUIRED))
+        .is_some_and(|c| c.as_str().contains(needle))
 }
 
 fn mismatch() -> Error {
@@ -904,6 +1247,51 @@ fn mismatch() -> Error {
 
 fn exists() -> Error {
     Error::conflict("key already exists").with_backend(BACKEND)
+}
+
+/// What a token file holds (trimmed) and how it looked.
+fn read_token_file(path: &Path) -> Result<(Zeroizing<String>, FileStamp)> {
+    let unreadable = |e: std::io::Error| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot read the Vault token file {}", path.display()),
+        )
+        .with_backend(BACKEND)
+        .with_source(e)
+    };
+    let stamp = file_stamp(path).map_err(unreadable)?;
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(unreadable)?);
+    let token = Zeroizing::new(text.trim().to_owned());
+    check_header_value(&token, "the token in the token file")?;
+    Ok((token, stamp))
+}
+
+fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.modified()?, meta.len()))
+}
+
+fn rejected_token() -> Error {
+    Error::new(
+        ErrorKind::Config,
+        "vault rejected the token (expired, revoked or invalid); give the store a valid token",
+    )
+    .with_backend(BACKEND)
+}
+
+fn login_error(e: ClientError, method: &'static str) -> Error {
+    match e {
+        ClientError::APIError {
+            code: 400 | 401 | 403,
+            ..
+        } => Error::new(
+            ErrorKind::Config,
+            format!("vault rejected the {method} login"),
+        )
+        .with_backend(BACKEND)
+        .with_source(cause_of(&e)),
+        other => map_error("log in", other),
+    }
 }
 
 fn contended() -> Error {

@@ -249,13 +249,9 @@ async fn keys_rotate_without_losing_values() {
     );
 
     // Re-encrypting moves old values to the primary key, after which A can go.
-    let version = rotated
-        .reencrypt(&old)
-        .await
-        .unwrap()
-        .expect("sealed again");
-    assert_eq!(rotated.reencrypt(&old).await.unwrap(), None, "already on B");
-    assert_eq!(rotated.reencrypt(&new).await.unwrap(), None, "already on B");
+    let version = rotated.rewrap(&old).await.unwrap().expect("sealed again");
+    assert_eq!(rotated.rewrap(&old).await.unwrap(), None, "already on B");
+    assert_eq!(rotated.rewrap(&new).await.unwrap(), None, "already on B");
     let got = only_b.get(&old).await.unwrap().unwrap();
     assert_eq!(got.value.expose_secret(), b"written with A");
     assert_eq!(got.version, version);

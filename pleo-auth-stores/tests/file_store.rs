@@ -373,3 +373,36 @@ async fn tenant_links_stay_one_to_one_under_racing_linkers() {
     let dir = tempfile::tempdir().unwrap();
     testing::tenant_links_conformance(Arc::new(open(&dir)), 8, 5).await;
 }
+
+/// A store whose directory was removed or replaced by a file fails every call: a key must never
+/// read as absent because the store itself is gone.
+#[tokio::test]
+async fn a_store_whose_directory_is_gone_fails_instead_of_reading_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store
+        .put(&key("pleo-auth/a"), bytes("v"), Precondition::Absent)
+        .await
+        .unwrap();
+    let root = dir.path().join("store");
+    let away = dir.path().join("away");
+    fs::rename(&root, &away).unwrap();
+    for replaced in [false, true] {
+        if replaced {
+            fs::write(&root, b"a file where the store was").unwrap();
+        }
+        let err = store.get(&key("pleo-auth/a")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.is_retryable());
+        assert!(store.list(&key("pleo-auth")).await.is_err());
+        assert!(
+            store
+                .put(&key("pleo-auth/b"), bytes("v"), Precondition::Absent)
+                .await
+                .is_err()
+        );
+    }
+    fs::remove_file(&root).unwrap();
+    fs::rename(&away, &root).unwrap();
+    assert!(store.get(&key("pleo-auth/a")).await.unwrap().is_some());
+}

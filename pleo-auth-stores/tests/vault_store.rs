@@ -386,13 +386,17 @@ async fn approle_logs_in_again_after_the_token_ttl() {
 }
 
 #[tokio::test]
-async fn a_rejected_token_is_permission_denied_and_never_shown() {
+async fn a_rejected_token_is_a_config_error_and_never_shown() {
     let store = VaultStore::builder(addr())
         .token("hvs.CANARY-not-a-token")
         .build()
         .unwrap();
     let err = store.get(&key(&["x"])).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert_eq!(err.kind(), ErrorKind::Config, "{err:?}");
+    assert!(
+        err.to_string().contains("give the store a valid token"),
+        "{err}"
+    );
     assert!(!err.is_retryable());
     let text = format!("{err} {err:?} {store:?}");
     assert!(!text.contains("CANARY"), "{text}");
@@ -550,4 +554,117 @@ async fn trace_output_never_contains_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenant_links_stay_one_to_one_under_racing_linkers() {
     testing::tenant_links_conformance(Arc::new(store()), 8, 5).await;
+}
+
+/// A fresh KV v2 mount whose versions Vault deletes `after` their write.
+async fn mount_with_delete_version_after(after: &str) -> String {
+    let root = root_client();
+    let mount = format!(
+        "kv-dva-{}",
+        random_urlsafe(6).to_lowercase().replace('_', "x")
+    );
+    vaultrs::sys::mount::enable(&root, &mount, "kv-v2", None)
+        .await
+        .unwrap();
+    let mut config = vaultrs::api::kv2::requests::SetConfigurationRequest::builder();
+    config.delete_version_after(after);
+    vaultrs::kv2::config::set(&root, &mount, Some(&mut config))
+        .await
+        .unwrap();
+    mount
+}
+
+fn store_on(mount: &str) -> VaultStore {
+    VaultStore::builder(addr())
+        .token(root_token())
+        .mount(mount)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_future_deletion_time_is_live_and_delete_destroy_undelete_are_honoured() {
+    let mount = mount_with_delete_version_after("1h").await;
+    let store = store_on(&mount);
+    let k = key(&["grant", "live"]);
+    let version = store
+        .put(&k, bytes("still-here"), Precondition::Absent)
+        .await
+        .unwrap();
+    let root = root_client();
+    let read = vaultrs::kv2::read_metadata(&root, &mount, k.as_str())
+        .await
+        .unwrap();
+    let latest = read.versions.get("1").unwrap();
+    assert!(
+        !latest.deletion_time.is_empty(),
+        "the mount puts a future deletion time on live versions"
+    );
+    let got = store
+        .get(&k)
+        .await
+        .unwrap()
+        .expect("a future deletion time is live");
+    assert_eq!(got.value.expose_secret(), b"still-here");
+    assert_eq!(got.version, version);
+    assert_eq!(store.list(&key(&["grant"])).await.unwrap(), vec![k.clone()]);
+    let next = store
+        .put(&k, bytes("v2"), Precondition::Version(version))
+        .await
+        .expect("compare-and-swap on a version with a future deletion time");
+
+    // `kv delete` of the latest version: absent, and a stale write is still refused.
+    vaultrs::kv2::delete_latest(&root, &mount, k.as_str())
+        .await
+        .unwrap();
+    assert!(
+        store.get(&k).await.unwrap().is_none(),
+        "a deleted version reads as absent"
+    );
+    assert!(store.list(&key(&["grant"])).await.unwrap().is_empty());
+
+    // `kv undelete` brings it back, with the same version.
+    vaultrs::kv2::undelete_versions(&root, &mount, k.as_str(), vec![2])
+        .await
+        .unwrap();
+    let back = store.get(&k).await.unwrap().expect("undeleted");
+    assert_eq!(back.value.expose_secret(), b"v2");
+    assert_eq!(back.version, next);
+
+    // `kv destroy` removes it for good.
+    vaultrs::kv2::destroy_versions(&root, &mount, k.as_str(), vec![2])
+        .await
+        .unwrap();
+    assert!(
+        store.get(&k).await.unwrap().is_none(),
+        "a destroyed version reads as absent"
+    );
+    store
+        .put(&k, bytes("v3"), Precondition::Absent)
+        .await
+        .expect("a destroyed key can be created again");
+}
+
+#[tokio::test]
+async fn a_deletion_time_that_passed_reads_as_absent() {
+    let mount = mount_with_delete_version_after("1s").await;
+    let store = store_on(&mount);
+    let k = key(&["grant", "expiring"]);
+    store
+        .put(&k, bytes("short-lived"), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(
+        store.get(&k).await.unwrap().is_some(),
+        "live before its deletion time"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        store.get(&k).await.unwrap().is_none(),
+        "absent once its deletion time passed"
+    );
+    store
+        .put(&k, bytes("again"), Precondition::Absent)
+        .await
+        .expect("created again over the deleted version");
 }

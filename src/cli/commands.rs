@@ -1,13 +1,13 @@
-//! `status`, `refresh`, `disconnect`, `token`, `api` and `sandbox`.
+//! `status`, `refresh`, `disconnect`, `token`, `api`, `sandbox` and `rewrap`.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use pleo_auth::http::{Response, Target as RequestTarget};
 use pleo_auth::oauth::TokenManager;
-use pleo_auth::oauth::{DisconnectOutcome, ErrorKind as OAuthKind, GrantState};
+use pleo_auth::oauth::{DanglingStatus, DisconnectOutcome, ErrorKind as OAuthKind, GrantState};
 use pleo_auth::sandbox::Sandbox;
-use pleo_auth::{CredentialKind, CredentialProvider, OrganisationId, Subject};
+use pleo_auth::{CredentialKind, CredentialProvider, OrganisationId, RevocationState, Subject};
 use serde_json::json;
 
 use super::exit::{CliError, Code};
@@ -24,7 +24,28 @@ pub async fn status(settings: &Settings, as_json: bool) -> Result<(), CliError> 
         .connections()
         .await
         .map_err(|e| CliError::facade("listing the connections failed", e))?;
+    let dangling = match auth.token_manager() {
+        Ok(manager) => manager
+            .dangling()
+            .await
+            .map_err(|e| CliError::oauth("listing the grants not kept failed", e))?,
+        Err(_) => Vec::new(),
+    };
     if as_json {
+        let dangling_items = dangling.iter().map(|d| {
+            json!({
+                "tenant": null,
+                "subject": d.subject.map(|s| s.to_string()),
+                "company": d.subject.and_then(|s| s.company()).map(|id| id.to_string()),
+                "organisation": d.subject.and_then(|s| s.organisation()).map(|id| id.to_string()),
+                "method": "oauth",
+                "environment": auth.environment().name().as_str(),
+                "state": "dangling",
+                "dangling_reason": d.reason.as_str(),
+                "revocation": revocation_name(d.revocation),
+                "revocation_attempts": d.attempts,
+            })
+        });
         let items: Vec<_> = connections
             .iter()
             .map(|c| {
@@ -42,12 +63,14 @@ pub async fn status(settings: &Settings, as_json: bool) -> Result<(), CliError> 
                     "masked_key": c.masked_key,
                 })
             })
+            .chain(dangling_items)
             .collect();
         let text = serde_json::to_string_pretty(&items)
             .map_err(|e| CliError::other("writing JSON failed").with_source(e))?;
         println!("{text}");
         return Ok(());
     }
+    print_dangling(&dangling);
     if connections.is_empty() {
         println!(
             "No connections in {} (store {}).",
@@ -87,6 +110,36 @@ pub async fn status(settings: &Settings, as_json: bool) -> Result<(), CliError> 
         &rows,
     );
     Ok(())
+}
+
+/// Lists grants Pleo issued that are not kept and not yet revoked (on stderr, before the table).
+fn print_dangling(dangling: &[DanglingStatus]) {
+    if dangling.is_empty() {
+        return;
+    }
+    eprintln!(
+        "{} OAuth grant(s) were issued but are not kept, and are not revoked yet:",
+        dangling.len()
+    );
+    for d in dangling {
+        let who = d
+            .subject
+            .map_or_else(|| "an unknown company".to_owned(), |s| describe(&s));
+        let what = match d.revocation {
+            RevocationState::Unsafe => {
+                "revoking it would end the grant that is kept for this company; left alone"
+            }
+            _ => "the revocation is retried by keep-alive",
+        };
+        eprintln!("  {who}: {} ({what})", d.reason.as_str());
+    }
+}
+
+fn revocation_name(state: RevocationState) -> &'static str {
+    match state {
+        RevocationState::Unsafe => "unsafe",
+        _ => "pending",
+    }
 }
 
 /// Runs `refresh`: rotates the tokens of one grant, or of every active grant.
@@ -414,6 +467,45 @@ async fn terminated() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Runs `rewrap`: every record below `pleo-auth/` sealed again under the current key.
+#[cfg(feature = "encryption")]
+pub async fn rewrap(settings: &Settings) -> Result<(), CliError> {
+    let store = settings.encrypted_store().await?;
+    let root = pleo_auth::StoreKey::from_parts(["pleo-auth"])
+        .map_err(|e| CliError::core("the store's root is not a key", e))?;
+    let report = store
+        .rewrap_below(&root, 500)
+        .await
+        .map_err(|e| CliError::core("listing the records failed", e))?;
+    println!(
+        "checked {}, rewrapped {}, changed meanwhile {}, failed {}",
+        report.checked,
+        report.rewrapped.len(),
+        report.raced.len(),
+        report.failed.len()
+    );
+    for key in &report.raced {
+        println!("  {key}: written meanwhile (already under the current key)");
+    }
+    for (key, error) in &report.failed {
+        println!("  {key}: {error}");
+    }
+    match report.failed.into_iter().next() {
+        None => Ok(()),
+        Some((key, error)) => Err(CliError::core(
+            format!("{key} and possibly other records could not be rewrapped"),
+            error,
+        )
+        .hint("fix the cause and run `pleo-auth rewrap` again")),
+    }
+}
+
+/// Runs `rewrap` in a build without the encryption wrapper.
+#[cfg(not(feature = "encryption"))]
+pub async fn rewrap(_settings: &Settings) -> Result<(), CliError> {
+    Err(super::settings::not_built("rewrap", "encryption"))
 }
 
 #[cfg(test)]

@@ -40,11 +40,16 @@ Configuration (flags win over environment variables, which win over the config f
                        (default file: under the user's data directory, e.g.
                        ~/.local/share/pleo-auth); vault:// reads VAULT_TOKEN or VAULT_ROLE_ID and
                        VAULT_SECRET_ID, aws:// the standard AWS credential chain
-  PLEO_ENCRYPTION_KEY  base64 of 32 bytes: encrypt every record (feature `encryption`)
+  PLEO_ENCRYPTION_KEY  base64 of 32 bytes, or ID:BASE64: encrypt every record (feature
+                       `encryption`); after a rotation PLEO_ENCRYPTION_OLD_KEYS lists the old
+                       keys (ID:BASE64, comma-separated) until `rewrap` has moved every record
   PLEO_CONFIG          config file (default $XDG_CONFIG_HOME/pleo-auth/config.toml), TOML with
                        the keys env, sandbox_url, store, client_id, client_secret, scopes,
-                       redirect_uri, integration_id, key_scopes, encryption_key
+                       redirect_uri, integration_id, key_scopes, encryption_key,
+                       encryption_old_keys
   PLEO_LOG             log filter for stderr, such as info or pleo_auth_oauth=debug (default off)
+  PLEO_STATE_DIR       where rotated tokens the store refused are saved until the next run
+                       writes them (default $XDG_STATE_HOME/pleo-auth, ~/.local/state/pleo-auth)
 
 Secrets (client secret, API keys, tokens) are never read from the command line, never printed
 to a terminal unless asked (`token --reveal`), and never logged.
@@ -116,6 +121,9 @@ enum Command {
     Sandbox(commands::SandboxArgs),
     /// Run the whole story against an in-process sandbox and narrate it
     Demo,
+    /// Seal every stored record again with the current encryption key (after a rotation), each
+    /// with compare-and-swap; then the keys of PLEO_ENCRYPTION_OLD_KEYS can go
+    Rewrap,
 }
 
 /// An optional target: without one, the command applies to every connection.
@@ -175,6 +183,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token(args) => commands::token(&settings, args).await,
         Command::Keys(command) => keys::run(&settings, command).await,
         Command::Api(args) => commands::api(&settings, args).await,
+        Command::Rewrap => commands::rewrap(&settings).await,
         Command::Demo | Command::Sandbox(_) => Ok(()),
     };
     // No rotated pair may die with the process: flush before exiting, whatever happened.

@@ -66,6 +66,7 @@ struct FileConfig {
     integration_id: Option<String>,
     key_scopes: Option<String>,
     encryption_key: Option<String>,
+    encryption_old_keys: Option<String>,
 }
 
 /// A secret setting: never printed.
@@ -105,6 +106,8 @@ pub struct Settings {
     pub key_scopes: Option<String>,
     /// The key of the encryption wrapper, when configured.
     encryption_key: Option<Secret>,
+    /// Older keys of the encryption wrapper, which only open values sealed before a rotation.
+    encryption_old_keys: Option<Secret>,
     /// Every facade this run opened, flushed by [`finish`](Self::finish) before it exits.
     opened: std::sync::Mutex<Vec<PleoAuth>>,
 }
@@ -215,6 +218,9 @@ impl Settings {
             encryption_key: env_var("PLEO_ENCRYPTION_KEY")
                 .or(file.encryption_key)
                 .map(Secret),
+            encryption_old_keys: env_var("PLEO_ENCRYPTION_OLD_KEYS")
+                .or(file.encryption_old_keys)
+                .map(Secret),
             opened: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -237,26 +243,70 @@ impl Settings {
 
     #[cfg(feature = "encryption")]
     fn encrypt(&self, store: DynSecretStore) -> Result<DynSecretStore, CliError> {
-        use pleo_auth::stores::encrypted::{EncryptedStore, EncryptionKey, EncryptionKeys};
-        match &self.encryption_key {
+        use pleo_auth::stores::encrypted::EncryptedStore;
+        match self.encryption_keys()? {
             None => Ok(store),
-            Some(key) => {
-                let key = EncryptionKey::from_base64("cli", key.expose())
-                    .map_err(|e| CliError::core("PLEO_ENCRYPTION_KEY is unusable", e))?;
-                Ok(Arc::new(EncryptedStore::new(
-                    store,
-                    EncryptionKeys::new(key),
-                )))
+            Some(keys) => Ok(Arc::new(EncryptedStore::new(store, keys))),
+        }
+    }
+
+    /// The keys of `PLEO_ENCRYPTION_KEY` (`ID:BASE64`, or `BASE64` for the id `cli`) and
+    /// `PLEO_ENCRYPTION_OLD_KEYS` (the same, separated by commas).
+    #[cfg(feature = "encryption")]
+    fn encryption_keys(
+        &self,
+    ) -> Result<Option<pleo_auth::stores::encrypted::EncryptionKeys>, CliError> {
+        use pleo_auth::stores::encrypted::{EncryptionKey, EncryptionKeys};
+        let parse = |text: &str, var: &str| {
+            let (id, key) = text.trim().split_once(':').unwrap_or(("cli", text));
+            EncryptionKey::from_base64(id, key)
+                .map_err(|e| CliError::core(format!("{var} is unusable"), e))
+        };
+        let Some(primary) = &self.encryption_key else {
+            return match self.encryption_old_keys {
+                None => Ok(None),
+                Some(_) => Err(CliError::usage(
+                    "PLEO_ENCRYPTION_OLD_KEYS needs PLEO_ENCRYPTION_KEY",
+                )),
+            };
+        };
+        let mut keys = EncryptionKeys::new(parse(primary.expose(), "PLEO_ENCRYPTION_KEY")?);
+        if let Some(older) = &self.encryption_old_keys {
+            for text in older.expose().split(',').filter(|t| !t.trim().is_empty()) {
+                keys = keys
+                    .with_older(parse(text, "PLEO_ENCRYPTION_OLD_KEYS")?)
+                    .map_err(|e| CliError::core("PLEO_ENCRYPTION_OLD_KEYS is unusable", e))?;
             }
         }
+        Ok(Some(keys))
+    }
+
+    /// The configured store behind the encryption wrapper, for `rewrap`.
+    #[cfg(feature = "encryption")]
+    pub async fn encrypted_store(
+        &self,
+    ) -> Result<
+        pleo_auth::stores::encrypted::EncryptedStore<
+            DynSecretStore,
+            pleo_auth::stores::encrypted::EncryptionKeys,
+        >,
+        CliError,
+    > {
+        let keys = self.encryption_keys()?.ok_or_else(|| {
+            CliError::usage("rewrap needs PLEO_ENCRYPTION_KEY (and PLEO_ENCRYPTION_OLD_KEYS)")
+        })?;
+        let (store, _) = open_store(&self.store).await?;
+        Ok(pleo_auth::stores::encrypted::EncryptedStore::new(
+            store, keys,
+        ))
     }
 
     #[cfg(not(feature = "encryption"))]
     fn encrypt(&self, store: DynSecretStore) -> Result<DynSecretStore, CliError> {
-        match &self.encryption_key {
-            None => Ok(store),
-            Some(_) => Err(not_built("PLEO_ENCRYPTION_KEY", "encryption")),
+        if self.encryption_key.is_some() || self.encryption_old_keys.is_some() {
+            return Err(not_built("PLEO_ENCRYPTION_KEY", "encryption"));
         }
+        Ok(store)
     }
 
     /// Builds the facade: the store, OAuth (when configured, with `redirect_uri` if given),
@@ -397,7 +447,8 @@ fn default_store_dir() -> Result<PathBuf, CliError> {
     ),
     expect(dead_code, reason = "every optional store is built in")
 )]
-fn not_built(what: &str, feature: &str) -> CliError {
+/// The error of a setting or command whose feature this build lacks.
+pub fn not_built(what: &str, feature: &str) -> CliError {
     CliError::usage(format!(
         "{what} needs the `{feature}` feature, which this pleo-auth was built without"
     ))

@@ -7,7 +7,7 @@ use crate::services::{self, Service};
 use crate::{Cmd, Result, cargo, secs};
 
 /// The facade features that must each build on their own (`--no-default-features --features X`).
-const FACADE_FEATURES: [&str; 9] = [
+const FACADE_FEATURES: [&str; 12] = [
     "oauth",
     "apikey",
     "http",
@@ -15,7 +15,10 @@ const FACADE_FEATURES: [&str; 9] = [
     "vault",
     "aws",
     "redis",
+    "postgres",
     "encryption",
+    "kms",
+    "transit",
     "sandbox",
 ];
 

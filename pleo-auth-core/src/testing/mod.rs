@@ -60,6 +60,7 @@ pub async fn conformance(store: DynSecretStore) {
     preconditions(&store, &root).await;
     delete_rules(&store, &root).await;
     list_isolation(&store, &root).await;
+    batch_reads(&store, &root).await;
     race_compare_and_swap(&store, &root.child("cas-race").unwrap(), 16, 3).await;
     large_and_binary_values(&store, &root).await;
     hostile_key_parts(&store, &root).await;
@@ -220,6 +221,87 @@ async fn list_isolation(store: &DynSecretStore, root: &StoreKey) {
         store.list(&empty).await.unwrap().is_empty(),
         "list of an empty prefix"
     );
+}
+
+/// `get_many` answers what `get` answers, in the order asked; `list_page` pages through what
+/// `list` returns.
+async fn batch_reads(store: &DynSecretStore, root: &StoreKey) {
+    let base = root.child("batch").unwrap();
+    let mut written = Vec::new();
+    for i in 0..5 {
+        let key = base.child(&format!("k{i}")).unwrap();
+        let version = store
+            .put(&key, bytes(&format!("batch-{i}")), Precondition::None)
+            .await
+            .expect("put");
+        written.push((key, version));
+    }
+    let nested = base.child("k1").unwrap().child("inner").unwrap();
+    store
+        .put(&nested, bytes("nested"), Precondition::None)
+        .await
+        .expect("put");
+    let missing = base.child("missing").unwrap();
+    let asked = vec![
+        written[3].0.clone(),
+        missing.clone(),
+        written[0].0.clone(),
+        written[3].0.clone(),
+        nested.clone(),
+    ];
+    let got = store.get_many(&asked).await.expect("get_many");
+    assert_eq!(got.len(), asked.len(), "get_many answers every key asked");
+    for (key, answer) in asked.iter().zip(&got) {
+        let single = read(store, key).await;
+        let batch = answer
+            .as_ref()
+            .map(|v| (v.value.expose_secret().to_vec(), v.version.clone()));
+        assert_eq!(batch, single, "get_many answers what get answers for {key}");
+    }
+    assert!(got[1].is_none(), "a missing key reads as None in a batch");
+    assert_eq!(got[2].as_ref().unwrap().version, written[0].1);
+    assert!(
+        store.get_many(&[]).await.expect("empty batch").is_empty(),
+        "an empty batch answers nothing"
+    );
+
+    let mut all = store.list(&base).await.expect("list");
+    all.sort();
+    for limit in [1, 2, 4, 100] {
+        let mut paged = Vec::new();
+        let mut after: Option<StoreKey> = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .list_page(&base, after.as_ref(), limit)
+                .await
+                .expect("list_page");
+            pages += 1;
+            assert!(
+                page.keys.len() <= limit,
+                "a page holds at most `limit` keys"
+            );
+            assert!(
+                page.keys.windows(2).all(|w| w[0] < w[1]),
+                "a page is in ascending order"
+            );
+            paged.extend(page.keys);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+            assert!(pages <= all.len() + 1, "paging ends");
+        }
+        assert_eq!(
+            paged, all,
+            "pages of {limit} hold exactly what list returns"
+        );
+    }
+    let err = store
+        .list_page(&base, None, 0)
+        .await
+        .expect_err("a page of no keys is refused");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
 
 /// Runs each store operation on `key` with values that contain the canary `CANARY`: a create,

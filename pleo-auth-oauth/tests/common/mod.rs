@@ -253,6 +253,20 @@ impl Harness {
         (client, manager)
     }
 
+    /// A client with `config` (another authorization server shape, say) on this harness's
+    /// store, lease, clock and event recorder.
+    pub fn client_with(&self, config: OAuthConfig) -> (OAuthClient, TokenManager) {
+        let client = OAuthClient::builder(config, self.store.clone())
+            .clock(Arc::new(self.clock.clone()))
+            .lease(self.lease.clone())
+            .policy(test_policy())
+            .events(self.events.clone())
+            .build()
+            .expect("client builds");
+        let manager = client.token_manager();
+        (client, manager)
+    }
+
     /// Moves our clock and the sandbox's together.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
