@@ -180,7 +180,7 @@ async fn login_reports_a_denied_consent() {
     assert!(back.contains("error=access_denied"), "{back}");
     browser().get(&back).send().await.unwrap();
     let login = login.finish().await;
-    login.expect_code(8).no_secret();
+    login.expect_code(6).no_secret();
     assert!(login.stderr.contains("access denied"), "{}", login.stderr);
     assert_eq!(
         cli.run(&["status", "--json"]).await.ok().json(),
@@ -675,16 +675,17 @@ async fn store_failures_and_configuration_have_their_exit_codes() {
     let status = cli.run(&["status"]).await;
     status.expect_code(7);
     assert!(status.stderr.contains("file store"), "{}", status.stderr);
-    // An unknown scheme, a password on the command line, an unknown environment: exit 2.
+    // An unknown scheme is a configuration error (8); a password on the command line and an
+    // unknown environment are usage errors (2); a sandbox without its URL is configuration.
     cli.run(&["status", "--store", "ftp://x"])
         .await
-        .expect_code(2);
+        .expect_code(8);
     cli.run(&["status", "--store", "redis://user:secret@127.0.0.1:6379"])
         .await
         .expect_code(2);
     cli.run(&["status", "--env", "moon"]).await.expect_code(2);
     cli.unset("PLEO_SANDBOX_URL");
-    cli.run(&["status"]).await.expect_code(2);
+    cli.run(&["status"]).await.expect_code(8);
 
     // The config file supplies what the environment does not; flags win over both.
     let dir = cli.dir();
@@ -724,15 +725,15 @@ async fn store_failures_and_configuration_have_their_exit_codes() {
         ])
         .await;
     assert_eq!(flagged.json().as_array().unwrap().len(), 1);
-    // An invalid config file: exit 2.
+    // An invalid config file: exit 8.
     std::fs::write(&config, "colour = \"blue\"\n").unwrap();
-    cli.run(&["status"]).await.expect_code(2);
+    cli.run(&["status"]).await.expect_code(8);
 
     // Without a client id outside the sandbox, login is a configuration error.
     cli.unset("PLEO_CONFIG");
     cli.env("PLEO_ENV", "staging");
     let login = cli.run(&["login", "--no-browser"]).await;
-    login.expect_code(2);
+    login.expect_code(8);
     assert!(login.stderr.contains("PLEO_CLIENT_ID"), "{}", login.stderr);
 }
 
@@ -744,9 +745,11 @@ async fn help_documents_the_exit_codes_and_configuration() {
     help.ok();
     for needle in [
         "Exit codes:",
-        "3  not connected",
-        "4  needs reauthorization",
-        "7  the secret store",
+        "3    not connected",
+        "4    needs reauthorization",
+        "7    store error",
+        "8    configuration error",
+        "9    network or timeout",
         "PLEO_CLIENT_SECRET",
         "PLEO_STORE",
         "login",

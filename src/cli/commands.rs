@@ -131,7 +131,7 @@ pub async fn disconnect(settings: &Settings, target: Target, as_json: bool) -> R
             let (name, how, pending) = match outcome {
                 DisconnectOutcome::Revoked => (
                     "revoked",
-                    "revoked now at Pleo (its installation is deleted) and marked revoked here",
+                    "revoked at Pleo now (its installation is deleted) and marked revoked here",
                     false,
                 ),
                 DisconnectOutcome::RevocationPending => (
