@@ -110,6 +110,45 @@ impl Cli {
         Run::from(output)
     }
 
+    /// Starts a shell command line under `script` (util-linux) on a pseudo-terminal whose input
+    /// the test types (`Terminal::send`), as a person at a terminal would.
+    pub fn start_in_terminal(&self, command_line: &str) -> Terminal {
+        let mut command = Command::new("script");
+        command
+            .args(["-qfec", command_line, "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("TERM", "xterm")
+            .env("SHELL", "/bin/bash")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("script (util-linux) runs");
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            child,
+            stdin,
+            output: rx,
+            screen: Vec::new(),
+        }
+    }
+
     /// Runs `pleo-auth args...` to the end.
     pub async fn run(&self, args: &[&str]) -> Run {
         self.run_with_stdin(args, None).await
@@ -190,6 +229,54 @@ impl Cli {
             .expect("the loopback listener answers");
         assert_eq!(page.status(), 200);
         login.finish().await
+    }
+}
+
+/// A command running on a pseudo-terminal (see [`Cli::start_in_terminal`]).
+pub struct Terminal {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    output: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    /// Every byte the terminal showed so far.
+    pub screen: Vec<u8>,
+}
+
+impl Terminal {
+    /// Everything shown so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.screen).into_owned()
+    }
+
+    /// Waits until the terminal shows `needle`.
+    pub async fn wait_for(&mut self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+        while !self.text().contains(needle) {
+            match tokio::time::timeout_at(deadline, self.output.recv()).await {
+                Ok(Some(bytes)) => self.screen.extend_from_slice(&bytes),
+                Ok(None) => panic!("the terminal closed before showing {needle:?}:\n{}", self.text()),
+                Err(_) => panic!("the terminal did not show {needle:?}:\n{}", self.text()),
+            }
+        }
+    }
+
+    /// Types `bytes` (such as `b"\x03"` for Ctrl-C).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).await.expect("type into the terminal");
+        self.stdin.flush().await.expect("flush the terminal input");
+    }
+
+    /// Waits for the command to end; returns its exit code and everything it showed.
+    pub async fn finish(mut self) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(RUN_TIMEOUT, self.child.wait())
+            .await
+            .expect("the terminal command ends in time")
+            .expect("script runs");
+        while let Ok(Some(bytes)) =
+            tokio::time::timeout(Duration::from_millis(500), self.output.recv()).await
+        {
+            self.screen.extend_from_slice(&bytes);
+        }
+        (status.code(), self.text())
     }
 }
 
