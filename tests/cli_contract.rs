@@ -42,7 +42,14 @@ fn entry<'a>(status: &'a Value, company: &str) -> &'a Value {
 /// Answers the consent page as a person would; returns the redirect back to the CLI.
 async fn consent(url: &url::Url, subject: &str, decision: &str) -> String {
     let client = browser();
-    let html = client.get(url.clone()).send().await.unwrap().text().await.unwrap();
+    let html = client
+        .get(url.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let marker = "name=\"consent_id\" value=\"";
     let start = html.find(marker).expect("a consent form") + marker.len();
     let consent_id = &html[start..start + html[start..].find('"').unwrap()];
@@ -76,20 +83,32 @@ async fn exit_codes_0_2_3_4_5_6() {
     // 2: a usage error names the input, on one line plus a hint.
     let typo = cli.run(&["token", "--company", "not-a-uuid"]).await;
     typo.expect_code(2);
-    assert!(typo.stderr.starts_with("error: --company"), "{}", typo.stderr);
+    assert!(
+        typo.stderr.starts_with("error: --company"),
+        "{}",
+        typo.stderr
+    );
     cli.run(&["status", "--frobnicate"]).await.expect_code(2);
 
     // 3: nothing stored for that company.
     let missing = cli.run(&["token", "--company", GLOBEX]).await;
     missing.expect_code(3);
-    assert!(missing.stderr.contains("pleo-auth login"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("pleo-auth login"),
+        "{}",
+        missing.stderr
+    );
 
     // 6: a mistyped path is Pleo refusing the request, not "not connected".
     let typo_path = cli
         .run(&["api", "GET", "/v2/employes", "--company", ACME_DK])
         .await;
     typo_path.expect_code(6).no_secret();
-    assert!(typo_path.stderr.contains("HTTP 404"), "{}", typo_path.stderr);
+    assert!(
+        typo_path.stderr.contains("HTTP 404"),
+        "{}",
+        typo_path.stderr
+    );
     assert!(typo_path.stderr.contains("typo"), "{}", typo_path.stderr);
 
     // 5: an Integrated key of another company than expected.
@@ -111,7 +130,11 @@ async fn exit_codes_0_2_3_4_5_6() {
     // status says so too (it used to exit 0 with a broken connection).
     let status = cli.run(&["status"]).await;
     status.expect_code(4);
-    assert!(status.stdout.contains("needs_reauthorization"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("needs_reauthorization"),
+        "{}",
+        status.stdout
+    );
 }
 
 /// 6: the user denies consent; an unknown scope is refused before anyone waits (preflight).
@@ -126,11 +149,19 @@ async fn exit_code_6_for_a_denied_consent_and_an_invalid_scope() {
 
     let started = std::time::Instant::now();
     let scope = cli
-        .run(&["login", "--no-browser", "--scopes", "users:read nonsense:scope"])
+        .run(&[
+            "login",
+            "--no-browser",
+            "--scopes",
+            "users:read nonsense:scope",
+        ])
         .await;
     scope.expect_code(6).no_secret();
     assert!(scope.stderr.contains("invalid_scope"), "{}", scope.stderr);
-    assert!(started.elapsed() < Duration::from_secs(30), "no wait for a consent");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no wait for a consent"
+    );
 }
 
 /// 7: a corrupt record fails the command that needs it with 7 (not 2); `status` lists it as
@@ -146,7 +177,9 @@ async fn exit_code_7_for_a_corrupt_record_and_status_still_shows_the_rest() {
         .await
         .ok();
     let other = sandbox.mint_integrated_key(seed::DEMO_CLIENT_ID, seed::ACME_SE);
-    cli.run_with_stdin(&["keys", "add"], Some(&other)).await.ok();
+    cli.run_with_stdin(&["keys", "add"], Some(&other))
+        .await
+        .ok();
 
     let store = pleo_auth::stores::file::FileStore::open(cli.dir().join("store")).unwrap();
     let record = layout::api_key(&CredentialKey::new(
@@ -155,7 +188,11 @@ async fn exit_code_7_for_a_corrupt_record_and_status_still_shows_the_rest() {
         GLOBEX.parse::<pleo_auth::CompanyId>().unwrap().into(),
     ));
     store
-        .put(&record, b"{not a record".to_vec().into(), Precondition::None)
+        .put(
+            &record,
+            b"{not a record".to_vec().into(),
+            Precondition::None,
+        )
         .await
         .unwrap();
 
@@ -170,7 +207,11 @@ async fn exit_code_7_for_a_corrupt_record_and_status_still_shows_the_rest() {
     let broken = entry(&json, GLOBEX);
     assert_eq!(broken["state"], "corrupt");
     assert!(broken["error"].is_string(), "{broken:#}");
-    assert_eq!(entry(&json, ACME_SE)["state"], "active", "the others are still shown");
+    assert_eq!(
+        entry(&json, ACME_SE)["state"],
+        "active",
+        "the others are still shown"
+    );
     let table = cli.run(&["status"]).await;
     table.expect_code(7);
     assert!(table.stdout.contains("unreadable"), "{}", table.stdout);
@@ -189,8 +230,16 @@ async fn exit_code_8_for_configuration_found_before_waiting() {
     let started = std::time::Instant::now();
     let unknown = cli.run(&["login", "--no-browser"]).await;
     unknown.expect_code(8).no_secret();
-    assert!(unknown.stderr.contains("Unknown client"), "{}", unknown.stderr);
-    assert!(unknown.stderr.contains("PLEO_CLIENT_ID"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("Unknown client"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(
+        unknown.stderr.contains("PLEO_CLIENT_ID"),
+        "{}",
+        unknown.stderr
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 
     cli.unset("PLEO_CLIENT_ID");
@@ -198,14 +247,21 @@ async fn exit_code_8_for_configuration_found_before_waiting() {
     cli.env("PLEO_REDIRECT_URI", "http://127.0.0.1/not-registered");
     let redirect = cli.run(&["login", "--no-browser"]).await;
     redirect.expect_code(8);
-    assert!(redirect.stderr.contains("redirect URI"), "{}", redirect.stderr);
+    assert!(
+        redirect.stderr.contains("redirect URI"),
+        "{}",
+        redirect.stderr
+    );
     cli.unset("PLEO_REDIRECT_URI");
 
     // A config file with the client secret that others can read: refused, mode named.
     let config = cli.dir().join("config.toml");
     std::fs::write(
         &config,
-        format!("client_id = \"{}\"\nclient_secret = \"{CANARY}secret\"\n", seed::DEMO_CLIENT_ID),
+        format!(
+            "client_id = \"{}\"\nclient_secret = \"{CANARY}secret\"\n",
+            seed::DEMO_CLIENT_ID
+        ),
     )
     .unwrap();
     set_mode(&config, 0o644);
@@ -253,7 +309,11 @@ async fn a_config_syntax_error_points_at_the_place_without_the_secret() {
     std::fs::write(&config, "colour = \"blue\"\n").unwrap();
     let unknown = cli.run(&["status"]).await;
     unknown.expect_code(8);
-    assert!(unknown.stderr.contains("unknown key \"colour\""), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("unknown key \"colour\""),
+        "{}",
+        unknown.stderr
+    );
 }
 
 /// 9: a login nobody finishes times out with what to check; Pleo answering 503 is 9.
@@ -263,7 +323,13 @@ async fn exit_code_9_for_a_login_timeout_and_an_unavailable_pleo() {
     let cli = Cli::new(&sandbox);
     let waited = cli.run(&["login", "--no-browser", "--timeout", "1"]).await;
     waited.expect_code(9);
-    assert!(waited.stderr.contains("no authorization arrived within 1 s"), "{}", waited.stderr);
+    assert!(
+        waited
+            .stderr
+            .contains("no authorization arrived within 1 s"),
+        "{}",
+        waited.stderr
+    );
     assert!(waited.stderr.contains("--paste"), "{}", waited.stderr);
 
     sandbox.inject_fault(Endpoint::Authorize, Fault::ServerError(503), 1);
@@ -298,7 +364,11 @@ async fn disconnect_says_whether_the_revocation_happened() {
     sandbox.inject_fault(Endpoint::Api, Fault::ServerError(503), 50);
     let pending = cli.run(&["disconnect", "--company", ACME_DK]).await;
     pending.expect_code(9).no_secret();
-    assert!(pending.stdout.contains("stays valid at Pleo"), "{}", pending.stdout);
+    assert!(
+        pending.stdout.contains("stays valid at Pleo"),
+        "{}",
+        pending.stdout
+    );
     assert!(pending.stdout.contains("keep-alive"), "{}", pending.stdout);
     assert_eq!(sandbox.stats().total_revocations(), 0);
     let status = cli.run(&["status", "--json"]).await.json();
@@ -311,12 +381,16 @@ async fn disconnect_says_whether_the_revocation_happened() {
 async fn a_login_that_fails_after_consent_revokes_what_it_got() {
     let sandbox = sandbox(None).await;
     let cli = Cli::new(&sandbox);
-    let first = cli.start_login(&["--tenant", "erp-1", "--no-browser"]).await;
+    let first = cli
+        .start_login(&["--tenant", "erp-1", "--no-browser"])
+        .await;
     let back = consent(&first.url, &format!("urn:pleo:company:{ACME_DK}"), "allow").await;
     browser().get(&back).send().await.unwrap();
     first.finish().await.ok();
 
-    let second = cli.start_login(&["--tenant", "erp-1", "--no-browser"]).await;
+    let second = cli
+        .start_login(&["--tenant", "erp-1", "--no-browser"])
+        .await;
     let back = consent(&second.url, &format!("urn:pleo:company:{ACME_SE}"), "allow").await;
     browser().get(&back).send().await.unwrap();
     second.finish().await.expect_code(5).no_secret();
@@ -368,14 +442,22 @@ async fn paste_login_completes_with_the_redirected_url() {
         .1
         .into_owned();
     let favicon = browser()
-        .get(url::Url::parse(&redirect_uri).unwrap().join("/favicon.ico").unwrap())
+        .get(
+            url::Url::parse(&redirect_uri)
+                .unwrap()
+                .join("/favicon.ico")
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(favicon.status(), 404);
     // The browser (elsewhere) is redirected; the person copies the address.
     let redirected = browser().get(url).send().await.unwrap();
-    let location = redirected.headers()["location"].to_str().unwrap().to_owned();
+    let location = redirected.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     stdin
         .write_all(format!("not it\n{location}\n").as_bytes())
         .await
@@ -395,8 +477,16 @@ async fn paste_login_completes_with_the_redirected_url() {
         stderr: shown,
     };
     run.ok().no_secret();
-    assert!(run.stderr.contains("Paste that whole address"), "{}", run.stderr);
-    assert!(run.stderr.contains("not the redirected address"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Paste that whole address"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("not the redirected address"),
+        "{}",
+        run.stderr
+    );
     let json = run.json();
     assert_eq!(
         keys_of(&json),
@@ -469,7 +559,10 @@ async fn the_spinner_fits_80_columns() {
         let visible = frame.trim_start_matches("\x1b[2K").chars().count();
         assert!(visible <= 79, "{visible} columns: {frame:?}");
     }
-    assert!(screen.contains("http://127.0.0.1:"), "the URL was shown: {screen}");
+    assert!(
+        screen.contains("http://127.0.0.1:"),
+        "the URL was shown: {screen}"
+    );
 }
 
 /// `pleo-auth status | head -1`: a closed pipe ends the output quietly (no panic, no 101).
@@ -504,24 +597,44 @@ async fn colours_and_log_filters_follow_the_habits() {
     let mut cli = Cli::new(&sandbox);
     let piped = cli.run(&["token", "--company", ACME_DK]).await;
     piped.expect_code(3);
-    assert!(!piped.stderr.contains('\x1b'), "no colours into a pipe: {:?}", piped.stderr);
+    assert!(
+        !piped.stderr.contains('\x1b'),
+        "no colours into a pipe: {:?}",
+        piped.stderr
+    );
     let shell = format!("{} token --company {ACME_DK}", common::BIN);
     cli.env("TERM", "xterm");
     let coloured = cli.run_in_terminal(&shell).await;
-    assert!(coloured.stdout.contains("\x1b["), "colours on a terminal: {:?}", coloured.stdout);
+    assert!(
+        coloured.stdout.contains("\x1b["),
+        "colours on a terminal: {:?}",
+        coloured.stdout
+    );
     cli.env("NO_COLOR", "1");
     let plain = cli.run_in_terminal(&shell).await;
-    assert!(!plain.stdout.contains("\x1b["), "NO_COLOR: {:?}", plain.stdout);
+    assert!(
+        !plain.stdout.contains("\x1b["),
+        "NO_COLOR: {:?}",
+        plain.stdout
+    );
     cli.unset("NO_COLOR");
 
     cli.env("RUST_LOG", "trace");
     let login = ["login", "--no-browser", "--timeout", "1"];
     let logged = cli.run(&login).await;
-    assert!(logged.stderr.contains("TRACE"), "RUST_LOG is honoured: {}", logged.stderr);
+    assert!(
+        logged.stderr.contains("TRACE"),
+        "RUST_LOG is honoured: {}",
+        logged.stderr
+    );
     assert!(!logged.stderr.contains('\x1b'), "no colours in piped logs");
     cli.env("PLEO_LOG", "off");
     let quiet = cli.run(&login).await;
-    assert!(!quiet.stderr.contains("TRACE"), "PLEO_LOG wins: {}", quiet.stderr);
+    assert!(
+        !quiet.stderr.contains("TRACE"),
+        "PLEO_LOG wins: {}",
+        quiet.stderr
+    );
 }
 
 /// Errors are one line plus a hint; `--verbose` adds every cause.
@@ -591,7 +704,10 @@ async fn json_schemas_are_stable() {
     ]);
     for item in json.as_array().unwrap() {
         assert_eq!(keys_of(item), entry_fields, "{item:#}");
-        assert_eq!(keys_of(&item["check"]), set(&["result", "detail", "scopes"]));
+        assert_eq!(
+            keys_of(&item["check"]),
+            set(&["result", "detail", "scopes"])
+        );
         assert_eq!(item["check"]["result"], "ok", "{item:#}");
     }
     assert_eq!(entry(&json, GLOBEX)["method"], "integrated_api_key");
@@ -616,7 +732,13 @@ async fn json_schemas_are_stable() {
     let token = cli.run(&["token", "--company", ACME_DK, "--json"]).await;
     assert_eq!(
         keys_of(&token.ok().json()),
-        set(&["subject", "company", "method", "authorization", "access_token"])
+        set(&[
+            "subject",
+            "company",
+            "method",
+            "authorization",
+            "access_token"
+        ])
     );
 
     let disconnected = cli
@@ -669,7 +791,11 @@ async fn status_check_asks_pleo_and_other_clients_are_shown() {
     assert_eq!(grant["other_client"], true, "{json:#}");
     assert_eq!(grant["client_id"], seed::DEMO_CLIENT_ID);
     let table = cli.run(&["status"]).await;
-    assert!(table.stdout.contains("not the configured one"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("not the configured one"),
+        "{}",
+        table.stdout
+    );
 }
 
 /// `logout` forgets the local credentials and says the grant stays valid at Pleo;
@@ -681,10 +807,19 @@ async fn logout_forgets_locally_without_revoking() {
     cli.login(&["--no-browser", "--tenant", "dk"]).await.ok();
     let logout = cli.run(&["logout", "--tenant", "dk"]).await;
     logout.ok().no_secret();
-    assert!(logout.stdout.contains("stays valid at Pleo"), "{}", logout.stdout);
+    assert!(
+        logout.stdout.contains("stays valid at Pleo"),
+        "{}",
+        logout.stdout
+    );
     assert_eq!(sandbox.stats().total_revocations(), 0);
-    assert_eq!(cli.run(&["status", "--json"]).await.ok().json(), serde_json::json!([]));
-    cli.run(&["logout", "--company", ACME_DK]).await.expect_code(3);
+    assert_eq!(
+        cli.run(&["status", "--json"]).await.ok().json(),
+        serde_json::json!([])
+    );
+    cli.run(&["logout", "--company", ACME_DK])
+        .await
+        .expect_code(3);
 }
 
 /// Keys: a Standalone key is not taken as an Integrated key, garbage is a usage error (2), and
@@ -694,11 +829,15 @@ async fn keys_that_are_not_integrated_keys_of_this_environment_are_refused() {
     let sandbox = sandbox(None).await;
     let cli = Cli::new(&sandbox);
     let standalone = sandbox.mint_standalone_key(seed::GLOBEX, &["users:read"], None);
-    let refused = cli.run_with_stdin(&["keys", "add"], Some(&standalone)).await;
+    let refused = cli
+        .run_with_stdin(&["keys", "add"], Some(&standalone))
+        .await;
     refused.expect_code(2).no_secret();
     assert!(refused.stderr.contains("standalone"), "{}", refused.stderr);
 
-    let garbage = cli.run_with_stdin(&["keys", "add"], Some("not a key at all")).await;
+    let garbage = cli
+        .run_with_stdin(&["keys", "add"], Some("not a key at all"))
+        .await;
     garbage.expect_code(2);
 
     let elsewhere = Sandbox::builder()
@@ -710,8 +849,15 @@ async fn keys_that_are_not_integrated_keys_of_this_environment_are_refused() {
     let foreign = elsewhere.mint_integrated_key(seed::DEMO_CLIENT_ID, seed::GLOBEX);
     let other_env = cli.run_with_stdin(&["keys", "add"], Some(&foreign)).await;
     other_env.expect_code(6).no_secret();
-    assert!(other_env.stderr.contains("environment"), "{}", other_env.stderr);
-    assert_eq!(cli.run(&["status", "--json"]).await.ok().json(), serde_json::json!([]));
+    assert!(
+        other_env.stderr.contains("environment"),
+        "{}",
+        other_env.stderr
+    );
+    assert_eq!(
+        cli.run(&["status", "--json"]).await.ok().json(),
+        serde_json::json!([])
+    );
 }
 
 /// Completions for the shells people use, and better suggestions: a secret flag is refused
@@ -728,12 +874,24 @@ async fn completions_and_secret_flags() {
     }
     let secret = cli.run(&["status", "--client-secret", "s3cret"]).await;
     secret.expect_code(2);
-    assert!(secret.stderr.contains("PLEO_CLIENT_SECRET"), "{}", secret.stderr);
+    assert!(
+        secret.stderr.contains("PLEO_CLIENT_SECRET"),
+        "{}",
+        secret.stderr
+    );
     assert!(!secret.stderr.contains("s3cret"), "{}", secret.stderr);
     let help = cli.run(&["login", "--help"]).await;
-    assert!(help.ok().stdout.contains("Where to get a client"), "{}", help.stdout);
+    assert!(
+        help.ok().stdout.contains("Where to get a client"),
+        "{}",
+        help.stdout
+    );
     let help = cli.run(&["keys", "add", "--help"]).await;
-    assert!(help.ok().stdout.contains("Where to get a key"), "{}", help.stdout);
+    assert!(
+        help.ok().stdout.contains("Where to get a key"),
+        "{}",
+        help.stdout
+    );
 }
 
 /// `file:` store URLs follow one rule: `~` is the home directory, a relative path is relative
@@ -748,7 +906,9 @@ async fn file_store_urls_follow_one_rule() {
     tilde.ok();
     assert!(home.join("tilde-store").is_dir(), "{}", tilde.stdout);
     assert!(
-        tilde.stdout.contains(&home.join("tilde-store").display().to_string()),
+        tilde
+            .stdout
+            .contains(&home.join("tilde-store").display().to_string()),
         "the absolute path is shown: {}",
         tilde.stdout
     );
@@ -761,7 +921,9 @@ async fn file_store_urls_follow_one_rule() {
     cli.env("PLEO_STORE", "file://elsewhere/tmp/x");
     cli.run(&["status"]).await.expect_code(8);
     let mut relative = cli.command(&["status"]);
-    relative.env("PLEO_STORE", "file:relative-store").current_dir(&home);
+    relative
+        .env("PLEO_STORE", "file:relative-store")
+        .current_dir(&home);
     let output = relative.output().await.unwrap();
     assert_eq!(output.status.code(), Some(0));
     assert!(home.join("relative-store").is_dir());

@@ -297,7 +297,9 @@ fn is_authorization_response(query: &str, expected: Option<&str>) -> bool {
     }
     match expected {
         None => response,
-        Some(expected) => response && state.is_some_and(|s| same(s.as_bytes(), expected.as_bytes())),
+        Some(expected) => {
+            response && state.is_some_and(|s| same(s.as_bytes(), expected.as_bytes()))
+        }
     }
 }
 
@@ -399,12 +401,21 @@ mod tests {
         let bad = Route::Status(400, "Bad Request", pages::BAD_REQUEST);
         for stray in [
             head("GET /favicon.ico HTTP/1.1", "127.0.0.1:5000"),
-            head("HEAD /callback?code=x&state=expected-state HTTP/1.1", "127.0.0.1:5000"),
+            head(
+                "HEAD /callback?code=x&state=expected-state HTTP/1.1",
+                "127.0.0.1:5000",
+            ),
             head("GET /callback HTTP/1.1", "127.0.0.1:5000"),
             head("GET /callback?foo=bar HTTP/1.1", "127.0.0.1:5000"),
             head("GET /callback?code=x HTTP/1.1", "127.0.0.1:5000"),
-            head("GET /callback?code=x&state=other-state HTTP/1.1", "127.0.0.1:5000"),
-            head("GET /callback?code=x&state=expected-stat HTTP/1.1", "127.0.0.1:5000"),
+            head(
+                "GET /callback?code=x&state=other-state HTTP/1.1",
+                "127.0.0.1:5000",
+            ),
+            head(
+                "GET /callback?code=x&state=expected-stat HTTP/1.1",
+                "127.0.0.1:5000",
+            ),
         ] {
             assert_ne!(
                 route(&stray, &s),
@@ -420,7 +431,10 @@ mod tests {
         );
         assert_eq!(
             route(
-                &head("GET /callback?error=access_denied&state=expected-state HTTP/1.1", "127.0.0.1:5000"),
+                &head(
+                    "GET /callback?error=access_denied&state=expected-state HTTP/1.1",
+                    "127.0.0.1:5000"
+                ),
                 &s
             ),
             Route::Callback("error=access_denied&state=expected-state".to_owned())

@@ -118,7 +118,11 @@ async fn rotate(manager: &TokenManager, subject: &Subject) -> Result<(u64, u64),
 
 /// Runs `disconnect`: revokes the grant at Pleo now, or records the revocation for keep-alive
 /// to retry (exit 9), and says which.
-pub async fn disconnect(settings: &Settings, target: Target, as_json: bool) -> Result<(), CliError> {
+pub async fn disconnect(
+    settings: &Settings,
+    target: Target,
+    as_json: bool,
+) -> Result<(), CliError> {
     settings.require_oauth()?;
     let auth = settings.pleo_auth(None).await?;
     let subject =
@@ -244,19 +248,27 @@ pub async fn logout(settings: &Settings, target: Target, as_json: bool) -> Resul
             forgotten.join(", ")
         );
         if forgotten.contains(&"oauth") {
-            outln!("  The OAuth grant stays valid at Pleo; `pleo-auth disconnect` revokes it instead.");
+            outln!(
+                "  The OAuth grant stays valid at Pleo; `pleo-auth disconnect` revokes it instead."
+            );
         }
     }
     Ok(())
 }
 
 /// Deletes the record at `key`; whether there was one.
-async fn forget(store: &pleo_auth::DynSecretStore, key: &pleo_auth::StoreKey) -> Result<bool, CliError> {
+async fn forget(
+    store: &pleo_auth::DynSecretStore,
+    key: &pleo_auth::StoreKey,
+) -> Result<bool, CliError> {
     let failed = |e| CliError::core("deleting the stored grant failed", e);
     let Some(found) = store.get(key).await.map_err(failed)? else {
         return Ok(false);
     };
-    match store.delete(key, Precondition::Version(found.version)).await {
+    match store
+        .delete(key, Precondition::Version(found.version))
+        .await
+    {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == pleo_auth::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(failed(e)),

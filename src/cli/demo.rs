@@ -81,9 +81,7 @@ fn globex() -> CompanyId {
 
 impl Demo {
     async fn start() -> Result<Self, CliError> {
-        outln!(
-            "pleo-auth demo: the whole story against a local Pleo sandbox, every step checked."
-        );
+        outln!("pleo-auth demo: the whole story against a local Pleo sandbox, every step checked.");
         let sandbox = Sandbox::builder()
             .auto_approve(Some(seed::ACME_DK))
             .start()

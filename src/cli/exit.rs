@@ -253,7 +253,10 @@ impl CliError {
                 .hint("Pleo knows no such path: check it against the API reference (a typo?)");
         }
         if matches!(status, Some(400..=499))
-            && matches!(kind, ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::Unexpected)
+            && matches!(
+                kind,
+                ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::Unexpected
+            )
         {
             return Self::new(Code::Refused, context).with_source(err);
         }
@@ -435,7 +438,9 @@ mod tests {
         ] {
             let n = code as u8;
             assert!(
-                EXIT_CODES.lines().any(|l| l.trim_start().starts_with(&format!("{n} "))),
+                EXIT_CODES
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{n} "))),
                 "{n} is documented"
             );
         }

@@ -68,9 +68,10 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<(), CliError> {
     let stdin_is_terminal = std::io::stdin().is_terminal();
     let paste = args.paste || (stdin_is_terminal && no_local_browser());
     let callback = listen(&settings.redirect_uri, paste).await?;
-    let redirect_uri = callback
-        .as_ref()
-        .map_or_else(|| settings.redirect_uri.clone(), |c| c.redirect_uri().to_string());
+    let redirect_uri = callback.as_ref().map_or_else(
+        || settings.redirect_uri.clone(),
+        |c| c.redirect_uri().to_string(),
+    );
     let auth = settings.pleo_auth(Some(&redirect_uri)).await?;
     let oauth = auth
         .oauth()
@@ -103,8 +104,15 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<(), CliError> {
     } else {
         outln!("{intro}\n\n{}\n", request.url);
     }
-    if !args.no_browser && !paste && stdout_is_terminal() && webbrowser::open(request.url.as_str()).is_err() {
-        print_level(Level::Warning, "could not open a browser; open the URL yourself");
+    if !args.no_browser
+        && !paste
+        && stdout_is_terminal()
+        && webbrowser::open(request.url.as_str()).is_err()
+    {
+        print_level(
+            Level::Warning,
+            "could not open a browser; open the URL yourself",
+        );
     }
 
     let timeout = Duration::from_secs(args.timeout);
@@ -112,8 +120,10 @@ pub async fn run(settings: &Settings, args: LoginArgs) -> Result<(), CliError> {
         wait_for_paste(callback, timeout, &redirect_uri).await
     } else {
         let Some(callback) = callback else {
-            return Err(CliError::config("no loopback listener for the redirect URI")
-                .hint("use --paste, or a loopback PLEO_REDIRECT_URI"));
+            return Err(
+                CliError::config("no loopback listener for the redirect URI")
+                    .hint("use --paste, or a loopback PLEO_REDIRECT_URI"),
+            );
         };
         let spinner = Spinner::start("Waiting for the consent in the browser (Ctrl-C cancels)");
         let waited = callback.wait(timeout).await;
@@ -160,7 +170,10 @@ fn no_local_browser() -> bool {
     if set("SSH_CONNECTION") || set("SSH_CLIENT") || set("SSH_TTY") {
         return true;
     }
-    cfg!(target_os = "linux") && !set("DISPLAY") && !set("WAYLAND_DISPLAY") && !set("WSL_DISTRO_NAME")
+    cfg!(target_os = "linux")
+        && !set("DISPLAY")
+        && !set("WAYLAND_DISPLAY")
+        && !set("WSL_DISTRO_NAME")
 }
 
 /// The loopback listener for `redirect_uri`. In paste mode a redirect URI that cannot be
@@ -183,7 +196,11 @@ async fn listen(redirect_uri: &str, paste: bool) -> Result<Option<LoopbackCallba
 /// Asks the authorization endpoint about the request before anyone waits for a consent that
 /// cannot come: an unknown client id or redirect URI gets an error page instead of a consent
 /// (or login) page or a redirect, and a refused scope comes back as an error redirect.
-async fn preflight(url: &url::Url, redirect_uri: &str, settings: &Settings) -> Result<(), CliError> {
+async fn preflight(
+    url: &url::Url,
+    redirect_uri: &str,
+    settings: &Settings,
+) -> Result<(), CliError> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(PREFLIGHT_TIMEOUT)
@@ -221,8 +238,9 @@ async fn preflight(url: &url::Url, redirect_uri: &str, settings: &Settings) -> R
             "invalid_scope" => CliError::new(Code::Refused, message.trim_end())
                 .hint("request only scopes the client is registered for (--scopes or PLEO_SCOPES)"),
             "invalid_request" | "unauthorized_client" | "unsupported_response_type" => {
-                CliError::config(message.trim_end())
-                    .hint(format!("check the client id {client_id:?} and its registration"))
+                CliError::config(message.trim_end()).hint(format!(
+                    "check the client id {client_id:?} and its registration"
+                ))
             }
             _ => CliError::new(Code::Refused, message.trim_end()),
         });
@@ -231,11 +249,16 @@ async fn preflight(url: &url::Url, redirect_uri: &str, settings: &Settings) -> R
         return Ok(());
     }
     let title = answer.text().await.ok().and_then(|page| page_title(&page));
-    let said = title.map(|t| format!(": Pleo says {t:?}")).unwrap_or_default();
+    let said = title
+        .map(|t| format!(": Pleo says {t:?}"))
+        .unwrap_or_default();
     if status.is_server_error() {
         return Err(CliError::new(
             Code::Network,
-            format!("Pleo's authorization endpoint failed (HTTP {}){said}", status.as_u16()),
+            format!(
+                "Pleo's authorization endpoint failed (HTTP {}){said}",
+                status.as_u16()
+            ),
         )
         .hint("retry later"));
     }

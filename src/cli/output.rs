@@ -72,7 +72,10 @@ pub enum Level {
 pub fn print_level(level: Level, text: &str) {
     use anstyle::{AnsiColor, Style};
     let (prefix, style) = match level {
-        Level::Error => ("error:", Style::new().bold().fg_color(Some(AnsiColor::Red.into()))),
+        Level::Error => (
+            "error:",
+            Style::new().bold().fg_color(Some(AnsiColor::Red.into())),
+        ),
         Level::Cause => ("  caused by:", Style::new().dimmed()),
         Level::Warning => (
             "warning:",
@@ -237,5 +240,18 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_cuts_to_the_column_count() {
+        assert_eq!(fit("short", 10), "short");
+        let cut = fit(&"x".repeat(100), SPINNER_MAX_COLUMNS - 2);
+        assert_eq!(cut.chars().count(), SPINNER_MAX_COLUMNS - 2);
+        assert!(cut.ends_with('…'));
     }
 }

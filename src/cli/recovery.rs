@@ -152,11 +152,7 @@ async fn apply_file(manager: &TokenManager, file: &Path) -> Result<(), CliError>
 
 fn create_private_dir(dir: &Path) -> Result<(), CliError> {
     let failed = |e: std::io::Error| {
-        CliError::new(
-            Code::Store,
-            format!("creating {} failed", dir.display()),
-        )
-        .with_source(e)
+        CliError::new(Code::Store, format!("creating {} failed", dir.display())).with_source(e)
     };
     fs::create_dir_all(dir).map_err(failed)?;
     #[cfg(unix)]

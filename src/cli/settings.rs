@@ -21,21 +21,51 @@ use super::recovery;
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ConfigArgs {
     /// The config file [default: $XDG_CONFIG_HOME/pleo-auth/config.toml]
-    #[arg(long, global = true, value_name = "PATH", env = "PLEO_CONFIG", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "PLEO_CONFIG",
+        hide_env_values = true
+    )]
     pub config: Option<PathBuf>,
     /// The Pleo environment: staging, production or sandbox [default: staging]
-    #[arg(long = "env", global = true, value_name = "ENV", env = "PLEO_ENV", hide_env_values = true)]
+    #[arg(
+        long = "env",
+        global = true,
+        value_name = "ENV",
+        env = "PLEO_ENV",
+        hide_env_values = true
+    )]
     pub environment: Option<String>,
     /// The sandbox's base URL, for --env sandbox
-    #[arg(long, global = true, value_name = "URL", env = "PLEO_SANDBOX_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "PLEO_SANDBOX_URL",
+        hide_env_values = true
+    )]
     pub sandbox_url: Option<String>,
     /// Where credentials are kept: file:PATH, vault://, aws://, redis:// (a URL with a password
     /// only from the environment or the config file) [default: file: under the user's data
     /// directory]
-    #[arg(long, global = true, value_name = "URL", env = "PLEO_STORE", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "PLEO_STORE",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
     /// The OAuth client id
-    #[arg(long, global = true, value_name = "ID", env = "PLEO_CLIENT_ID", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ID",
+        env = "PLEO_CLIENT_ID",
+        hide_env_values = true
+    )]
     pub client_id: Option<String>,
     /// The OAuth client secret: from PLEO_CLIENT_SECRET or the config file only; on the command
     /// line it would be visible to every user in `ps`, so the flag is refused
@@ -49,18 +79,42 @@ pub struct ConfigArgs {
     )]
     pub client_secret: Option<String>,
     /// The scopes `login` requests, space-separated [default: users:read]
-    #[arg(long, global = true, value_name = "SCOPES", env = "PLEO_SCOPES", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SCOPES",
+        env = "PLEO_SCOPES",
+        hide_env_values = true
+    )]
     pub scopes: Option<String>,
     /// The loopback redirect URI registered with Pleo [default: http://127.0.0.1/callback, any
     /// free port]
-    #[arg(long, global = true, value_name = "URI", env = "PLEO_REDIRECT_URI", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URI",
+        env = "PLEO_REDIRECT_URI",
+        hide_env_values = true
+    )]
     pub redirect_uri: Option<String>,
     /// The integration id Integrated API keys are stored under [default: the client id, else
     /// pleo-auth-cli]
-    #[arg(long, global = true, value_name = "ID", env = "PLEO_INTEGRATION_ID", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ID",
+        env = "PLEO_INTEGRATION_ID",
+        hide_env_values = true
+    )]
     pub integration_id: Option<String>,
     /// Scopes every Integrated API key must carry
-    #[arg(long, global = true, value_name = "SCOPES", env = "PLEO_KEY_SCOPES", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SCOPES",
+        env = "PLEO_KEY_SCOPES",
+        hide_env_values = true
+    )]
     pub key_scopes: Option<String>,
 }
 
@@ -209,9 +263,8 @@ impl Settings {
                         "set PLEO_SANDBOX_URL or --sandbox-url (`pleo-auth sandbox` prints it)",
                     )
                 })?;
-                Environment::custom("sandbox", &url, &url).map_err(|e| {
-                    CliError::config("the sandbox URL is refused").with_source(e)
-                })?
+                Environment::custom("sandbox", &url, &url)
+                    .map_err(|e| CliError::config("the sandbox URL is refused").with_source(e))?
             }
             other => {
                 return Err(CliError::usage(format!(
@@ -256,8 +309,8 @@ impl Settings {
             ),
         };
         let integration_id = pick(&args.integration_id, &file.integration_id)
-        .or_else(|| client.as_ref().map(|(id, _)| id.clone()))
-        .unwrap_or_else(|| DEFAULT_INTEGRATION_ID.to_owned());
+            .or_else(|| client.as_ref().map(|(id, _)| id.clone()))
+            .unwrap_or_else(|| DEFAULT_INTEGRATION_ID.to_owned());
         Ok(Self {
             environment,
             store,
@@ -329,7 +382,9 @@ impl Settings {
             for text in older.expose().split(',').filter(|t| !t.trim().is_empty()) {
                 keys = keys
                     .with_older(parse(text, "PLEO_ENCRYPTION_OLD_KEYS")?)
-                    .map_err(|e| CliError::config("PLEO_ENCRYPTION_OLD_KEYS is unusable").with_source(e))?;
+                    .map_err(|e| {
+                        CliError::config("PLEO_ENCRYPTION_OLD_KEYS is unusable").with_source(e)
+                    })?;
             }
         }
         Ok(Some(keys))
@@ -470,10 +525,11 @@ fn load_file(explicit: Option<PathBuf>) -> Result<FileConfig, CliError> {
             return Ok(FileConfig::default());
         }
         Err(e) => {
-            return Err(
-                CliError::config(format!("cannot read the config file {}", path.display()))
-                    .with_source(e),
-            );
+            return Err(CliError::config(format!(
+                "cannot read the config file {}",
+                path.display()
+            ))
+            .with_source(e));
         }
     };
     let config: FileConfig = toml::from_str(&text).map_err(|e| {
@@ -501,7 +557,11 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
     let message = err.message().trim();
     let what = if let Some(rest) = message.strip_prefix("unknown field `") {
         let key = rest.split('`').next().unwrap_or_default();
-        if FileConfig::KEYS.contains(&key) || key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if FileConfig::KEYS.contains(&key)
+            || key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             format!("unknown key {key:?}")
         } else {
             "unknown key".to_owned()
@@ -514,7 +574,11 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
             "a syntax error".to_owned()
         }
     } else {
-        message.lines().next().unwrap_or("a syntax error").to_owned()
+        message
+            .lines()
+            .next()
+            .unwrap_or("a syntax error")
+            .to_owned()
     };
     format!("{}{what}", location.unwrap_or_default())
 }
@@ -564,17 +628,18 @@ fn file_store_path(url: &str) -> Option<Result<PathBuf, CliError>> {
 
 fn parse_file_path(rest: &str) -> Result<PathBuf, CliError> {
     let refuse = |why: &str| {
-        CliError::config(format!("the file store URL is refused: {why}"))
-            .hint("use file:/absolute/path, file:~/path, file:relative/path or file:///absolute/path")
+        CliError::config(format!("the file store URL is refused: {why}")).hint(
+            "use file:/absolute/path, file:~/path, file:relative/path or file:///absolute/path",
+        )
     };
     let path = if rest.starts_with("//") {
-        let url = url::Url::parse(&format!("file:{rest}"))
-            .map_err(|_| refuse("it is not a file URL"))?;
+        let url =
+            url::Url::parse(&format!("file:{rest}")).map_err(|_| refuse("it is not a file URL"))?;
         if url.query().is_some() || url.fragment().is_some() {
             return Err(refuse("a file URL has no query or fragment"));
         }
-        if url.path() == "/" && !rest.ends_with('/') {
-            return Err(refuse("it names no path"));
+        if url.path() == "/" {
+            return Err(refuse("it names no path (or the root directory)"));
         }
         url.to_file_path()
             .map_err(|()| refuse("a file URL names no other host than localhost"))?
@@ -768,4 +833,76 @@ async fn open_redis(url: &url::Url) -> Result<(DynSecretStore, Option<DynLease>)
 #[cfg(not(feature = "redis"))]
 async fn open_redis(_: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
     Err(not_built("a redis:// store", "redis"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_follow_one_rule() {
+        let home = dirs::home_dir().expect("a home directory");
+        let cwd = std::env::current_dir().unwrap();
+        let path = |url: &str| file_store_path(url).expect("a file: URL");
+        assert_eq!(
+            path("file:/var/lib/x").unwrap(),
+            PathBuf::from("/var/lib/x")
+        );
+        assert_eq!(path("file:rel/x").unwrap(), cwd.join("rel/x"));
+        assert_eq!(path("file:~").unwrap(), home);
+        assert_eq!(path("file:~/x").unwrap(), home.join("x"));
+        assert_eq!(
+            path("file:///var/lib/x").unwrap(),
+            PathBuf::from("/var/lib/x")
+        );
+        assert_eq!(
+            path("file://localhost/var/lib/a%20b").unwrap(),
+            PathBuf::from("/var/lib/a b")
+        );
+        assert_eq!(path("file://LOCALHOST/x").unwrap(), PathBuf::from("/x"));
+        for refused in [
+            "file:",
+            "file://",
+            "file://server/share",
+            "file:~other/x",
+            "file:///x?y=1",
+        ] {
+            let err = path(refused).unwrap_err();
+            assert_eq!(err.code(), Code::Config, "{refused}");
+        }
+        assert!(file_store_path("redis://127.0.0.1").is_none());
+    }
+
+    #[test]
+    fn toml_errors_point_at_the_place_and_quote_nothing() {
+        let secret = "s3cr3t-value";
+        for text in [
+            format!("env = \"sandbox\"\nclient_secret = \"{secret}\n"),
+            format!("env = \"sandbox\"\nclient_secret = {secret}\n"),
+            format!("env = \"sandbox\"\nclient_secret = [\"{secret}\"]\n"),
+            "env = \"sandbox\"\nclient_secret = 42\n".to_owned(),
+        ] {
+            let err = toml::from_str::<FileConfig>(&text).err().expect("invalid");
+            let shown = describe_toml_error(&text, &err);
+            assert!(shown.starts_with("line 2, column "), "{shown}");
+            assert!(!shown.contains(secret) && !shown.contains("42"), "{shown}");
+        }
+        let text = "colour = \"blue\"\n";
+        let err = toml::from_str::<FileConfig>(text).err().expect("invalid");
+        assert_eq!(
+            describe_toml_error(text, &err),
+            "line 1, column 1: unknown key \"colour\""
+        );
+    }
+
+    #[test]
+    fn secrets_in_the_file_are_noticed() {
+        let with = |text: &str| toml::from_str::<FileConfig>(text).unwrap().has_secret();
+        assert!(with("client_secret = \"x\""));
+        assert!(with("encryption_key = \"x\""));
+        assert!(with("store = \"redis://u:p@127.0.0.1:6379\""));
+        assert!(!with(
+            "store = \"redis://127.0.0.1:6379\"\nclient_id = \"c\""
+        ));
+    }
 }

@@ -15,8 +15,7 @@ use pleo_auth::http::api::introspect;
 use pleo_auth::oauth::{DanglingStatus, TokenManager};
 use pleo_auth::{
     ApiKeyCredential, AuthorizationHeader, CredentialKind, CredentialStatus, Environment,
-    ErrorKind, OAuthGrant, PleoAuth, RecordStoreExt, RevocationState, ScopeSet, StoreKey,
-    Subject,
+    ErrorKind, OAuthGrant, PleoAuth, RecordStoreExt, RevocationState, ScopeSet, StoreKey, Subject,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -116,7 +115,12 @@ impl Entry {
 }
 
 /// The order in which problems decide the exit code.
-const PRIORITY: [Code; 4] = [Code::Store, Code::Reauthorize, Code::WrongCompany, Code::Network];
+const PRIORITY: [Code; 4] = [
+    Code::Store,
+    Code::Reauthorize,
+    Code::WrongCompany,
+    Code::Network,
+];
 
 /// Runs `status`.
 pub async fn run(settings: &Settings, args: StatusArgs) -> Result<(), CliError> {
@@ -163,7 +167,9 @@ async fn inventory(settings: &Settings, auth: &PleoAuth) -> Result<Vec<Entry>, C
                 .into_iter()
                 .map(|l| (l.subject, l.tenant.as_str().to_owned()))
                 .collect(),
-            Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::UnsupportedSchema => {
+            Err(e)
+                if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::UnsupportedSchema =>
+            {
                 errln!("warning: a tenant link is unreadable, so tenants are not shown: {e}");
                 HashMap::new()
             }
@@ -172,8 +178,10 @@ async fn inventory(settings: &Settings, auth: &PleoAuth) -> Result<Vec<Entry>, C
     let client = settings.client.as_ref().map(|(id, _)| id.as_str());
     let mut entries = Vec::new();
     for kind in ["oauth", "apikey"] {
-        let prefix = StoreKey::from_parts(["pleo-auth", "v1", kind, &environment])
-            .map_err(|e| CliError::config("the environment name makes no store key").with_source(e))?;
+        let prefix =
+            StoreKey::from_parts(["pleo-auth", "v1", kind, &environment]).map_err(|e| {
+                CliError::config("the environment name makes no store key").with_source(e)
+            })?;
         let keys = store
             .list(&prefix)
             .await
@@ -263,7 +271,10 @@ async fn read_grant(
         return Ok(false);
     };
     entry.subject = Some(grant.subject);
-    entry.tenant = entry.tenant.take().or(grant.tenant.map(|t| t.as_str().to_owned()));
+    entry.tenant = entry
+        .tenant
+        .take()
+        .or(grant.tenant.map(|t| t.as_str().to_owned()));
     entry.state = state_name(grant.status, grant.status_reason.as_deref());
     entry.scopes = grant.scopes.iter().map(|s| s.as_str().to_owned()).collect();
     entry.generation = Some(grant.generation);
@@ -286,7 +297,11 @@ async fn read_key(
         .or(record.tenant.map(|t| t.as_str().to_owned()));
     entry.method = record.kind.credential_kind();
     entry.state = state_name(record.status, record.status_reason.as_deref());
-    entry.scopes = record.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+    entry.scopes = record
+        .scopes
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
     entry.generation = Some(record.generation);
     entry.masked_key = record.key.as_ref().map(pleo_auth::apikey::masked);
     entry.key_header = record.key.as_ref().map(AuthorizationHeader::basic_api_key);
@@ -367,7 +382,9 @@ impl CheckJob {
                 Err(e) => {
                     let cli = CliError::oauth("refreshing the grant failed", e);
                     return match cli.code() {
-                        Code::Reauthorize | Code::Refused => Check::Refused(cli.message().to_owned()),
+                        Code::Reauthorize | Code::Refused => {
+                            Check::Refused(cli.message().to_owned())
+                        }
                         _ => Check::Unreachable(cli.message().to_owned()),
                     };
                 }
@@ -460,7 +477,12 @@ fn revocation_name(state: RevocationState) -> &'static str {
     }
 }
 
-fn print_text(settings: &Settings, auth: &PleoAuth, entries: &[Entry], dangling: &[DanglingStatus]) {
+fn print_text(
+    settings: &Settings,
+    auth: &PleoAuth,
+    entries: &[Entry],
+    dangling: &[DanglingStatus],
+) {
     print_dangling(dangling);
     if entries.is_empty() {
         outln!(
@@ -504,7 +526,9 @@ fn print_text(settings: &Settings, auth: &PleoAuth, entries: &[Entry], dangling:
     header.push("SCOPES");
     print_table(&header, &rows);
     for e in entries {
-        let who = e.subject.map_or_else(|| e.key.to_string(), |s| describe(&s));
+        let who = e
+            .subject
+            .map_or_else(|| e.key.to_string(), |s| describe(&s));
         if let Some(error) = &e.error {
             outln!("  {who}: the record {} is unreadable: {error}", e.key);
         }
@@ -514,7 +538,12 @@ fn print_text(settings: &Settings, auth: &PleoAuth, entries: &[Entry], dangling:
                 e.client_id
             );
         }
-        if let Some(detail) = e.check.as_ref().filter(|c| !matches!(c, Check::Ok(_) | Check::Skipped(_))).and_then(Check::detail) {
+        if let Some(detail) = e
+            .check
+            .as_ref()
+            .filter(|c| !matches!(c, Check::Ok(_) | Check::Skipped(_)))
+            .and_then(Check::detail)
+        {
             outln!("  {who}: {detail}");
         }
     }

@@ -253,7 +253,10 @@ impl Terminal {
         while !self.text().contains(needle) {
             match tokio::time::timeout_at(deadline, self.output.recv()).await {
                 Ok(Some(bytes)) => self.screen.extend_from_slice(&bytes),
-                Ok(None) => panic!("the terminal closed before showing {needle:?}:\n{}", self.text()),
+                Ok(None) => panic!(
+                    "the terminal closed before showing {needle:?}:\n{}",
+                    self.text()
+                ),
                 Err(_) => panic!("the terminal did not show {needle:?}:\n{}", self.text()),
             }
         }
@@ -261,7 +264,10 @@ impl Terminal {
 
     /// Types `bytes` (such as `b"\x03"` for Ctrl-C).
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.stdin.write_all(bytes).await.expect("type into the terminal");
+        self.stdin
+            .write_all(bytes)
+            .await
+            .expect("type into the terminal");
         self.stdin.flush().await.expect("flush the terminal input");
     }
 
