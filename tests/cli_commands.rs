@@ -6,22 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cli, browser, sandbox};
+use common::{Cli, answer_consent, browser, entry, sandbox};
 use pleo_auth_sandbox::seed;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const ACME_DK: &str = "0c000000-0000-4000-8000-000000000001";
 const ACME_SE: &str = "0c000000-0000-4000-8000-000000000002";
 const GLOBEX: &str = "0c000000-0000-4000-8000-000000000003";
-
-fn entry<'a>(status: &'a serde_json::Value, company: &str) -> &'a serde_json::Value {
-    status
-        .as_array()
-        .expect("status --json is an array")
-        .iter()
-        .find(|c| c["company"] == company)
-        .unwrap_or_else(|| panic!("{company} is listed in {status:#}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_stores_the_grant_and_status_shows_it() {
@@ -86,30 +77,6 @@ fn login_url_params(stdout: &str) -> impl Fn(&str) -> Option<String> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
-}
-
-/// Answers the sandbox's consent page as a person would: picks `subject`, clicks `decision`.
-/// Returns the redirect back to the CLI's loopback listener.
-async fn answer_consent(url: &url::Url, subject: &str, decision: &str) -> String {
-    let browser = browser();
-    let page = browser.get(url.clone()).send().await.unwrap();
-    assert_eq!(page.status(), 200, "the consent page is shown");
-    let html = page.text().await.unwrap();
-    let marker = "name=\"consent_id\" value=\"";
-    let start = html.find(marker).expect("the form has a consent_id") + marker.len();
-    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
-    let answer = browser
-        .post(url.join("/oauth/authorize").unwrap())
-        .form(&[
-            ("consent_id", consent_id),
-            ("subject", subject),
-            ("decision", decision),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_redirection(), "{}", answer.status());
-    answer.headers()["location"].to_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{CANARY, Cli, browser, sandbox};
+use common::{CANARY, Cli, answer_consent as consent, browser, entry, sandbox};
 use pleo_auth_sandbox::{Endpoint, Fault, Sandbox, seed};
 use serde_json::Value;
 
@@ -28,42 +28,6 @@ fn keys_of(value: &Value) -> BTreeSet<String> {
 
 fn set(keys: &[&str]) -> BTreeSet<String> {
     keys.iter().map(|k| (*k).to_owned()).collect()
-}
-
-fn entry<'a>(status: &'a Value, company: &str) -> &'a Value {
-    status
-        .as_array()
-        .expect("status --json is an array")
-        .iter()
-        .find(|c| c["company"] == company)
-        .unwrap_or_else(|| panic!("{company} is listed in {status:#}"))
-}
-
-/// Answers the consent page as a person would; returns the redirect back to the CLI.
-async fn consent(url: &url::Url, subject: &str, decision: &str) -> String {
-    let client = browser();
-    let html = client
-        .get(url.clone())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let marker = "name=\"consent_id\" value=\"";
-    let start = html.find(marker).expect("a consent form") + marker.len();
-    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
-    let answer = client
-        .post(url.join("/oauth/authorize").unwrap())
-        .form(&[
-            ("consent_id", consent_id),
-            ("subject", subject),
-            ("decision", decision),
-        ])
-        .send()
-        .await
-        .unwrap();
-    answer.headers()["location"].to_str().unwrap().to_owned()
 }
 
 // ---------------------------------------------------------------------------------------------

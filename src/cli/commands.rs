@@ -49,7 +49,18 @@ pub async fn refresh(
     let mut first_failure: Option<CliError> = None;
     let mut results = Vec::new();
     for subject in subjects {
-        match rotate(&manager, &subject).await {
+        let outcome = rotate(&manager, &subject).await;
+        let generations = outcome.as_ref().ok();
+        results.push(json!({
+            "subject": subject.to_string(),
+            "company": subject.company().map(|c| c.to_string()),
+            "refreshed": outcome.is_ok(),
+            "generation_before": generations.map(|(before, _)| before),
+            "generation": generations.map(|(_, after)| after),
+            "error": outcome.as_ref().err().map(CliError::message),
+            "exit_code": outcome.as_ref().err().map_or(0, |e| e.code() as u8),
+        }));
+        match outcome {
             Ok((before, after)) => {
                 if !as_json {
                     outln!(
@@ -57,31 +68,11 @@ pub async fn refresh(
                         describe(&subject)
                     );
                 }
-                results.push(json!({
-                    "subject": subject.to_string(),
-                    "company": subject.company().map(|c| c.to_string()),
-                    "refreshed": true,
-                    "generation_before": before,
-                    "generation": after,
-                    "error": null,
-                    "exit_code": 0,
-                }));
             }
-            Err(err) => {
-                results.push(json!({
-                    "subject": subject.to_string(),
-                    "company": subject.company().map(|c| c.to_string()),
-                    "refreshed": false,
-                    "generation_before": null,
-                    "generation": null,
-                    "error": err.message(),
-                    "exit_code": err.code() as u8,
-                }));
-                match &first_failure {
-                    Some(_) => err.print(),
-                    None => first_failure = Some(err),
-                }
-            }
+            Err(err) => match &first_failure {
+                Some(_) => err.print(),
+                None => first_failure = Some(err),
+            },
         }
     }
     if as_json {

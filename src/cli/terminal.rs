@@ -60,7 +60,16 @@ pub async fn read_hidden(prompt: &'static str) -> Result<String, CliError> {
     let answer = tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt))
         .await
         .map_err(|e| CliError::other("the prompt failed").with_source(e))?;
-    answer.map_err(|e| CliError::usage("reading from the terminal failed").with_source(e))
+    answer.map_err(read_failed)
+}
+
+/// A failed terminal read: Ctrl-C can also reach the reading thread, whose read then ends with
+/// `Interrupted`; that is the same interruption.
+fn read_failed(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::Interrupted {
+        return CliError::interrupted();
+    }
+    CliError::usage("reading from the terminal failed").with_source(e)
 }
 
 /// Asks for one line on the terminal (echoed). `None` at the end of input.
@@ -73,7 +82,7 @@ pub async fn read_line(prompt: &str) -> Result<Option<String>, CliError> {
     })
     .await
     .map_err(|e| CliError::other("the prompt failed").with_source(e))?
-    .map_err(|e| CliError::usage("reading from stdin failed").with_source(e))?;
+    .map_err(read_failed)?;
     Ok(match line {
         (0, _) => None,
         (_, line) => Some(line),

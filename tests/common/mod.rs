@@ -87,22 +87,30 @@ impl Cli {
         command
     }
 
-    /// Runs a shell command line under `script` (util-linux), which gives it a pseudo-terminal
-    /// as stdin, stdout and stderr; everything it printed comes back as stdout.
-    pub async fn run_in_terminal(&self, command_line: &str) -> Run {
+    /// `script` (util-linux) running `command_line` on a pseudo-terminal, with this setup's
+    /// clean environment.
+    fn script(&self, flags: &str, command_line: &str, stdin: Stdio) -> Command {
         let mut command = Command::new("script");
         command
-            .args(["-qec", command_line, "/dev/null"])
+            .args([flags, command_line, "/dev/null"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("SHELL", "/bin/bash")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        command
+    }
+
+    /// Runs a shell command line under `script` (util-linux), which gives it a pseudo-terminal
+    /// as stdin, stdout and stderr; everything it printed comes back as stdout.
+    pub async fn run_in_terminal(&self, command_line: &str) -> Run {
+        let mut command = self.script("-qec", command_line, Stdio::null());
         let output = tokio::time::timeout(RUN_TIMEOUT, command.output())
             .await
             .unwrap_or_else(|_| panic!("{command_line:?} did not finish in time"))
@@ -113,21 +121,8 @@ impl Cli {
     /// Starts a shell command line under `script` (util-linux) on a pseudo-terminal whose input
     /// the test types (`Terminal::send`), as a person at a terminal would.
     pub fn start_in_terminal(&self, command_line: &str) -> Terminal {
-        let mut command = Command::new("script");
-        command
-            .args(["-qfec", command_line, "/dev/null"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("XDG_DATA_HOME", self.dir.path().join("data"))
-            .env("TERM", "xterm")
-            .env("SHELL", "/bin/bash")
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut command = self.script("-qfec", command_line, Stdio::piped());
+        command.env("TERM", "xterm");
         let mut child = command.spawn().expect("script (util-linux) runs");
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -284,6 +279,41 @@ impl Terminal {
         }
         (status.code(), self.text())
     }
+}
+
+/// The entry of `company` in the output of `status --json`.
+#[track_caller]
+pub fn entry<'a>(status: &'a serde_json::Value, company: &str) -> &'a serde_json::Value {
+    status
+        .as_array()
+        .expect("status --json is an array")
+        .iter()
+        .find(|c| c["company"] == company)
+        .unwrap_or_else(|| panic!("{company} is listed in {status:#}"))
+}
+
+/// Answers the sandbox's consent page as a person would: picks `subject`, clicks `decision`.
+/// Returns the redirect back to the CLI's loopback listener.
+pub async fn answer_consent(url: &url::Url, subject: &str, decision: &str) -> String {
+    let browser = browser();
+    let page = browser.get(url.clone()).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the consent page is shown");
+    let html = page.text().await.unwrap();
+    let marker = "name=\"consent_id\" value=\"";
+    let start = html.find(marker).expect("the form has a consent_id") + marker.len();
+    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
+    let answer = browser
+        .post(url.join("/oauth/authorize").unwrap())
+        .form(&[
+            ("consent_id", consent_id),
+            ("subject", subject),
+            ("decision", decision),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_redirection(), "{}", answer.status());
+    answer.headers()["location"].to_str().unwrap().to_owned()
 }
 
 /// An HTTP client that behaves like a browser that shows redirects instead of following them.
