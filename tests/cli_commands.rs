@@ -876,5 +876,5 @@ async fn rewrap_moves_every_record_to_the_new_key() {
     );
 
     cli.unset("PLEO_ENCRYPTION_KEY");
-    cli.run(&["rewrap"]).await.expect_code(2);
+    cli.run(&["rewrap"]).await.expect_code(8);
 }
