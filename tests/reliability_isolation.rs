@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pleo_auth_core::{
     CompanyId, Credential, CredentialId, CredentialProvider, Environment, EnvironmentName,
-    ErrorKind, MemoryStore, Subject,
+    ErrorKind, InProcessLease, ManualClock, MemoryStore, Subject,
 };
 use pleo_auth_http::{PleoClient, RetryPolicy};
 use pleo_auth_oauth::{AuthorizeOptions, OAuthClient, TokenManager};
@@ -36,7 +36,16 @@ async fn ten_thousand_interleaved_requests_never_carry_another_companys_credenti
         companies: COMPANIES,
         ..SandboxSpec::default()
     };
-    let h = Harness::new(spec, Arc::new(MemoryStore::new())).await;
+    // The refresh lease runs on real time: the test moves the manual clock by up to two
+    // minutes at once while refreshes are in flight, which would expire every lease under
+    // their holders (and fencing would then rightly refuse to present the refresh token).
+    let h = Harness::with_lease(
+        spec,
+        Arc::new(MemoryStore::new()),
+        ManualClock::new(),
+        Arc::new(InProcessLease::new()),
+    )
+    .await;
     let clients: Vec<OAuthClient> = (0..CLIENTS)
         .map(|i| h.replica_with(i, fast_policy()))
         .collect();
@@ -91,7 +100,10 @@ async fn ten_thousand_interleaved_requests_never_carry_another_companys_credenti
                 };
                 match result {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("request failed: {e:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }));
             sent += 1;

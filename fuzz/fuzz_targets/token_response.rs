@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use pleo_auth_core::testing::find_leak;
 use pleo_auth_core::{ClientSecret, Environment, MemoryStore};
 use pleo_auth_oauth::{AuthorizeOptions, OAuthClient, OAuthConfig};
 
@@ -91,5 +92,5 @@ fuzz_target!(|data: &[u8]| {
         rig.client.complete(&query).await
     });
     let err = result.expect_err("a fuzzed answer never connects a grant");
-    assert!(!format!("{err} {err:?}").contains("CANARY"));
+    assert_eq!(find_leak(&format!("{err} {err:?}"), &["CANARY"]), None);
 });

@@ -1859,7 +1859,7 @@ impl TokenManager {
     }
 
     /// Writes every pending token pair now (for example before shutdown), in up to
-    /// [`FLUSH_ROUNDS`] rounds with the persist backoff between them. Fails with the last store
+    /// [`FLUSH_ROUNDS`] rounds with the persist backoff (at most a second) between them. Fails with the last store
     /// error when a pair is still pending after that; such pairs stay pending in memory, and
     /// [`pending_pairs`](Self::pending_pairs) exports them for a recovery file.
     pub async fn flush(&self) -> Result<()> {
@@ -1878,7 +1878,12 @@ impl TokenManager {
             match &last_error {
                 None => return Ok(()),
                 Some(_) if round < FLUSH_ROUNDS => {
-                    tokio::time::sleep(self.inner.policy.persist_backoff(round)).await;
+                    let pause = self
+                        .inner
+                        .policy
+                        .persist_backoff(round)
+                        .min(FLUSH_MAX_PAUSE);
+                    tokio::time::sleep(pause).await;
                 }
                 Some(_) => {}
             }
@@ -1955,6 +1960,10 @@ impl TokenManager {
 
 /// How many rounds [`TokenManager::flush`] tries a pending pair before it gives up.
 pub const FLUSH_ROUNDS: u32 = 4;
+
+/// The longest pause between two rounds of [`TokenManager::flush`], whatever the persist
+/// backoff: a flush runs while a process is about to exit.
+const FLUSH_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// What [`TokenManager::recover`] did with one pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

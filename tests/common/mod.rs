@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use pleo_auth_core::testing::assert_no_leak;
 use pleo_auth_sandbox::{Sandbox, SandboxHandle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -401,15 +402,11 @@ impl Run {
         self.expect_code(0)
     }
 
-    /// Asserts that no canary-marked secret was printed.
+    /// Asserts that no canary-marked secret was printed, raw or encoded.
     #[track_caller]
     pub fn no_secret(&self) -> &Self {
-        assert!(
-            !self.stdout.contains(CANARY) && !self.stderr.contains(CANARY),
-            "a secret was printed\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout,
-            self.stderr
-        );
+        assert_no_leak("stdout", &self.stdout, &[CANARY]);
+        assert_no_leak("stderr", &self.stderr, &[CANARY]);
         self
     }
 
