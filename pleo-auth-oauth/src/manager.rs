@@ -104,6 +104,25 @@ pub struct KeepAliveReport {
 }
 
 impl GrantState {
+    /// The state a stored grant record is in, with nothing in flight in this process: how a
+    /// tool that reads records itself (the CLI's `status`) names them.
+    pub fn of_record(record: &OAuthGrant) -> Self {
+        Self::of(Phase::life_of(record))
+    }
+
+    /// A short, stable, lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Active => "active",
+            GrantState::Refreshing => "refreshing",
+            GrantState::PersistPending => "persist_pending",
+            GrantState::CoolingDown => "cooling_down",
+            GrantState::NeedsReauthorization => "needs_reauthorization",
+            GrantState::RevocationPending => "revocation_pending",
+            GrantState::Revoked => "revoked",
+        }
+    }
+
     /// The state of a grant in its `life`, with nothing in flight in this process.
     fn of(life: Life) -> Self {
         match life {

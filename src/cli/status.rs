@@ -252,12 +252,11 @@ fn is_unreadable(e: &pleo_auth::CoreError) -> bool {
     )
 }
 
-fn state_name(status: CredentialStatus, reason: Option<&str>) -> &'static str {
+fn key_state_name(status: CredentialStatus) -> &'static str {
     match status {
         CredentialStatus::Active => "active",
         CredentialStatus::NeedsReauthorization => "needs_reauthorization",
         CredentialStatus::NeedsReplacement => "needs_replacement",
-        CredentialStatus::Revoked if reason == Some("revocation_pending") => "revocation_pending",
         CredentialStatus::Revoked => "revoked",
     }
 }
@@ -271,11 +270,11 @@ async fn read_grant(
         return Ok(false);
     };
     entry.subject = Some(grant.subject);
+    entry.state = pleo_auth::oauth::GrantState::of_record(&grant).as_str();
     entry.tenant = entry
         .tenant
         .take()
         .or(grant.tenant.map(|t| t.as_str().to_owned()));
-    entry.state = state_name(grant.status, grant.status_reason.as_deref());
     entry.scopes = grant.scopes.iter().map(|s| s.as_str().to_owned()).collect();
     entry.generation = Some(grant.generation);
     entry.access_token_expires_at_ms = grant.access_token_expires_at.map(|t| t.as_millis());
@@ -296,7 +295,7 @@ async fn read_key(
         .take()
         .or(record.tenant.map(|t| t.as_str().to_owned()));
     entry.method = record.kind.credential_kind();
-    entry.state = state_name(record.status, record.status_reason.as_deref());
+    entry.state = key_state_name(record.status);
     entry.scopes = record
         .scopes
         .iter()
