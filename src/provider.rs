@@ -2,8 +2,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use async_trait::async_trait;
 use pleo_auth_core::{
@@ -41,15 +44,104 @@ struct Inner {
     environment: EnvironmentName,
     providers: Vec<DynCredentialProvider>,
     clock: DynClock,
-    routes: Mutex<HashMap<Subject, Route>>,
+    routes: Routes,
 }
 
-/// Which provider served a subject last, with which credential, since when.
-#[derive(Debug, Clone)]
+/// Shards of the route table (a power of two).
+const ROUTE_SHARDS: usize = 64;
+
+/// Which provider served each subject last, read without locks on every request: shards of
+/// copy-on-write maps from subject to a [`Route`] whose fields are atomics. A shard is copied
+/// only when a subject is seen for the first time; a route changes in place.
+struct Routes {
+    shards: Box<[RouteShard]>,
+    /// Serializes the copy-on-write of shards; never taken on the read path.
+    write: Mutex<()>,
+    /// The instant route times are counted from.
+    epoch: Instant,
+}
+
+/// One shard of [`Routes`].
+type RouteShard = ArcSwap<HashMap<Subject, Arc<Route>, foldhash::fast::RandomState>>;
+
+/// Which provider served a subject last, with which credential, since when (nanoseconds
+/// after [`Routes::epoch`]).
+#[derive(Debug)]
 struct Route {
-    provider: usize,
-    id: CredentialId,
-    since: Instant,
+    provider: AtomicUsize,
+    credential: AtomicU64,
+    since: AtomicU64,
+}
+
+impl Routes {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            shards: (0..ROUTE_SHARDS)
+                .map(|_| ArcSwap::from_pointee(HashMap::default()))
+                .collect(),
+            write: Mutex::new(()),
+            epoch,
+        }
+    }
+
+    fn shard(&self, subject: &Subject) -> &RouteShard {
+        let id = match subject {
+            Subject::Company(c) => c.as_uuid().as_u128(),
+            Subject::Organisation(o) => o.as_uuid().as_u128(),
+        };
+        // The top bits of a Fibonacci product depend on every bit of the (random) UUID.
+        let mixed = id.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        &self.shards[(mixed >> (u128::BITS - ROUTE_SHARDS.trailing_zeros())) as usize]
+    }
+
+    fn ticks(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn get(&self, subject: &Subject) -> Option<Arc<Route>> {
+        self.shard(subject).load().get(subject).cloned()
+    }
+
+    /// The provider to ask first for `subject`, if one served it within [`ROUTE_TTL`].
+    fn preferred(&self, subject: &Subject, now: Instant) -> Option<usize> {
+        let shard = self.shard(subject).load();
+        let route = shard.get(subject)?;
+        let age = self
+            .ticks(now)
+            .saturating_sub(route.since.load(Ordering::Relaxed));
+        (u128::from(age) < ROUTE_TTL.as_nanos()).then(|| route.provider.load(Ordering::Relaxed))
+    }
+
+    fn remember(&self, subject: Subject, provider: usize, id: &CredentialId, now: Instant) {
+        let now = self.ticks(now);
+        if let Some(route) = self.get(&subject) {
+            if route.provider.load(Ordering::Relaxed) != provider
+                || u128::from(now.saturating_sub(route.since.load(Ordering::Relaxed)))
+                    >= ROUTE_TTL.as_nanos()
+            {
+                route.since.store(now, Ordering::Relaxed);
+            }
+            route.provider.store(provider, Ordering::Relaxed);
+            route.credential.store(id.as_u64(), Ordering::Release);
+            return;
+        }
+        let _write = self
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let shard = self.shard(&subject);
+        let current = shard.load();
+        let mut next = HashMap::clone(&current);
+        next.insert(
+            subject,
+            Arc::new(Route {
+                provider: AtomicUsize::new(provider),
+                credential: AtomicU64::new(id.as_u64()),
+                since: AtomicU64::new(now),
+            }),
+        );
+        shard.store(Arc::new(next));
+    }
 }
 
 impl fmt::Debug for CompositeProvider {
@@ -77,26 +169,36 @@ impl CompositeProvider {
                 ),
             ));
         }
-        Ok(Self {
+        Ok(Self::assemble(
+            environment,
+            providers,
+            Arc::new(SystemClock),
+        ))
+    }
+
+    fn assemble(
+        environment: EnvironmentName,
+        providers: Vec<DynCredentialProvider>,
+        clock: DynClock,
+    ) -> Self {
+        let epoch = clock.instant();
+        Self {
             inner: Arc::new(Inner {
                 environment,
                 providers,
-                clock: Arc::new(SystemClock),
-                routes: Mutex::new(HashMap::new()),
+                clock,
+                routes: Routes::new(epoch),
             }),
-        })
+        }
     }
 
     /// Uses `clock` for the route lifetime (default: the system clock).
     pub fn with_clock(self, clock: DynClock) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                environment: self.inner.environment.clone(),
-                providers: self.inner.providers.clone(),
-                clock,
-                routes: Mutex::new(HashMap::new()),
-            }),
-        }
+        Self::assemble(
+            self.inner.environment.clone(),
+            self.inner.providers.clone(),
+            clock,
+        )
     }
 
     /// How many providers are asked.
@@ -107,45 +209,6 @@ impl CompositeProvider {
     /// Whether no provider is configured (every request then fails with `NotFound`).
     pub fn is_empty(&self) -> bool {
         self.inner.providers.is_empty()
-    }
-
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<Subject, Route>> {
-        self.inner
-            .routes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The provider to ask first for `subject`, if one served it recently.
-    fn preferred(&self, subject: &Subject, now: Instant) -> Option<usize> {
-        self.routes()
-            .get(subject)
-            .filter(|route| now.saturating_duration_since(route.since) < ROUTE_TTL)
-            .map(|route| route.provider)
-    }
-
-    fn remember(&self, subject: Subject, provider: usize, id: &CredentialId, now: Instant) {
-        let mut routes = self.routes();
-        match routes.get_mut(&subject) {
-            Some(route) if route.provider == provider => {
-                if route.id != *id {
-                    route.id = id.clone();
-                }
-                if now.saturating_duration_since(route.since) >= ROUTE_TTL {
-                    route.since = now;
-                }
-            }
-            _ => {
-                routes.insert(
-                    subject,
-                    Route {
-                        provider,
-                        id: id.clone(),
-                        since: now,
-                    },
-                );
-            }
-        }
     }
 }
 
@@ -163,20 +226,20 @@ impl CredentialProvider for CompositeProvider {
         &self.inner.environment
     }
 
-    async fn credential_for(&self, subject: &Subject) -> Result<Credential> {
+    async fn credential_for(&self, subject: &Subject) -> Result<Arc<Credential>> {
         let now = self.inner.clock.instant();
         let count = self.inner.providers.len();
-        let order: Vec<usize> = match self.preferred(subject, now) {
-            Some(first) => std::iter::once(first)
-                .chain((0..count).filter(|&i| i != first))
-                .collect(),
-            None => (0..count).collect(),
-        };
+        let first = self.inner.routes.preferred(subject, now);
+        let order = first
+            .into_iter()
+            .chain((0..count).filter(|&i| Some(i) != first));
         let mut revoked = None;
         for index in order {
             match self.inner.providers[index].credential_for(subject).await {
                 Ok(credential) => {
-                    self.remember(*subject, index, &credential.id, now);
+                    self.inner
+                        .routes
+                        .remember(*subject, index, &credential.id, now);
                     return Ok(credential);
                 }
                 Err(e) if holds_none(e.kind()) => {
@@ -199,12 +262,11 @@ impl CredentialProvider for CompositeProvider {
     }
 
     async fn rejected(&self, subject: &Subject, id: &CredentialId) -> Result<bool> {
-        let route = self.routes().get(subject).cloned();
+        let route = self.inner.routes.get(subject);
         match route {
-            Some(route) if route.id == *id => {
-                self.inner.providers[route.provider]
-                    .rejected(subject, id)
-                    .await
+            Some(route) if route.credential.load(Ordering::Acquire) == id.as_u64() => {
+                let provider = route.provider.load(Ordering::Relaxed);
+                self.inner.providers[provider].rejected(subject, id).await
             }
             // A newer credential was handed out since the rejected one: a retry uses it.
             Some(_) => Ok(true),
@@ -251,17 +313,17 @@ mod tests {
             &self.environment
         }
 
-        async fn credential_for(&self, subject: &Subject) -> Result<Credential> {
+        async fn credential_for(&self, subject: &Subject) -> Result<Arc<Credential>> {
             self.asked.fetch_add(1, Ordering::SeqCst);
             if self.serves == Some(*subject) {
-                Ok(Credential {
+                Ok(Arc::new(Credential {
                     id: CredentialId::next(),
                     header: AuthorizationHeader::new("Bearer CANARY"),
                     subject: *subject,
                     environment: self.environment.clone(),
                     scopes: ScopeSet::new(),
                     kind: self.kind,
-                })
+                }))
             } else {
                 Err(Error::new(self.failure, "no credential"))
             }

@@ -180,8 +180,8 @@ impl CredentialProvider for SameForEveryone {
         &self.environment
     }
 
-    async fn credential_for(&self, _subject: &Subject) -> pleo_auth_core::Result<Credential> {
-        Ok(self.credential.clone())
+    async fn credential_for(&self, _subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
+        Ok(Arc::new(self.credential.clone()))
     }
 
     async fn rejected(&self, _: &Subject, _: &CredentialId) -> pleo_auth_core::Result<bool> {

@@ -790,8 +790,12 @@ impl CredentialProvider for IntegratedKeys {
     /// The stored key of `subject` (a company): from memory while the cache entry is fresh,
     /// else from the store. `NotFound`, `NeedsReplacement` or `Revoked` when there is no usable
     /// key.
-    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Credential> {
-        self.inner.credential(subject).await.map_err(Into::into)
+    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
+        self.inner
+            .credential(subject)
+            .await
+            .map(Arc::new)
+            .map_err(Into::into)
     }
 
     /// Marks the stored key `NeedsReplacement` (compare-and-swap, only if `id` is still the

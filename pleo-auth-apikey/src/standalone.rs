@@ -425,8 +425,11 @@ impl CredentialProvider for StandaloneKey {
     }
 
     /// The key, if `subject` is exactly the key's subject (learned on first use).
-    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Credential> {
-        self.credential(subject).await.map_err(Into::into)
+    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
+        self.credential(subject)
+            .await
+            .map(Arc::new)
+            .map_err(Into::into)
     }
 
     /// Stops sending the key, marks a stored record `NeedsReplacement` and emits

@@ -77,8 +77,9 @@ pub trait CredentialProvider: Send + Sync + fmt::Debug + 'static {
     fn environment(&self) -> &EnvironmentName;
 
     /// The current credential of `subject`: fresh, refreshed, or an error saying why not
-    /// (`NotFound`, `NeedsReauthorization`, `NeedsReplacement`, `Unavailable`, ...).
-    async fn credential_for(&self, subject: &Subject) -> Result<Credential>;
+    /// (`NotFound`, `NeedsReauthorization`, `NeedsReplacement`, `Unavailable`, ...). Shared, not
+    /// copied: the secret it carries exists once however many requests use it.
+    async fn credential_for(&self, subject: &Subject) -> Result<Arc<Credential>>;
 
     /// The server answered 401 to a request sent with credential `id` for `subject`. The
     /// provider refreshes only if `id` is still the current value, so many concurrent

@@ -2,6 +2,8 @@
 //! [`PleoAuthMiddleware`](crate::PleoAuthMiddleware): resolve who the request is for, guard the
 //! credential and the URL, send, and handle 401, 403, redirects and transient failures.
 
+use std::sync::Arc;
+
 use http::Extensions;
 use pleo_auth_core::{
     CompanyId, Credential, DynCredentialProvider, Environment, ErrorKind, Subject, TenantLinks,
@@ -212,7 +214,7 @@ impl Engine {
         target: Option<&Target>,
         options: &RequestOptions,
         hop: &mut Hop<'_>,
-    ) -> Result<(reqwest::Response, Credential), Failure> {
+    ) -> Result<(reqwest::Response, Arc<Credential>), Failure> {
         let started = Instant::now();
         let deadline = self.policy.deadline().map(|d| started + d);
         let target = target.ok_or_else(|| {
@@ -508,7 +510,7 @@ impl Engine {
     }
 
     /// The provider's credential for the subject, checked against the subject and environment.
-    async fn credential(&self, resolved: Resolved) -> Result<Credential> {
+    async fn credential(&self, resolved: Resolved) -> Result<Arc<Credential>> {
         let credential = self
             .provider
             .credential_for(&resolved.subject)

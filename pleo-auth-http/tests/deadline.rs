@@ -28,10 +28,10 @@ impl CredentialProvider for Hanging {
         &self.environment
     }
 
-    async fn credential_for(&self, _subject: &Subject) -> pleo_auth_core::Result<Credential> {
+    async fn credential_for(&self, _subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match &self.credential {
-            Some(credential) => Ok(credential.clone()),
+            Some(credential) => Ok(Arc::new(credential.clone())),
             None => std::future::pending().await,
         }
     }

@@ -151,14 +151,14 @@ impl Inner {
             .margin_for(lifetime, jitter_share(self.jitter_seed, record));
         let refresh_at = expires_at.checked_sub(margin).unwrap_or(now).max(now);
         Arc::new(ActiveToken {
-            credential: Credential {
+            credential: Arc::new(Credential {
                 id: CredentialId::next(),
                 header: AuthorizationHeader::bearer(&access_token),
                 subject: record.subject,
                 environment: self.config.environment().name().clone(),
                 scopes: record.scopes.clone(),
                 kind: CredentialKind::OAuth,
-            },
+            }),
             access_token,
             expires_at,
             refresh_at,

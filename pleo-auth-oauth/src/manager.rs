@@ -443,7 +443,7 @@ impl CredentialProvider for TokenManager {
         self.inner.config.environment().name()
     }
 
-    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Credential> {
+    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
         Ok(self.access_token(subject).await?.credential.clone())
     }
 

@@ -110,7 +110,7 @@ impl CredentialProvider for KeyProvider {
         &self.environment
     }
 
-    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Credential> {
+    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
         let keys = self.keys.lock().unwrap();
         let Some((id, key, rejected)) = keys.get(subject) else {
             return Err(pleo_auth_core::Error::new(
@@ -124,14 +124,14 @@ impl CredentialProvider for KeyProvider {
                 "the API key was rejected",
             ));
         }
-        Ok(Credential {
+        Ok(Arc::new(Credential {
             id: id.clone(),
             header: AuthorizationHeader::basic_api_key(key),
             subject: *subject,
             environment: self.environment.clone(),
             scopes: ScopeSet::new(),
             kind: CredentialKind::StandaloneApiKey,
-        })
+        }))
     }
 
     async fn rejected(&self, subject: &Subject, id: &CredentialId) -> pleo_auth_core::Result<bool> {
@@ -200,7 +200,7 @@ impl CredentialProvider for OAuthProvider {
         &self.environment
     }
 
-    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Credential> {
+    async fn credential_for(&self, subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
         if *subject != self.subject {
             return Err(pleo_auth_core::Error::new(
                 ErrorKind::NotFound,
@@ -208,14 +208,14 @@ impl CredentialProvider for OAuthProvider {
             ));
         }
         let state = self.state.lock().await;
-        Ok(Credential {
+        Ok(Arc::new(Credential {
             id: state.id.clone(),
             header: AuthorizationHeader::bearer(&state.access),
             subject: self.subject,
             environment: self.environment.clone(),
             scopes: SCOPES.parse().unwrap(),
             kind: CredentialKind::OAuth,
-        })
+        }))
     }
 
     async fn rejected(
@@ -283,8 +283,8 @@ impl CredentialProvider for FixedProvider {
         &self.environment
     }
 
-    async fn credential_for(&self, _subject: &Subject) -> pleo_auth_core::Result<Credential> {
-        Ok(self.credential.clone())
+    async fn credential_for(&self, _subject: &Subject) -> pleo_auth_core::Result<Arc<Credential>> {
+        Ok(Arc::new(self.credential.clone()))
     }
 
     async fn rejected(

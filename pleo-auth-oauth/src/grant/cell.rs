@@ -17,7 +17,7 @@ use crate::grant::phase::Phase;
 ///
 /// `Debug` shows ids and times only.
 pub struct ActiveToken {
-    pub(crate) credential: Credential,
+    pub(crate) credential: Arc<Credential>,
     pub(crate) access_token: AccessToken,
     pub(crate) expires_at: Instant,
     pub(crate) refresh_at: Instant,
