@@ -94,7 +94,8 @@ pub(crate) struct CellState {
     pub(crate) epoch: u64,
     pub(crate) flight: Option<Flight>,
     pub(crate) next_flight: u64,
-    pub(crate) cooldown: Option<Cooldown>,
+    /// Boxed: most cells never cool down.
+    pub(crate) cooldown: Option<Box<Cooldown>>,
     /// When a terminal state (needs reauthorization, revoked) was last confirmed by the store.
     pub(crate) terminal_checked: Option<Instant>,
     pub(crate) persist_task: bool,
@@ -127,7 +128,6 @@ pub(crate) struct KeptLease {
 pub(crate) struct GrantCell {
     pub(crate) subject: Subject,
     pub(crate) key: StoreKey,
-    pub(crate) lease_key: StoreKey,
     /// The token served, changed only by `Inner::set_token` (which copies it into the cache).
     pub(crate) token: ArcSwapOption<ActiveToken>,
     state: Mutex<CellState>,
@@ -143,7 +143,6 @@ impl GrantCell {
     pub(crate) fn new(subject: Subject, key: StoreKey) -> Self {
         Self {
             subject,
-            lease_key: layout::lease(&key),
             key,
             token: ArcSwapOption::empty(),
             state: Mutex::new(CellState::default()),
@@ -159,6 +158,11 @@ impl GrantCell {
     /// Whether a pair (or mark) is not yet written to the store.
     pub(crate) fn pending(&self) -> bool {
         self.lock().phase.is_pending()
+    }
+
+    /// The key of the refresh lease of this grant (built when a refresh needs it, not kept).
+    pub(crate) fn lease_key(&self) -> StoreKey {
+        layout::lease(&self.key)
     }
 }
 

@@ -173,10 +173,10 @@ async fn run_flight(
                     .policy
                     .cooldown
                     .max(err.retry_after().unwrap_or_default());
-                cell.lock().cooldown = Some(Cooldown {
+                cell.lock().cooldown = Some(Box::new(Cooldown {
                     until: inner.clock.instant() + length,
                     error: err.clone(),
-                });
+                }));
                 inner.emit(OAuthEvent::RefreshFailed {
                     subject: cell.subject,
                     kind: err.kind().clone(),
@@ -241,7 +241,7 @@ async fn acquire_or_follow(
         )));
         match inner
             .lease
-            .acquire(&cell.lease_key, inner.policy.lease_ttl)
+            .acquire(&cell.lease_key(), inner.policy.lease_ttl)
             .await
         {
             Ok(Some(guard)) => return Ok(LeaseStep::Acquired(guard)),

@@ -143,7 +143,7 @@ async fn renew_or_retake(
             );
             Renewal::Unsupported
         }
-        CoreKind::Conflict => match inner.lease.acquire(&cell.lease_key, ttl).await {
+        CoreKind::Conflict => match inner.lease.acquire(&cell.lease_key(), ttl).await {
             Ok(Some(guard)) => {
                 tracing::warn!(
                     "the refresh lease lapsed while the rotated tokens were not stored; took it again"
