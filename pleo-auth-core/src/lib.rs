@@ -36,7 +36,7 @@ pub use record::{
 };
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES, Scope, ScopeSet};
 pub use secret::{
-    AccessToken, ApiKey, AuthorizationCode, AuthorizationHeader, ClientSecret, PkceVerifier,
+    AccessToken, ApiKey, AuthorizationCode, AuthorizationHeader, BrowserBinding, ClientSecret, PkceVerifier,
     RefreshToken, SecretBytes, random_urlsafe,
 };
 pub use store::{
