@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod inner;
 mod manager;
+mod pending;
 mod policy;
 mod server;
 mod token;
@@ -27,6 +28,7 @@ pub use manager::{
     ActiveToken, DisconnectOutcome, FLUSH_ROUNDS, GrantState, GrantStatus, KeepAliveReport,
     PendingPair, Recovered, TokenManager,
 };
+pub use pending::{PendingStatus, PendingSweep};
 pub use policy::RefreshPolicy;
 pub use server::{AuthorizationServer, ResolveSubject, SubjectLookup};
 pub use token::MAX_TOKEN_LIFETIME;
