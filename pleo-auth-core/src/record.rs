@@ -684,8 +684,8 @@ mod tests {
         assert!(OAuthGrant::decode_at(bytes.expose_secret(), &own).is_ok());
         let mut other = g.credential_key();
         other.client = ClientId::new("Client-1").unwrap();
-        let err = OAuthGrant::decode_at(bytes.expose_secret(), &layout::oauth_grant(&other))
-            .unwrap_err();
+        let err =
+            OAuthGrant::decode_at(bytes.expose_secret(), &layout::oauth_grant(&other)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::KeyMismatch);
         assert!(!format!("{err} {err:?}").contains("CANARY"));
     }

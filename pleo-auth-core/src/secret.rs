@@ -193,7 +193,10 @@ mod tests {
         assert_ne!(a.expose_secret(), b.expose_secret());
         assert!(BrowserBinding::is_well_formed(a.expose_secret()));
         assert!(!BrowserBinding::is_well_formed("short"));
-        assert!(!BrowserBinding::is_well_formed(&format!("{}!", &a.expose_secret()[1..])));
+        assert!(!BrowserBinding::is_well_formed(&format!(
+            "{}!",
+            &a.expose_secret()[1..]
+        )));
         assert_eq!(format!("{a:?}"), "BrowserBinding([redacted])");
     }
 

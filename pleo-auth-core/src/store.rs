@@ -252,7 +252,10 @@ pub trait RecordStoreExt: SecretStore {
     async fn get_record<R: Record>(&self, key: &StoreKey) -> Result<Option<(R, Version)>> {
         match self.get(key).await? {
             None => Ok(None),
-            Some(v) => Ok(Some((R::decode_at(v.value.expose_secret(), key)?, v.version))),
+            Some(v) => Ok(Some((
+                R::decode_at(v.value.expose_secret(), key)?,
+                v.version,
+            ))),
         }
     }
 
@@ -266,7 +269,10 @@ pub trait RecordStoreExt: SecretStore {
             .zip(keys)
             .map(|(read, key)| match read {
                 None => Ok(None),
-                Some(v) => Ok(Some((R::decode_at(v.value.expose_secret(), key)?, v.version))),
+                Some(v) => Ok(Some((
+                    R::decode_at(v.value.expose_secret(), key)?,
+                    v.version,
+                ))),
             })
             .collect()
     }

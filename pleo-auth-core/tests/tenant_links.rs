@@ -217,11 +217,21 @@ async fn tenants_differing_only_in_case_are_two_tenants() {
     let upper = TenantId::new("Acme").unwrap();
     let lower = TenantId::new("acme").unwrap();
     assert_eq!(
-        links.subject_for(&env, &upper).await.unwrap().unwrap().subject,
+        links
+            .subject_for(&env, &upper)
+            .await
+            .unwrap()
+            .unwrap()
+            .subject,
         company(1)
     );
     assert_eq!(
-        links.subject_for(&env, &lower).await.unwrap().unwrap().subject,
+        links
+            .subject_for(&env, &lower)
+            .await
+            .unwrap()
+            .unwrap()
+            .subject,
         company(2)
     );
     let upper_key = layout::tenant_link(&env, &upper);
@@ -237,7 +247,10 @@ async fn tenants_differing_only_in_case_are_two_tenants() {
 async fn a_link_stored_under_another_tenants_key_is_refused() {
     let (links, store, _) = links();
     let env = EnvironmentName::new("staging").unwrap();
-    links.link(&request("other-tenant", company(7))).await.unwrap();
+    links
+        .link(&request("other-tenant", company(7)))
+        .await
+        .unwrap();
     // A corrupted (or case-folded) store hands back the other tenant's link under acme's key.
     let other = store
         .get(&layout::tenant_link(

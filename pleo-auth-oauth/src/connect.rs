@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
 use pleo_auth_core::{
-    AccessToken, AuthorizationHeader, BrowserBinding, CredentialKind, CredentialStatus, DanglingReason,
-    DynSecretStore, ErrorKind as CoreKind, LinkError, LinkOutcome, LinkRequest, OAuthGrant,
-    PendingAuthorization, PkceVerifier, Precondition, RecordStoreExt, RevocationState, ScopeSet,
-    Subject, TenantId, Version, is_conflict, layout, random_urlsafe,
+    AccessToken, AuthorizationHeader, BrowserBinding, CredentialKind, CredentialStatus,
+    DanglingReason, DynSecretStore, ErrorKind as CoreKind, LinkError, LinkOutcome, LinkRequest,
+    OAuthGrant, PendingAuthorization, PkceVerifier, Precondition, RecordStoreExt, RevocationState,
+    ScopeSet, Subject, TenantId, Version, is_conflict, layout, random_urlsafe,
 };
 use pleo_auth_http::api::{self, AuthMethod};
 use sha2::{Digest as _, Sha256};

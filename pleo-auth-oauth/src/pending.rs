@@ -155,7 +155,12 @@ pub(crate) async fn sweep(inner: &Inner) -> Result<PendingSweep> {
         {
             Ok(()) => report.removed += 1,
             Err(e) if is_conflict(&e) => report.remaining += 1,
-            Err(e) => return Err(Error::store("deleting an expired pending authorization failed", e)),
+            Err(e) => {
+                return Err(Error::store(
+                    "deleting an expired pending authorization failed",
+                    e,
+                ));
+            }
         }
     }
     if report.removed > 0 {

@@ -35,7 +35,10 @@ async fn a_bound_flow_completes_only_in_its_own_browser() {
         .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::BrowserMismatch);
     assert_eq!(err.kind().core_kind(), CoreKind::InvalidInput);
-    assert_eq!(h.sandbox.stats().token_requests_for("authorization_code"), 0);
+    assert_eq!(
+        h.sandbox.stats().token_requests_for("authorization_code"),
+        0
+    );
     assert_eq!(pending_count(&h).await, 0, "the refused state is gone");
     let err = h
         .client
@@ -44,7 +47,10 @@ async fn a_bound_flow_completes_only_in_its_own_browser() {
         .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::UnknownState);
     assert!(h.stored_grant(&dk()).await.is_none());
-    assert_eq!(h.sandbox.stats().token_requests_for("authorization_code"), 0);
+    assert_eq!(
+        h.sandbox.stats().token_requests_for("authorization_code"),
+        0
+    );
 
     // A bound flow is refused without a binding too, and its own browser completes a new one.
     let request = h
@@ -68,7 +74,10 @@ async fn a_bound_flow_completes_only_in_its_own_browser() {
         .unwrap();
     assert_eq!(connection.subject, dk());
     assert!(h.stored_grant(&dk()).await.is_some());
-    assert_eq!(h.sandbox.stats().token_successes_for("authorization_code"), 1);
+    assert_eq!(
+        h.sandbox.stats().token_successes_for("authorization_code"),
+        1
+    );
 
     // An unbound flow is not completed with a browser binding (it was not started there).
     let request = h.client.authorize(AuthorizeOptions::new()).await.unwrap();
@@ -106,7 +115,10 @@ async fn a_refused_callback_deletes_its_pending_authorization() {
     let err = h.client.complete(&forged.finish()).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::IssuerMismatch);
     assert_eq!(pending_count(&h).await, 0);
-    assert_eq!(h.sandbox.stats().token_requests_for("authorization_code"), 0);
+    assert_eq!(
+        h.sandbox.stats().token_requests_for("authorization_code"),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
