@@ -347,6 +347,13 @@ pub mod layout {
         ])
     }
 
+    /// Whether `key` is where a pending authorization is stored: a short-lived, single-use
+    /// record that a backend may delete at once rather than keep recoverable.
+    pub fn is_pending_authorization(stored: &StoreKey) -> bool {
+        let root = key(&["pending"]);
+        stored.starts_with(&root) && *stored != root
+    }
+
     /// The prefix of every pending authorization of one client in one environment.
     pub fn pending_authorizations(environment: &EnvironmentName, client: &ClientId) -> StoreKey {
         key(&["pending", environment.as_str(), client.as_str()])
@@ -399,6 +406,21 @@ pub mod layout {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn pending_authorization_keys_are_recognised() {
+        let env = EnvironmentName::new("staging").unwrap();
+        let client = ClientId::new("client").unwrap();
+        assert!(layout::is_pending_authorization(
+            &layout::pending_authorization(&env, &client, "abc")
+        ));
+        let subject: Subject = "urn:pleo:company:0b6f1c7e-8a55-4c2e-9d43-0d8a2a7a1f10"
+            .parse()
+            .unwrap();
+        let grant = layout::oauth_grant(&CredentialKey::new(env, client, subject));
+        assert!(!layout::is_pending_authorization(&grant));
+        assert!(!layout::is_pending_authorization(&StoreKey::parse("pending/x").unwrap()));
+    }
 
     #[test]
     fn parse_accepts_only_safe_segments() {
