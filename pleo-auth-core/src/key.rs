@@ -419,7 +419,9 @@ mod tests {
             .unwrap();
         let grant = layout::oauth_grant(&CredentialKey::new(env, client, subject));
         assert!(!layout::is_pending_authorization(&grant));
-        assert!(!layout::is_pending_authorization(&StoreKey::parse("pending/x").unwrap()));
+        assert!(!layout::is_pending_authorization(
+            &StoreKey::parse("pending/x").unwrap()
+        ));
     }
 
     #[test]
