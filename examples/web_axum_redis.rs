@@ -144,7 +144,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let address = format!(
         "{}:{}",
         listen.host_str().ok_or("APP_URL needs a host")?,
-        listen.port_or_known_default().ok_or("APP_URL needs a port")?
+        listen
+            .port_or_known_default()
+            .ok_or("APP_URL needs a port")?
     );
 
     // Redis holds the records; every value is encrypted before it leaves the process.
@@ -202,7 +204,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pleo_auth::http::admin_router(auth.admin_view(), AppSessions),
         );
     let listener = tokio::net::TcpListener::bind(&address).await?;
-    println!("listening on {app_url}; sign in at {app_url}/login?as=erp-4711, then open {app_url}/connect");
+    println!(
+        "listening on {app_url}; sign in at {app_url}/login?as=erp-4711, then open {app_url}/connect"
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -218,8 +222,12 @@ async fn home(axum::extract::RawQuery(query): axum::extract::RawQuery) -> Html<&
         .map(|(_, v)| v.into_owned());
     Html(match outcome.as_deref() {
         Some("connected") => "<p>Connected to Pleo. <a href=\"/employees\">Employees</a></p>",
-        Some(_) => "<p>The connection to Pleo was not completed. <a href=\"/connect\">Try again</a></p>",
-        None => "<p><a href=\"/login?as=erp-4711\">Sign in</a>, then <a href=\"/connect\">connect to Pleo</a>.</p>",
+        Some(_) => {
+            "<p>The connection to Pleo was not completed. <a href=\"/connect\">Try again</a></p>"
+        }
+        None => {
+            "<p><a href=\"/login?as=erp-4711\">Sign in</a>, then <a href=\"/connect\">connect to Pleo</a>.</p>"
+        }
     })
 }
 

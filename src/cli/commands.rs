@@ -71,6 +71,19 @@ pub async fn status(settings: &Settings, as_json: bool) -> Result<(), CliError> 
         return Ok(());
     }
     print_dangling(&dangling);
+    if let Ok(oauth) = auth.oauth() {
+        let pending = oauth
+            .pending()
+            .await
+            .map_err(|e| CliError::oauth("listing the pending authorizations failed", e))?;
+        let expired = pending.iter().filter(|p| p.expired).count();
+        if !pending.is_empty() {
+            eprintln!(
+                "{} authorization(s) waiting for consent ({expired} expired; keep-alive removes those).",
+                pending.len()
+            );
+        }
+    }
     if connections.is_empty() {
         println!(
             "No connections in {} (store {}).",
