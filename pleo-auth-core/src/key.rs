@@ -3,16 +3,7 @@
 //! Every key part that comes from outside (client ids, tenant ids, subjects) goes through one
 //! injective encoding, so ids containing `/`, `:`, `..`, `%`, NUL, unicode or thousands of
 //! characters can neither collide with another id nor escape their prefix.
-//!
-//! # Case
-//!
-//! Ids are case-sensitive: `Acme` and `acme` are two tenants, as they are two strings. Store
-//! keys are case-safe: the encoding writes every upper-case letter as a percent escape (`A` is
-//! `%41`), so an encoded key holds lower-case letters, digits, `-`, `_`, `+` and escapes with
-//! upper-case hex digits only. Two keys that differ only in letter case therefore never both
-//! come out of the encoding, and a backend that compares names without case (a file store on
-//! macOS, Windows or a FAT file system, a database column with a case-insensitive collation)
-//! keeps every id apart. Ids are compared byte for byte; Unicode normalization is not applied.
+//! See [`StoreKey`] on letter case.
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,7 +21,7 @@ pub const MAX_SEGMENT_LEN: usize = 200;
 pub const MAX_KEY_LEN: usize = 16 * 1024;
 
 /// Bytes that stay literal in an encoded part (`a-z 0-9 - _`); everything else, upper-case
-/// letters included, is percent-encoded. See the module documentation on case.
+/// letters included, is percent-encoded (see [`StoreKey`] on case).
 const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
@@ -62,8 +53,16 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .add(b'Z');
 
 /// A validated key in a [`SecretStore`](crate::SecretStore): segments separated by `/`, each
-/// 1 to 200 bytes of `A-Z a-z 0-9 _ - % +`. Keys built with [`StoreKey::from_parts`] are
-/// case-safe: no two of them differ only in letter case (see the [module docs](self)).
+/// 1 to 200 bytes of `A-Z a-z 0-9 _ - % +`.
+///
+/// **Case.** Ids are case-sensitive: `Acme` and `acme` are two tenants, as they are two
+/// strings. Keys built with [`StoreKey::from_parts`] are case-safe: the encoding writes every
+/// upper-case letter as a percent escape (`A` is `%41`), so an encoded key holds lower-case
+/// letters, digits, `-`, `_`, `+` and escapes with upper-case hex digits only. Two keys that
+/// differ only in letter case never both come out of the encoding, and a backend that compares
+/// names without case (a file store on macOS, Windows or a FAT volume, a database column with a
+/// case-insensitive collation) keeps every id apart. Ids are compared byte for byte; Unicode
+/// normalization is not applied.
 ///
 /// Keys never contain `.`, so no segment can be `.` or `..`, and a backend can map segments to
 /// file names, Vault paths or Redis keys without escaping. Build keys from raw parts with
@@ -274,6 +273,8 @@ text_id!(
 );
 text_id!(
     /// The integrator's own id for a customer: an ERP company, an account number, a tenant.
+    /// Case-sensitive (`Acme` and `acme` are two tenants), with case-safe store keys (see
+    /// [`StoreKey`]).
     ///
     /// Each tenant is linked one-to-one with a Pleo subject per environment (see
     /// [`TenantLinks`](crate::TenantLinks)).
