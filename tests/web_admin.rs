@@ -35,17 +35,8 @@ struct Rows {
 
 /// A whole connect flow for `tenant` through the app's routes.
 async fn connect(app: &WebApp, tenant: &str) {
-    let response = client()
-        .get(format!("{}/connect", app.url))
-        .header("cookie", format!("{SESSION}={tenant}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    let flow = set_cookie(&response, "pleo-auth-flow").unwrap();
-    let consent = response.headers()["location"].to_str().unwrap().to_owned();
-    let callback = client().get(consent).send().await.unwrap();
-    let callback = callback.headers()["location"].to_str().unwrap().to_owned();
+    let (consent_url, flow) = start(app, tenant).await;
+    let callback = consent(&consent_url).await;
     let done = client()
         .get(callback)
         .header("cookie", flow)
@@ -82,13 +73,7 @@ async fn populated() -> (pleo_auth::sandbox::SandboxHandle, WebApp) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NeedsReauthorization, "{err:?}");
-    let started = client()
-        .get(format!("{}/connect", app.url))
-        .header("cookie", format!("{SESSION}=erp-3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status(), 303);
+    start(&app, "erp-3").await;
     (sandbox, app)
 }
 

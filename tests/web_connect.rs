@@ -9,30 +9,6 @@ use pleo_auth::sandbox::seed;
 use pleo_auth::{ConnectionState, MemoryStore, TenantId};
 use web_support::*;
 
-/// The cookie the connect routes use on http loopback.
-const FLOW_COOKIE: &str = "pleo-auth-flow";
-
-/// `/connect` as the signed-in `tenant`: the consent URL and the flow cookie.
-async fn start(app: &WebApp, tenant: &str) -> (String, String) {
-    let response = client()
-        .get(format!("{}/connect", app.url))
-        .header("cookie", format!("{SESSION}={tenant}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    let flow = set_cookie(&response, FLOW_COOKIE).expect("the flow cookie is set");
-    let consent = response.headers()["location"].to_str().unwrap().to_owned();
-    (consent, flow)
-}
-
-/// Follows the consent URL (the sandbox approves at once) to the callback URL.
-async fn consent(url: &str) -> String {
-    let response = client().get(url).send().await.unwrap();
-    assert_eq!(response.status(), 302);
-    response.headers()["location"].to_str().unwrap().to_owned()
-}
-
 async fn pending(app: &WebApp) -> usize {
     app.auth.oauth().unwrap().pending().await.unwrap().len()
 }

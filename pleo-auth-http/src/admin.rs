@@ -145,11 +145,12 @@ pub fn admin_router(view: DynAdminView, authorization: impl ConnectAuthorization
 }
 
 impl Admin {
-    /// The admin decision; `Some(response)` when refused.
-    async fn refuse(&self, parts: &Parts) -> Option<Response> {
-        match self.authorization.admin(parts).await {
-            Ok(()) => None,
-            Err(rejection) => Some(rejected(&rejection)),
+    /// The admin decision on `request`: its parts when allowed, else the answer to send.
+    async fn admit(&self, request: Request) -> std::result::Result<Parts, Response> {
+        let (parts, _) = request.into_parts();
+        match self.authorization.admin(&parts).await {
+            Ok(()) => Ok(parts),
+            Err(rejection) => Err(rejected(&rejection)),
         }
     }
 }
@@ -236,8 +237,7 @@ fn parse_tenant(raw: String) -> Option<TenantId> {
 }
 
 async fn list(State(admin): State<Arc<Admin>>, request: Request) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Some(refused) = admin.refuse(&parts).await {
+    if let Err(refused) = admin.admit(request).await {
         return refused;
     }
     match admin.view.connections().await {
@@ -254,8 +254,7 @@ async fn one(
     Path(tenant): Path<String>,
     request: Request,
 ) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Some(refused) = admin.refuse(&parts).await {
+    if let Err(refused) = admin.admit(request).await {
         return refused;
     }
     let Some(tenant) = parse_tenant(tenant) else {
@@ -312,10 +311,10 @@ async fn disconnect(
     Path(tenant): Path<String>,
     request: Request,
 ) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Some(refused) = admin.refuse(&parts).await {
-        return refused;
-    }
+    let parts = match admin.admit(request).await {
+        Ok(parts) => parts,
+        Err(refused) => return refused,
+    };
     if cross_site(&parts) {
         tracing::warn!("a disconnect request came from another site; refused");
         return html(StatusCode::FORBIDDEN, pages::FORBIDDEN);
@@ -359,8 +358,7 @@ struct Page<'a> {
 }
 
 async fn page(State(admin): State<Arc<Admin>>, request: Request) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Some(refused) = admin.refuse(&parts).await {
+    if let Err(refused) = admin.admit(request).await {
         return refused;
     }
     let all = match admin.view.connections().await {

@@ -14,16 +14,25 @@ async fn pending_count(h: &Harness) -> usize {
     h.store.list(&prefix).await.unwrap().len()
 }
 
+fn assert_no_code_exchange(h: &Harness) {
+    assert_eq!(
+        h.sandbox.stats().token_requests_for("authorization_code"),
+        0,
+        "refused before any token request"
+    );
+}
+
+/// Starts a flow with `options` and follows the consent: the callback URL.
+async fn callback_of(h: &Harness, options: AuthorizeOptions) -> String {
+    let request = h.client.authorize(options).await.unwrap();
+    h.consent(&request.url).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_flow_completes_only_in_its_own_browser() {
     let h = Harness::start().await;
     let browser = BrowserBinding::generate();
-    let request = h
-        .client
-        .authorize(AuthorizeOptions::new().bind_to_browser(&browser))
-        .await
-        .unwrap();
-    let callback = h.consent(&request.url).await;
+    let callback = callback_of(&h, AuthorizeOptions::new().bind_to_browser(&browser)).await;
 
     // Another browser (another binding) is refused before any token request, and the state is
     // used up: the right browser cannot complete it afterwards either.
@@ -35,10 +44,7 @@ async fn a_bound_flow_completes_only_in_its_own_browser() {
         .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::BrowserMismatch);
     assert_eq!(err.kind().core_kind(), CoreKind::InvalidInput);
-    assert_eq!(
-        h.sandbox.stats().token_requests_for("authorization_code"),
-        0
-    );
+    assert_no_code_exchange(&h);
     assert_eq!(pending_count(&h).await, 0, "the refused state is gone");
     let err = h
         .client
@@ -47,26 +53,13 @@ async fn a_bound_flow_completes_only_in_its_own_browser() {
         .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::UnknownState);
     assert!(h.stored_grant(&dk()).await.is_none());
-    assert_eq!(
-        h.sandbox.stats().token_requests_for("authorization_code"),
-        0
-    );
+    assert_no_code_exchange(&h);
 
     // A bound flow is refused without a binding too, and its own browser completes a new one.
-    let request = h
-        .client
-        .authorize(AuthorizeOptions::new().bind_to_browser(&browser))
-        .await
-        .unwrap();
-    let callback = h.consent(&request.url).await;
+    let callback = callback_of(&h, AuthorizeOptions::new().bind_to_browser(&browser)).await;
     let err = h.client.complete(&callback).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::BrowserMismatch);
-    let request = h
-        .client
-        .authorize(AuthorizeOptions::new().bind_to_browser(&browser))
-        .await
-        .unwrap();
-    let callback = h.consent(&request.url).await;
+    let callback = callback_of(&h, AuthorizeOptions::new().bind_to_browser(&browser)).await;
     let connection = h
         .client
         .complete_in_browser(&callback, &browser)
@@ -80,8 +73,7 @@ async fn a_bound_flow_completes_only_in_its_own_browser() {
     );
 
     // An unbound flow is not completed with a browser binding (it was not started there).
-    let request = h.client.authorize(AuthorizeOptions::new()).await.unwrap();
-    let callback = h.consent(&request.url).await;
+    let callback = callback_of(&h, AuthorizeOptions::new()).await;
     let err = h
         .client
         .complete_in_browser(&callback, &browser)
@@ -105,8 +97,7 @@ async fn a_refused_callback_deletes_its_pending_authorization() {
     assert!(matches!(err.kind(), ErrorKind::AccessDenied { .. }));
     assert_eq!(pending_count(&h).await, 0);
     // An `iss` naming another authorization server (mix-up): refused, and the state is gone.
-    let request = h.client.authorize(AuthorizeOptions::new()).await.unwrap();
-    let callback = url::Url::parse(&h.consent(&request.url).await).unwrap();
+    let callback = url::Url::parse(&callback_of(&h, AuthorizeOptions::new()).await).unwrap();
     let mut forged = url::form_urlencoded::Serializer::new(String::new());
     for (name, value) in callback.query_pairs().filter(|(name, _)| name != "iss") {
         forged.append_pair(&name, &value);
@@ -115,10 +106,7 @@ async fn a_refused_callback_deletes_its_pending_authorization() {
     let err = h.client.complete(&forged.finish()).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::IssuerMismatch);
     assert_eq!(pending_count(&h).await, 0);
-    assert_eq!(
-        h.sandbox.stats().token_requests_for("authorization_code"),
-        0
-    );
+    assert_no_code_exchange(&h);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,18 @@ impl Setup {
     fn links(&self) -> TenantLinks {
         TenantLinks::new(self.store.clone(), Arc::new(self.clock.clone()))
     }
+
+    /// Connects a key of Acme Denmark and returns a client on these keys, and the raw key.
+    async fn connected_client(&self) -> (pleo_auth_http::PleoClient, String) {
+        let key = self.mint(dk());
+        let raw = key.expose_secret().to_owned();
+        self.keys.connect(key, Some(dk())).await.unwrap();
+        let client =
+            pleo_auth_http::PleoClient::builder(self.pleo.env.clone(), Arc::new(self.keys.clone()))
+                .build()
+                .unwrap();
+        (client, raw)
+    }
 }
 
 fn tenant(name: &str) -> TenantId {
@@ -836,12 +848,7 @@ async fn standalone_keys_are_not_accepted_as_integrated_keys() {
 #[tokio::test]
 async fn pleo_client_turns_a_revoked_key_into_needs_replacement_without_a_retry_loop() {
     let s = setup().await;
-    let key = s.mint(dk());
-    let raw = key.expose_secret().to_owned();
-    s.keys.connect(key, Some(dk())).await.unwrap();
-    let client = pleo_auth_http::PleoClient::builder(s.pleo.env.clone(), Arc::new(s.keys.clone()))
-        .build()
-        .unwrap();
+    let (client, raw) = s.connected_client().await;
     let body: serde_json::Value = client
         .get("/v1/vendors")
         .company(dk())
@@ -930,10 +937,7 @@ impl pleo_auth_core::SecretStore for CountingStore {
 #[tokio::test]
 async fn a_gateway_401_leaves_the_key_valid_and_the_request_succeeds() {
     let s = setup().await;
-    s.keys.connect(s.mint(dk()), Some(dk())).await.unwrap();
-    let client = pleo_auth_http::PleoClient::builder(s.pleo.env.clone(), Arc::new(s.keys.clone()))
-        .build()
-        .unwrap();
+    let (client, _) = s.connected_client().await;
     // Something in front of the API answers 401 to the next request, without asking Pleo.
     s.pleo.sandbox.inject_fault(
         pleo_auth_sandbox::Endpoint::Api,
@@ -980,10 +984,7 @@ async fn a_gateway_401_leaves_the_key_valid_and_the_request_succeeds() {
 #[tokio::test]
 async fn a_401_whose_recheck_fails_transiently_marks_nothing() {
     let s = setup().await;
-    s.keys.connect(s.mint(dk()), Some(dk())).await.unwrap();
-    let client = pleo_auth_http::PleoClient::builder(s.pleo.env.clone(), Arc::new(s.keys.clone()))
-        .build()
-        .unwrap();
+    let (client, _) = s.connected_client().await;
     // A 401 from the gateway, then Pleo is unavailable when the key is checked again.
     let sandbox = &s.pleo.sandbox;
     sandbox.inject_fault(
