@@ -151,6 +151,7 @@ impl AdminView for PleoAuthAdmin {
                     Err(e) => Err(oauth_error("disconnecting the grant failed", e)),
                 }
             }
+            #[cfg(feature = "apikey")]
             CredentialKind::IntegratedApiKey => {
                 let (Some(company), Ok(keys)) = (subject.company(), auth.api_keys()) else {
                     return Ok(None);
@@ -168,9 +169,9 @@ impl AdminView for PleoAuthAdmin {
                     )),
                 }
             }
-            CredentialKind::StandaloneApiKey => Err(pleo_auth_http::Error::new(
+            _ => Err(pleo_auth_http::Error::new(
                 ErrorKind::Unsupported,
-                "a standalone api key is configured, not stored per tenant; remove it from the configuration",
+                "only OAuth grants and Integrated API keys are disconnected here",
             )),
         }
     }

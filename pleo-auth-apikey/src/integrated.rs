@@ -183,9 +183,11 @@ struct Inner {
     cache: RwLock<HashMap<Subject, CacheEntry>>,
     cache_ttl: Duration,
     /// Per subject: one re-validation at a time, and the key Pleo last accepted (and when).
-    revalidations:
-        Mutex<HashMap<Subject, Arc<tokio::sync::Mutex<Option<(CredentialId, Instant)>>>>>,
+    revalidations: Mutex<HashMap<Subject, RevalidationGate>>,
 }
+
+/// One subject's re-validation lock, holding the key Pleo last accepted and when.
+type RevalidationGate = Arc<tokio::sync::Mutex<Option<(CredentialId, Instant)>>>;
 
 /// One subject's stored record as last read, in the form requests need.
 #[derive(Clone)]
@@ -720,10 +722,7 @@ impl Inner {
     }
 
     /// The re-validation gate of `subject`.
-    fn revalidation_gate(
-        &self,
-        subject: &Subject,
-    ) -> Arc<tokio::sync::Mutex<Option<(CredentialId, Instant)>>> {
+    fn revalidation_gate(&self, subject: &Subject) -> RevalidationGate {
         self.revalidations
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -503,7 +503,7 @@ mod tests {
             let ka = StoreKey::from_parts([&a]).unwrap();
             let kb = StoreKey::from_parts([&b]).unwrap();
             prop_assert_eq!(
-                ka.as_str().to_ascii_lowercase() == kb.as_str().to_ascii_lowercase(),
+                ka.as_str().eq_ignore_ascii_case(kb.as_str()),
                 a == b
             );
         }
