@@ -2,7 +2,8 @@
 //! refresh, API calls and their refusals, Integrated API keys, a wrong client secret, a store
 //! that cannot be read, disconnect, the demo) runs with `RUST_LOG=trace` and `PLEO_LOG=trace`
 //! (every target). The sandbox prefixes every token, code and key with the canary, and the
-//! wrong client secret carries it. Pass: the canary appears 0 times in stdout or stderr.
+//! wrong client secret carries it. Pass: the canary appears 0 times in stdout or stderr, raw or
+//! encoded (base64 at every alignment, percent, JSON-escaped, hex).
 //! (`pleo-auth token`, whose job is to print a token, is not part of the scan.)
 
 #![cfg(feature = "cli")]
@@ -11,6 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pleo_auth_core::testing::assert_no_leak;
 use pleo_auth_sandbox::{Sandbox, seed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pleo-auth");
@@ -137,6 +139,8 @@ async fn the_cli_prints_no_secret_at_trace() {
     s.login().await;
     assert!(s.run(&["status"], &[], None));
     assert!(s.run(&["status", "--json"], &[], None));
+    assert!(s.run(&["status", "--check", "--json"], &[], None));
+    assert!(s.run(&["refresh", "--company", &acme, "--json"], &[], None));
     assert!(s.run(&["refresh", "--company", &acme], &[], None));
     assert!(s.run(
         &["api", "GET", "/v2/employees", "--company", &acme],
@@ -177,19 +181,37 @@ async fn the_cli_prints_no_secret_at_trace() {
         None
     ));
     assert!(s.run(&["keys", "remove", "--company", &globex], &[], None));
+    // A Standalone key where an Integrated one belongs, a key flag, a secret flag, a config
+    // file with a syntax error in the secret's line.
+    let standalone = sandbox.mint_standalone_key(seed::GLOBEX, &["users:read"], None);
+    assert!(!s.run(&["keys", "add"], &[], Some(&standalone)));
+    assert!(!s.run(&["keys", "add", "--key", &standalone], &[], None));
+    assert!(!s.run(
+        &["status", "--client-secret", "CANARY-flag-secret"],
+        &[],
+        None
+    ));
+    let config = s.dir.path().join("broken.toml");
+    std::fs::write(&config, "client_secret = \"CANARY-config-secret\n").unwrap();
+    assert!(!s.run(
+        &["status", "--verbose"],
+        &[("PLEO_CONFIG", config.to_str().unwrap())],
+        None
+    ));
     // A store that cannot be read.
     assert!(!s.run(
         &["status"],
         &[("PLEO_STORE", "file:/proc/pleo-auth-nowhere")],
         None
     ));
-    // Disconnect, then use.
-    assert!(s.run(&["disconnect", "--company", &acme], &[], None));
+    // Disconnect, then use; logout forgets.
+    assert!(s.run(&["disconnect", "--company", &acme, "--json"], &[], None));
     assert!(!s.run(
         &["api", "GET", "/v2/employees", "--company", &acme],
         &[],
         None
     ));
+    assert!(s.run(&["logout", "--company", &acme], &[], None));
     assert!(s.run(&["demo"], &[], None));
 
     let mut traced = 0;
@@ -197,17 +219,11 @@ async fn the_cli_prints_no_secret_at_trace() {
         if text.contains("TRACE") {
             traced += 1;
         }
-        if let Some(at) = text.find(CANARY) {
-            let start = text[..at]
-                .char_indices()
-                .rev()
-                .nth(200)
-                .map_or(0, |(i, _)| i);
-            panic!(
-                "`pleo-auth {command}` printed a secret: ...{}...",
-                &text[start..(at + 40).min(text.len())]
-            );
-        }
+        assert_no_leak(
+            &format!("the output of `pleo-auth {command}`"),
+            text,
+            &[CANARY],
+        );
     }
     assert!(traced >= s.transcript.len() / 2, "TRACE logging was on");
     eprintln!(

@@ -2,8 +2,9 @@
 //! parser that reads outside input: subject URNs, scope lists, store keys, stored records of each
 //! type, `Retry-After`, OAuth callback queries (through `OAuthClient::complete`, which must
 //! refuse garbage before any network call), token responses and `WWW-Authenticate` challenges
-//! (served by a loopback listener that answers with the fuzzed bytes). Pass: no panic, bounded
-//! allocation (bodies are capped), typed errors that never quote a secret.
+//! (served by a loopback listener that answers with the fuzzed bytes), and `Environment` URL
+//! building from hostile API paths. Pass: no panic, bounded allocation (bodies are capped), typed
+//! errors that never quote a secret, URLs that never leave the API base.
 
 #![cfg(all(feature = "oauth", feature = "http"))]
 
@@ -15,9 +16,10 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use pleo_auth_core::testing::{check_api_url, find_leak};
 use pleo_auth_core::{
-    ApiKeyCredential, ErrorKind as CoreKind, MemoryStore, OAuthGrant, PendingAuthorization, Record,
-    ScopeSet, StoreKey, Subject, TenantLink,
+    ApiKeyCredential, Environment, ErrorKind as CoreKind, MemoryStore, OAuthGrant,
+    PendingAuthorization, Record, ScopeSet, StoreKey, Subject, TenantLink,
 };
 use pleo_auth_http::transport::{DEFAULT_MAX_BODY_BYTES, parse_retry_after};
 use pleo_auth_oauth::{AuthorizeOptions, ErrorKind, OAuthClient};
@@ -172,7 +174,7 @@ fn check_decode<R: Record>(bytes: &[u8]) -> Result<(), TestCaseError> {
             err
         );
         let shown = format!("{err} {err:?}");
-        prop_assert!(!shown.contains(CANARY), "{}", shown);
+        prop_assert_eq!(find_leak(&shown, &[CANARY]), None);
     }
     Ok(())
 }
@@ -250,7 +252,7 @@ proptest! {
             err
         );
         let shown = format!("{err} {err:?}");
-        prop_assert!(!shown.contains(CANARY), "{}", shown);
+        prop_assert_eq!(find_leak(&shown, &[CANARY]), None);
         prop_assert_eq!(rig.sandbox.stats().token_requests_for("authorization_code"), 0);
         prop_assert_eq!(rig.sandbox.stats().endpoint_hits.len(), 0);
     }
@@ -368,7 +370,7 @@ proptest! {
         });
         let err = result.expect_err("a fuzzed answer never connects a grant");
         let shown = format!("{err} {err:?}");
-        prop_assert!(!shown.contains(CANARY), "{}", shown);
+        prop_assert_eq!(find_leak(&shown, &[CANARY]), None);
         let listed = runtime().block_on(client.token_manager().list()).unwrap();
         prop_assert!(listed.is_empty(), "nothing stored");
     }
@@ -406,4 +408,82 @@ fn hostile_key_parts_stay_distinct() {
         .map(|p| StoreKey::from_parts(["x", p]).unwrap())
         .collect();
     assert_eq!(keys.len(), parts.len());
+}
+
+/// API paths assembled from the pieces that confuse URL parsers (backslashes, encoded dots and
+/// slashes, authorities, schemes, control characters), plain segments and arbitrary bytes.
+fn api_path() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        prop::sample::select(vec![
+            "/",
+            "\\",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%5C",
+            "%",
+            "%00",
+            "?",
+            "#",
+            "@",
+            ":",
+            "h:99999",
+            "//evil.example",
+            "https://evil.example",
+            "v1",
+            "introspect",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z0-9._~-]{1,8}",
+        "\\PC{1,4}",
+        any::<char>().prop_map(String::from),
+        (0u8..0x20).prop_map(|b| char::from(b).to_string()),
+    ];
+    prop_oneof![
+        prop::collection::vec(piece, 0..12).prop_map(|p| p.concat()),
+        prop::collection::vec("[a-zA-Z0-9._~:@!$&'()*+,;=-]{1,10}|%[0-9a-fA-F]{2}", 1..6)
+            .prop_map(|p| format!("/{}", p.join("/"))),
+        any::<Vec<u8>>().prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+}
+
+fn api_environments() -> [Environment; 2] {
+    [
+        Environment::staging(),
+        Environment::custom("sandbox", "http://127.0.0.1:9", "http://127.0.0.1:9/api/v").unwrap(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// `Environment::api_url` never panics; what it builds stays on the API host, under the base
+    /// path, exactly as asked; what it refuses is `InvalidInput`.
+    #[test]
+    fn api_urls_never_panic_and_never_leave_the_base(path in api_path()) {
+        for env in api_environments() {
+            check_api_url(&env, &path).map_err(TestCaseError::fail)?;
+        }
+    }
+}
+
+#[test]
+fn api_path_generator_reaches_accepted_and_refused_paths() {
+    use proptest::strategy::ValueTree as _;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let [env, _] = api_environments();
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..2000 {
+        let path = api_path().new_tree(&mut runner).unwrap().current();
+        match check_api_url(&env, &path).unwrap() {
+            Some(_) => accepted += 1,
+            None => refused += 1,
+        }
+    }
+    assert!(
+        accepted > 100 && refused > 100,
+        "{accepted} accepted, {refused} refused"
+    );
 }

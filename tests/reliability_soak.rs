@@ -2,7 +2,9 @@
 //! processes that share a file store and a store lease, while fault proxies inject latency,
 //! resets, truncated answers and stalls between them and the sandbox. Pass: 0 revocations,
 //! 0 reused refresh tokens, 0 requests where the sandbox saw another company's credential, and
-//! flat memory and file descriptors in the worker processes (reported).
+//! flat memory and file descriptors in the worker processes (reported). Where memory or file
+//! descriptors cannot be measured (no `/proc`, too few samples), the test fails: it never passes
+//! unmeasured.
 //!
 //! CI runs a short version. `cargo xtask soak --minutes 30` runs the full one (200 grants,
 //! 30-second tokens) through `PLEO_AUTH_SOAK_SECS`, `PLEO_AUTH_SOAK_GRANTS` and
@@ -72,18 +74,45 @@ fn open_store(dir: &std::path::Path) -> (DynSecretStore, DynLease) {
     (files, lease)
 }
 
-/// `VmRSS` (KiB) and open file descriptors of a process.
-fn process_metrics(pid: u32) -> Option<(u64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// `VmRSS` (KiB) and open file descriptors of a process, or why they cannot be read.
+fn process_metrics(pid: u32) -> Result<(u64, usize), String> {
+    let status_path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&status_path)
+        .map_err(|e| format!("cannot read {status_path}: {e}"))?;
     let rss = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
-    Some((rss, fds))
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| format!("{status_path} has no readable VmRSS line"))?;
+    let fd_path = format!("/proc/{pid}/fd");
+    let fds = std::fs::read_dir(&fd_path)
+        .map_err(|e| format!("cannot list {fd_path}: {e}"))?
+        .count();
+    Ok((rss, fds))
+}
+
+/// Memory and descriptors of every worker, or `None` once a worker has exited (the run is
+/// ending).
+///
+/// # Panics
+///
+/// When a worker that still runs cannot be measured: the soak never passes unmeasured.
+fn sample_workers(children: &mut [std::process::Child]) -> Option<Vec<(u64, usize)>> {
+    let mut sample = Vec::with_capacity(children.len());
+    for child in children.iter_mut() {
+        match process_metrics(child.id()) {
+            Ok(metrics) => sample.push(metrics),
+            Err(_) if matches!(child.try_wait(), Ok(Some(_))) => return None,
+            Err(why) => panic!(
+                "cannot measure the memory and file descriptors of worker process {}: {why}. \
+                 The soak needs /proc/<pid>/status (VmRSS) and /proc/<pid>/fd (Linux); \
+                 it fails instead of passing unmeasured.",
+                child.id()
+            ),
+        }
+    }
+    Some(sample)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -92,6 +121,14 @@ async fn soak_with_short_tokens_and_network_faults() {
         return worker_process().await;
     }
     let s = settings();
+    // Fail at once, not after the run, where memory and descriptors cannot be measured.
+    if let Err(why) = process_metrics(std::process::id()) {
+        panic!(
+            "cannot measure memory and file descriptors: {why}. The soak needs \
+             /proc/<pid>/status (VmRSS) and /proc/<pid>/fd (Linux); it fails instead of passing \
+             unmeasured."
+        );
+    }
     let spec = SandboxSpec {
         companies: s.grants,
         access_ttl: s.token_lifetime,
@@ -148,7 +185,6 @@ async fn soak_with_short_tokens_and_network_faults() {
             .unwrap();
         children.push(child);
     }
-    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
 
     // Chaos, log checks and metrics until the workers finish.
     let mut rng = Rng::from_env("soak");
@@ -158,6 +194,8 @@ async fn soak_with_short_tokens_and_network_faults() {
     let mut statuses = BTreeMap::<u16, u64>::new();
     let mut samples: Vec<(Duration, Vec<(u64, usize)>)> = Vec::new();
     let mut faults = BTreeMap::<&str, u64>::new();
+    // At least eight samples per run, so growth after warm-up is always measured.
+    let sample_every = (s.duration / 8).clamp(Duration::from_secs(1), Duration::from_secs(5));
     let mut last_sample = Instant::now() - Duration::from_secs(60);
     let mut last_fault = Instant::now();
     while started.elapsed() < s.duration + Duration::from_secs(60) {
@@ -211,10 +249,9 @@ async fn soak_with_short_tokens_and_network_faults() {
                 eprintln!("MISMATCH: {record:?}");
             }
         }
-        if last_sample.elapsed() >= Duration::from_secs(5) {
+        if last_sample.elapsed() >= sample_every {
             last_sample = Instant::now();
-            let now: Vec<(u64, usize)> = pids.iter().filter_map(|p| process_metrics(*p)).collect();
-            if now.len() == pids.len() {
+            if let Some(now) = sample_workers(&mut children) {
                 samples.push((started.elapsed(), now));
             }
         }
@@ -286,25 +323,48 @@ async fn soak_with_short_tokens_and_network_faults() {
         .iter()
         .filter(|(at, _)| *at >= s.duration / 3)
         .collect();
-    if let (Some(first), Some(last)) = (warm.first(), warm.last()) {
-        for worker in 0..pids.len() {
-            let (rss0, fd0) = first.1[worker];
-            let (rss1, fd1) = last.1[worker];
-            eprintln!(
-                "soak: worker {worker}: rss {rss0} -> {rss1} KiB, fds {fd0} -> {fd1} (t={:.0}s -> {:.0}s)",
-                first.0.as_secs_f64(),
-                last.0.as_secs_f64()
-            );
-            assert!(
-                rss1 <= rss0 + rss0 / 4 + 16 * 1024,
-                "worker {worker} memory grew: {rss0} -> {rss1} KiB"
-            );
-            assert!(
-                fd1 <= fd0 + 32,
-                "worker {worker} descriptors grew: {fd0} -> {fd1}"
-            );
-        }
+    assert!(
+        warm.len() >= 2,
+        "memory and file descriptors were not measured: {} samples after warm-up (of {} in all, \
+         one every {sample_every:?}), at least 2 are needed to check growth",
+        warm.len(),
+        samples.len()
+    );
+    let (first, last) = (warm[0], warm[warm.len() - 1]);
+    for worker in 0..WORKERS {
+        let (rss0, fd0) = first.1[worker];
+        let (rss1, fd1) = last.1[worker];
+        eprintln!(
+            "soak: worker {worker}: rss {rss0} -> {rss1} KiB, fds {fd0} -> {fd1} (t={:.0}s -> {:.0}s)",
+            first.0.as_secs_f64(),
+            last.0.as_secs_f64()
+        );
+        assert!(
+            rss1 <= rss0 + rss0 / 4 + 16 * 1024,
+            "worker {worker} memory grew: {rss0} -> {rss1} KiB"
+        );
+        assert!(
+            fd1 <= fd0 + 32,
+            "worker {worker} descriptors grew: {fd0} -> {fd1}"
+        );
     }
+}
+
+#[test]
+fn memory_that_cannot_be_measured_is_an_error_not_a_pass() {
+    let (rss, fds) = process_metrics(std::process::id()).expect("this process is measurable");
+    assert!(rss > 0 && fds > 0, "rss {rss} KiB, {fds} descriptors");
+    // Above any pid_max: no such process.
+    let missing = process_metrics(u32::MAX).unwrap_err();
+    assert!(missing.contains("/proc/4294967295/status"), "{missing}");
+
+    let mut running = vec![Command::new("sleep").arg("30").spawn().unwrap()];
+    let sample = sample_workers(&mut running).expect("a running worker is measured");
+    assert!(sample[0].0 > 0, "{sample:?}");
+    running[0].kill().unwrap();
+    running[0].wait().unwrap();
+    // An exited worker ends the sampling instead of failing it.
+    assert_eq!(sample_workers(&mut running), None);
 }
 
 /// One worker process: a replica over the shared file store that sends API requests for

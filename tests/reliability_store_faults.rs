@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use pleo_auth_core::testing::assert_no_leak;
 use pleo_auth_core::{
     CompanyId, CredentialProvider, ErrorKind as CoreKind, MemoryStore, Precondition, SecretBytes,
     SecretStore,
@@ -188,8 +189,7 @@ async fn unreadable_and_newer_schema_records_fail_closed() {
         for (result, _) in burst(&s.api, 10).await {
             let err = result.unwrap_err();
             assert_eq!(err.kind(), kind, "{err:?}");
-            let shown = format!("{err} {err:?}");
-            assert!(!shown.contains(CANARY), "{shown}");
+            assert_no_leak("an error", &format!("{err} {err:?}"), &[CANARY]);
         }
         assert_eq!(s.h.sandbox.stats().token_requests_for("refresh_token"), 0);
         let still = s.h.store.get(&key).await.unwrap().unwrap();

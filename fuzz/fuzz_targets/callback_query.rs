@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use pleo_auth_core::testing::find_leak;
 use pleo_auth_core::{ClientSecret, Environment, MemoryStore};
 use pleo_auth_oauth::{AuthorizeOptions, ErrorKind, OAuthClient, OAuthConfig};
 
@@ -58,5 +59,5 @@ fuzz_target!(|data: &[u8]| {
         ),
         "{err:?}"
     );
-    assert!(!format!("{err} {err:?}").contains("CANARY"));
+    assert_eq!(find_leak(&format!("{err} {err:?}"), &["CANARY"]), None);
 });

@@ -156,29 +156,68 @@ impl Environment {
 
     /// `{authorization server}/oauth/authorize`.
     pub fn authorize_endpoint(&self) -> Url {
-        join(&self.authorization_server, "oauth/authorize")
+        below(&self.authorization_server, "oauth/authorize")
     }
 
     /// `{authorization server}/oauth/token`.
     pub fn token_endpoint(&self) -> Url {
-        join(&self.authorization_server, "oauth/token")
+        below(&self.authorization_server, "oauth/token")
     }
 
     /// `{authorization server}/oauth/token/introspect`.
     pub fn introspection_endpoint(&self) -> Url {
-        join(&self.authorization_server, "oauth/token/introspect")
+        below(&self.authorization_server, "oauth/token/introspect")
     }
 
-    /// Joins a path such as `/v1/introspect` onto the API base URL.
+    /// The URL of an API path such as `/v1/introspect` or `/v2/employees?company_id=..`, below
+    /// the API base URL: the result is always on the API host and under the base path.
+    ///
+    /// The path must be a plain absolute path: it starts with a single `/`, has no empty, `.`
+    /// or `..` segment (also not percent-encoded, such as `%2e%2e`), and holds only URL path
+    /// characters (`A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , ; = : @ /`) and `%` escapes of
+    /// bytes other than `/`, `\`, `.` and control characters. An optional query follows a `?`
+    /// and holds only visible ASCII other than `#`. Anything else, such as a backslash (which
+    /// URL parsers read as `/`), a control character, a fragment or an absolute URL, is refused.
+    ///
+    /// ```
+    /// use pleo_auth_core::{Environment, ErrorKind};
+    ///
+    /// let local = Environment::custom("sandbox", "http://127.0.0.1:8080", "http://127.0.0.1:8080/api")?;
+    /// assert_eq!(
+    ///     local.api_url("/v1/export-jobs?company_id=1")?.as_str(),
+    ///     "http://127.0.0.1:8080/api/v1/export-jobs?company_id=1"
+    /// );
+    /// for hostile in ["/\\h:99999/x", "/%2e%2e/x", "//evil.example/x", "https://evil.example/x"] {
+    ///     assert_eq!(local.api_url(hostile).unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// }
+    /// # Ok::<(), pleo_auth_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a path that is not a
+    /// plain absolute path, or a query with characters outside visible ASCII.
     pub fn api_url(&self, path: &str) -> Result<Url> {
-        if !path.starts_with('/') || path.starts_with("//") || path.contains("..") {
-            return Err(Error::invalid_input(
-                "API path must start with a single '/' and contain no '..'",
-            ));
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        let relative = path.strip_prefix('/').ok_or_else(|| {
+            Error::invalid_input("API path must be an absolute path starting with '/'")
+        })?;
+        check_relative_path(relative)?;
+        if let Some(query) = query {
+            check_query(query)?;
         }
-        let url = join(&self.api_base, path.trim_start_matches('/'));
-        if url.origin() != self.api_base.origin() {
-            return Err(Error::invalid_input("API path must stay on the API host"));
+        let mut url = below(&self.api_base, relative);
+        url.set_query(query);
+        if url.origin() != self.api_base.origin()
+            || !url.path().starts_with(self.api_base.path())
+            || url.fragment().is_some()
+        {
+            return Err(Error::invalid_input(
+                "API path must stay below the API base URL",
+            ));
         }
         Ok(url)
     }
@@ -204,9 +243,101 @@ impl FromStr for Environment {
     }
 }
 
-fn join(base: &Url, path: &str) -> Url {
-    base.join(path)
-        .expect("joining a relative path to a base URL")
+/// `base` (whose path ends with `/`) with `relative` appended to its path. `relative` is a
+/// constant or has passed [`check_relative_path`], so it adds segments and never leaves the
+/// base path.
+fn below(base: &Url, relative: &str) -> Url {
+    let mut url = base.clone();
+    let path = format!("{}{relative}", base.path());
+    url.set_path(&path);
+    url
+}
+
+/// Checks the part of an API path after its leading `/`: non-empty segments of URL path
+/// characters and `%` escapes, none of which is (or decodes to) `.` or `..`, and no escape of
+/// `/`, `\`, `.` or a control character.
+fn check_relative_path(relative: &str) -> Result<()> {
+    let plain = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            )
+    };
+    for segment in relative.split('/') {
+        if segment.is_empty() {
+            return Err(Error::invalid_input(
+                "API path must not contain an empty segment ('//') or end with '/'",
+            ));
+        }
+        let bytes = segment.as_bytes();
+        let mut decoded_dots = 0;
+        let mut only_dots = true;
+        let mut i = 0;
+        while i < bytes.len() {
+            let byte = if bytes[i] == b'%' {
+                let escaped = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .ok_or_else(|| {
+                        Error::invalid_input("API path has a '%' that is not a two-digit escape")
+                    })?;
+                if matches!(escaped, b'/' | b'\\' | b'.') || escaped.is_ascii_control() {
+                    return Err(Error::invalid_input(
+                        "API path must not percent-encode '/', '\\', '.' or control characters",
+                    ));
+                }
+                i += 3;
+                escaped
+            } else if plain(bytes[i]) {
+                i += 1;
+                bytes[i - 1]
+            } else {
+                return Err(Error::invalid_input(
+                    "API path may hold only URL path characters and percent escapes",
+                ));
+            };
+            if byte == b'.' {
+                decoded_dots += 1;
+            } else {
+                only_dots = false;
+            }
+        }
+        if only_dots && decoded_dots <= 2 {
+            return Err(Error::invalid_input(
+                "API path must not contain '.' or '..' segments",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an API query: visible ASCII other than `#` (so no fragment, space or control
+/// character).
+fn check_query(query: &str) -> Result<()> {
+    if query.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(
+            "API query may hold only visible ASCII characters other than '#'",
+        ))
+    }
 }
 
 /// Parses a base URL and normalises it to end with `/`; see [`check_transport_security`].
@@ -306,5 +437,90 @@ mod tests {
         for bad in ["//evil.example/x", "v1/x", "/../x", "/a/../../x"] {
             assert!(env.api_url(bad).is_err(), "{bad}");
         }
+    }
+
+    fn sandbox_with_base_path() -> Environment {
+        Environment::custom("sandbox", "http://127.0.0.1:9", "http://127.0.0.1:9/api").unwrap()
+    }
+
+    #[test]
+    fn hostile_api_paths_are_refused_with_a_typed_error() {
+        let env = sandbox_with_base_path();
+        for bad in [
+            "/\\\\h:99999/x",
+            "/\\h:99999/x",
+            "/v1\\..\\..\\x",
+            "/%2e%2e/x",
+            "/%2E%2E/x",
+            "/.%2e/x",
+            "/%2e./x",
+            "/v1/%2e/x",
+            "/v1/./x",
+            "/v1/..",
+            "/v1/.",
+            "/v1//x",
+            "/v1/x/",
+            "/",
+            "",
+            "v1/x",
+            "//evil.example/x",
+            "https://evil.example/x",
+            "/https://evil.example/x",
+            "/v1/x#frag",
+            "/v1/x?a=1#frag",
+            "/v1/x?a b",
+            "/v1/x?a=\u{7f}",
+            "/v1/\u{0}x",
+            "/v1/\tx",
+            "/v1/\nx",
+            "/v1/x y",
+            "/v1/ü",
+            "/v1/%2fx",
+            "/v1/%2F..%2Fx",
+            "/v1/%5cx",
+            "/v1/%00x",
+            "/v1/%0ax",
+            "/v1/%",
+            "/v1/%g0",
+            "/v1/%2",
+            "/v1/[::1]",
+            "/v1/x|y",
+            "/v1/{x}",
+        ] {
+            let err = env.api_url(bad).expect_err(bad);
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_api_paths_stay_below_the_base() {
+        let env = sandbox_with_base_path();
+        for (path, expected) in [
+            ("/v1/introspect", "http://127.0.0.1:9/api/v1/introspect"),
+            (
+                "/v1/installations/me:activate",
+                "http://127.0.0.1:9/api/v1/installations/me:activate",
+            ),
+            (
+                "/v2/employees?company_id=0c000000&x=%20",
+                "http://127.0.0.1:9/api/v2/employees?company_id=0c000000&x=%20",
+            ),
+            ("/v1/x?", "http://127.0.0.1:9/api/v1/x?"),
+            ("/v1/...", "http://127.0.0.1:9/api/v1/..."),
+            ("/v1/a.b/.x", "http://127.0.0.1:9/api/v1/a.b/.x"),
+            ("/v1/%41%c3%bc", "http://127.0.0.1:9/api/v1/%41%c3%bc"),
+        ] {
+            assert_eq!(env.api_url(path).unwrap().as_str(), expected, "{path}");
+        }
+        assert_eq!(
+            Environment::staging().authorize_endpoint().as_str(),
+            "https://auth.staging.pleo.io/oauth/authorize"
+        );
+        let nested =
+            Environment::custom("sandbox", "http://127.0.0.1:9/as/", "http://127.0.0.1:9").unwrap();
+        assert_eq!(
+            nested.token_endpoint().as_str(),
+            "http://127.0.0.1:9/as/oauth/token"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use pleo_auth_core::ErrorKind;
+use pleo_auth_core::testing::assert_no_leak;
 use pleo_auth_http::{LoopbackCallback, Target};
 use pleo_auth_sandbox::{Endpoint, Fault, seed};
 
@@ -94,7 +95,7 @@ async fn no_secret_reaches_any_log_at_trace() {
         logs.contains("hyper") || logs.contains("reqwest"),
         "HTTP internals were captured"
     );
-    assert!(!logs.contains(CANARY), "a secret reached the logs");
+    assert_no_leak("the TRACE logs", &logs, &[CANARY]);
     assert!(
         !logs.contains("company_id="),
         "a query string reached the logs"

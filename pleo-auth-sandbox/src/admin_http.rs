@@ -18,7 +18,7 @@ use crate::admin::{
 };
 use crate::state::Shared;
 use crate::time::unix_secs;
-use crate::{ClientRegistration, Fault, SandboxError};
+use crate::{ClientRegistration, Fault, SandboxError, ServerShape};
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
     (
@@ -264,4 +264,23 @@ pub(crate) async fn seed(State(shared): S) -> Response {
         clients,
     })
     .into_response()
+}
+
+/// `GET /_sandbox/server-shape`.
+pub(crate) async fn server_shape(State(shared): S) -> Response {
+    Json(ServerShape::clone(&shared.shape())).into_response()
+}
+
+/// `PUT /_sandbox/server-shape`.
+pub(crate) async fn set_server_shape(
+    State(shared): S,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match parse::<ServerShape>(body) {
+        Ok(shape) => match shared.set_shape(shape) {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => sandbox_error(&e),
+        },
+        Err(refused) => refused.into_response(),
+    }
 }

@@ -9,7 +9,7 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::server::SandboxHandle;
-use crate::{SandboxError, seed, util};
+use crate::{SandboxError, ServerShape, seed, util};
 
 /// A registered OAuth 2.0 client.
 ///
@@ -227,6 +227,7 @@ pub struct SandboxBuilder {
     auto_approve: Option<Uuid>,
     secret_prefix: String,
     max_body_bytes: usize,
+    server_shape: ServerShape,
 }
 
 impl Default for SandboxBuilder {
@@ -244,6 +245,7 @@ impl Default for SandboxBuilder {
             auto_approve: None,
             secret_prefix: String::new(),
             max_body_bytes: 64 * 1024,
+            server_shape: ServerShape::pleo(),
         }
     }
 }
@@ -328,6 +330,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// How the authorization server presents itself (default [`ServerShape::pleo`]): endpoint
+    /// paths, a revocation endpoint, extra scope names and token-response members, the
+    /// `expires_in` format and an issuer. It can be changed at run time with
+    /// [`SandboxHandle::set_server_shape`].
+    pub fn server_shape(mut self, shape: ServerShape) -> Self {
+        self.server_shape = shape;
+        self
+    }
+
     /// Validates the configuration, binds the listening socket and starts serving on the
     /// current Tokio runtime.
     ///
@@ -359,6 +370,7 @@ impl SandboxBuilder {
             config,
             self.clients,
             self.auto_approve,
+            self.server_shape,
             self.bind,
             self.max_body_bytes,
         )
@@ -398,6 +410,7 @@ impl SandboxBuilder {
                 return invalid(format!("the {what} lifetime must be at least one second"));
             }
         }
+        self.server_shape.validate()?;
         if self.max_body_bytes < 1024 {
             return invalid("the body limit must be at least 1024 bytes".to_owned());
         }

@@ -10,32 +10,38 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::ServerShape;
 use crate::state::Shared;
 
-/// A class of endpoints that faults can target.
+/// A class of endpoints that faults can target. The authorization-server classes follow the
+/// current [`ServerShape`]'s paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoint {
-    /// `POST /oauth/token`.
+    /// The token endpoint (`POST /oauth/token` in Pleo's shape).
     Token,
-    /// `POST /oauth/token/introspect`.
+    /// The token introspection endpoint (`POST /oauth/token/introspect` in Pleo's shape).
     Introspect,
     /// The External API: every path under `/v1/` and `/v2/` (including `/v1/introspect`).
     Api,
-    /// `GET` and `POST /oauth/authorize`.
+    /// The authorization endpoint, `GET` and `POST` (`/oauth/authorize` in Pleo's shape).
     Authorize,
+    /// The token revocation endpoint (RFC 7009), when the shape has one.
+    Revocation,
     /// Every path except the `/_sandbox/` administration paths. Endpoint-specific faults are
     /// served first; `Any` faults apply when none is queued for the request's endpoint.
     Any,
 }
 
 impl Endpoint {
-    /// The class of a request path; `None` for `/_sandbox/` paths, which are never faulted.
-    pub(crate) fn classify(path: &str) -> Option<Self> {
+    /// The class of a request path under `shape`; `None` for `/_sandbox/` paths, which are
+    /// never faulted.
+    pub(crate) fn classify(path: &str, shape: &ServerShape) -> Option<Self> {
         match path {
-            "/oauth/token" => Some(Self::Token),
-            "/oauth/token/introspect" => Some(Self::Introspect),
-            "/oauth/authorize" => Some(Self::Authorize),
+            p if p == shape.token_path => Some(Self::Token),
+            p if p == shape.introspection_path => Some(Self::Introspect),
+            p if p == shape.authorize_path => Some(Self::Authorize),
+            p if shape.revocation_path.as_deref() == Some(p) => Some(Self::Revocation),
             p if p == "/_sandbox" || p.starts_with("/_sandbox/") => None,
             p if p.starts_with("/v1/") || p.starts_with("/v2/") => Some(Self::Api),
             _ => Some(Self::Any),
@@ -108,10 +114,9 @@ pub(crate) async fn middleware(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(endpoint) = Endpoint::classify(request.uri().path()) else {
+    let Some((_, fault)) = shared.take_fault(request.uri().path()) else {
         return next.run(request).await;
     };
-    let fault = shared.take_fault(endpoint);
     match fault {
         None => next.run(request).await,
         Some(Fault::Delay(delay)) => {
@@ -169,19 +174,30 @@ mod tests {
 
     #[test]
     fn paths_are_classified() {
-        assert_eq!(Endpoint::classify("/oauth/token"), Some(Endpoint::Token));
+        let pleo = ServerShape::pleo();
+        let classify = |p| Endpoint::classify(p, &pleo);
+        assert_eq!(classify("/oauth/token"), Some(Endpoint::Token));
         assert_eq!(
-            Endpoint::classify("/oauth/token/introspect"),
+            classify("/oauth/token/introspect"),
             Some(Endpoint::Introspect)
         );
-        assert_eq!(Endpoint::classify("/v1/introspect"), Some(Endpoint::Api));
-        assert_eq!(Endpoint::classify("/v2/employees"), Some(Endpoint::Api));
-        assert_eq!(
-            Endpoint::classify("/oauth/authorize"),
-            Some(Endpoint::Authorize)
-        );
-        assert_eq!(Endpoint::classify("/_sandbox/stats"), None);
-        assert_eq!(Endpoint::classify("/"), Some(Endpoint::Any));
+        assert_eq!(classify("/v1/introspect"), Some(Endpoint::Api));
+        assert_eq!(classify("/v2/employees"), Some(Endpoint::Api));
+        assert_eq!(classify("/oauth/authorize"), Some(Endpoint::Authorize));
+        assert_eq!(classify("/_sandbox/stats"), None);
+        assert_eq!(classify("/"), Some(Endpoint::Any));
+        assert_eq!(classify("/revoke"), Some(Endpoint::Any));
+    }
+
+    #[test]
+    fn paths_follow_the_shape() {
+        let generic = ServerShape::generic();
+        let classify = |p| Endpoint::classify(p, &generic);
+        assert_eq!(classify("/token"), Some(Endpoint::Token));
+        assert_eq!(classify("/introspect"), Some(Endpoint::Introspect));
+        assert_eq!(classify("/authorize"), Some(Endpoint::Authorize));
+        assert_eq!(classify("/revoke"), Some(Endpoint::Revocation));
+        assert_eq!(classify("/oauth/token"), Some(Endpoint::Any));
     }
 
     #[test]

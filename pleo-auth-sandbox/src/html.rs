@@ -36,6 +36,8 @@ pub(crate) struct ConsentPage<'a> {
     pub(crate) scopes: &'a [String],
     pub(crate) consent_id: &'a str,
     pub(crate) preselect: Option<Subject>,
+    /// The authorization endpoint's path, where the form posts.
+    pub(crate) action: &'a str,
 }
 
 /// The consent page: client name, requested scopes, a company selector, Allow and Deny.
@@ -86,7 +88,7 @@ pub(crate) fn consent_page(config: &Config, page: &ConsentPage<'_>) -> Response 
 <p class=\"env\">Pleo sandbox - environment {env}</p>\
 <h1>{client} wants to access your Pleo account</h1>\
 <p>It asks for these permissions:</p><ul>{scopes}</ul>\
-<form method=\"post\" action=\"/oauth/authorize\">\
+<form method=\"post\" action=\"{action}\">\
 <input type=\"hidden\" name=\"consent_id\" value=\"{consent_id}\">\
 <label for=\"subject\">Company</label><br>\
 <select id=\"subject\" name=\"subject\">{options}</select><br>\
@@ -95,6 +97,7 @@ pub(crate) fn consent_page(config: &Config, page: &ConsentPage<'_>) -> Response 
 </form></main></body></html>\n",
         env = escape_html(&config.environment_name),
         consent_id = escape_html(page.consent_id),
+        action = escape_html(page.action),
     );
     harden(Html(body).into_response())
 }

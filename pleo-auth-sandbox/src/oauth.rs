@@ -1,4 +1,5 @@
-//! The authorization server: `/oauth/authorize`, `/oauth/token`, `/oauth/token/introspect`.
+//! The authorization server: the authorization, token, introspection and revocation endpoints,
+//! at the paths of the current [`ServerShape`](crate::ServerShape).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -14,14 +15,15 @@ use url::{Host, Url};
 
 use crate::config::Subject;
 use crate::html::{ConsentPage, consent_page, error_page};
-use crate::state::{CodeRecord, Inner, IssuedTokens, PendingConsent, Shared};
+use crate::rewrite::IssuedTokenResponse;
+use crate::state::{CodeRecord, Inner, IssuedTokens, PendingConsent, Shared, grant_label};
 use crate::time::unix_secs;
 use crate::util::{
     Authorization, Params, RandomUnavailable, authorization, digest, form_decode, is_form,
     is_valid_s256_challenge, is_valid_verifier, pkce_s256, random_secret, split_scopes,
     token_fingerprint,
 };
-use crate::{ClientRegistration, RevocationCause};
+use crate::{ClientRegistration, RevocationCause, ServerShape};
 
 /// An RFC 6749 §5.2 error answer.
 #[derive(Debug)]
@@ -126,8 +128,9 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// A 302 to `uri` with extra query parameters. `uri` is always a registered redirect URI.
-fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
+/// A 302 to `uri` with extra query parameters, and `iss` (RFC 9207) when the server has an
+/// issuer. `uri` is always a registered redirect URI.
+fn redirect_with(uri: &str, pairs: &[(&str, &str)], issuer: Option<&str>) -> Response {
     let Ok(mut url) = Url::parse(uri) else {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -139,6 +142,9 @@ fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
         let mut query = url.query_pairs_mut();
         for (k, v) in pairs {
             query.append_pair(k, v);
+        }
+        if let Some(issuer) = issuer {
+            query.append_pair("iss", issuer);
         }
     }
     let Ok(location) = HeaderValue::from_str(url.as_str()) else {
@@ -160,12 +166,18 @@ fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
 }
 
 /// An error sent back to the client's redirect URI (RFC 6749 §4.1.2.1).
-fn redirect_error(uri: &str, code: &str, description: &str, state: Option<&str>) -> Response {
+fn redirect_error(
+    uri: &str,
+    code: &str,
+    description: &str,
+    state: Option<&str>,
+    issuer: Option<&str>,
+) -> Response {
     let mut pairs = vec![("error", code), ("error_description", description)];
     if let Some(state) = state {
         pairs.push(("state", state));
     }
-    redirect_with(uri, &pairs)
+    redirect_with(uri, &pairs, issuer)
 }
 
 /// A validated authorization request.
@@ -179,6 +191,7 @@ struct Validated {
 /// Checks everything after `client_id` and `redirect_uri`; errors go to the redirect URI.
 fn validate_authorization(
     shared: &Shared,
+    shape: &ServerShape,
     client: &ClientRegistration,
     params: &Params,
 ) -> Result<Validated, (&'static str, String)> {
@@ -219,7 +232,10 @@ fn validate_authorization(
     if scopes.is_empty() {
         return invalid("scope is required");
     }
-    if let Some(bad) = scopes.iter().find(|s| !client.scopes.contains(s)) {
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| !client.scopes.contains(s) && !shape.is_extra_scope(s))
+    {
         return Err((
             "invalid_scope",
             format!("scope {bad} is not allowed for this client"),
@@ -287,11 +303,13 @@ fn random_failure_page() -> Response {
     )
 }
 
-/// `GET /oauth/authorize`.
+/// The authorization endpoint, `GET`.
 pub(crate) async fn authorize_get(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
     let params = Params::parse(uri.query().unwrap_or_default().as_bytes());
     let mut inner = shared.lock();
     inner.stats.authorization_requests += 1;
+    let shape = Arc::clone(&inner.shape);
+    let issuer = shape.issuer.as_deref();
     let client = match params.get("client_id") {
         Ok(Some(id)) => inner.clients.get(id).cloned(),
         _ => None,
@@ -314,10 +332,10 @@ pub(crate) async fn authorize_get(State(shared): State<Arc<Shared>>, uri: Uri) -
         }
     };
     let state = params.get("state").ok().flatten().map(str::to_owned);
-    let request = match validate_authorization(&shared, &client, &params) {
+    let request = match validate_authorization(&shared, &shape, &client, &params) {
         Ok(v) => v,
         Err((code, description)) => {
-            return redirect_error(&redirect_uri, code, &description, state.as_deref());
+            return redirect_error(&redirect_uri, code, &description, state.as_deref(), issuer);
         }
     };
     let now = inner.now();
@@ -334,7 +352,11 @@ pub(crate) async fn authorize_get(State(shared): State<Arc<Shared>>, uri: Uri) -
             subject,
         };
         return match issue_code(&shared, &mut inner, new, now) {
-            Ok(code) => redirect_with(&redirect_uri, &[("code", &code), ("state", &request.state)]),
+            Ok(code) => redirect_with(
+                &redirect_uri,
+                &[("code", &code), ("state", &request.state)],
+                issuer,
+            ),
             Err(_) => random_failure_page(),
         };
     }
@@ -361,11 +383,12 @@ pub(crate) async fn authorize_get(State(shared): State<Arc<Shared>>, uri: Uri) -
             scopes: &request.scopes,
             consent_id: &consent_id,
             preselect: request.subject,
+            action: &shape.authorize_path,
         },
     )
 }
 
-/// `POST /oauth/authorize`: the consent form's Allow or Deny.
+/// The authorization endpoint, `POST`: the consent form's Allow or Deny.
 pub(crate) async fn authorize_post(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -380,6 +403,8 @@ pub(crate) async fn authorize_post(
     };
     let mut inner = shared.lock();
     inner.stats.authorization_requests += 1;
+    let shape = Arc::clone(&inner.shape);
+    let issuer = shape.issuer.as_deref();
     if !is_form(&headers) {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -406,6 +431,7 @@ pub(crate) async fn authorize_post(
             code,
             description,
             Some(&pending.state),
+            issuer,
         )
     };
     match params.get("decision") {
@@ -431,6 +457,7 @@ pub(crate) async fn authorize_post(
         Ok(code) => redirect_with(
             &pending.redirect_uri,
             &[("code", &code), ("state", &pending.state)],
+            issuer,
         ),
         Err(_) => random_failure_page(),
     }
@@ -495,24 +522,16 @@ fn authenticate_client(
     }
 }
 
-/// `POST /oauth/token`.
+/// The token endpoint.
 pub(crate) async fn token(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut inner = shared.lock();
-    let (label, result) = match &body {
-        Err(rejection) => (
-            "unparsed",
-            Err(OAuthError::new(
-                rejection.status(),
-                "invalid_request",
-                "the request body could not be read",
-            )),
-        ),
-        Ok(body) => {
-            let params = Params::parse(body);
+    let (label, result) = match read_form(&body) {
+        Err(e) => ("unparsed", Err(e)),
+        Ok(params) => {
             let label = match params.get("grant_type") {
                 Ok(Some("authorization_code")) => "authorization_code",
                 Ok(Some("refresh_token")) => "refresh_token",
@@ -529,23 +548,62 @@ pub(crate) async fn token(
         .entry(label.to_owned())
         .or_default()
         .record(result.as_ref().map(|_| ()).map_err(|e| e.code));
+    let tokens = match result {
+        Ok(tokens) => tokens,
+        Err(e) => return e.into_response(),
+    };
+    let shape = Arc::clone(&inner.shape);
+    let rewrite = inner.token_rewrite.0.clone();
+    if rewrite.is_some() {
+        inner.stats.token_responses_rewritten += 1;
+    }
     drop(inner);
-    match result {
-        Ok(tokens) => {
-            let mut response = axum::Json(json!({
-                "access_token": tokens.access_token,
-                "token_type": "Bearer",
-                "expires_in": tokens.expires_in,
-                "refresh_token": tokens.refresh_token,
-                "scope": tokens.scopes.join(" "),
-            }))
-            .into_response();
-            let h = response.headers_mut();
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-            response
-        }
-        Err(e) => e.into_response(),
+    let body = shape.token_response(
+        &tokens.access_token,
+        &tokens.refresh_token,
+        tokens.expires_in,
+        &tokens.scopes,
+    );
+    if let Some(rewrite) = rewrite {
+        // The grant is already rotated: whatever the hook sends, the old refresh token is spent.
+        return rewrite(IssuedTokenResponse {
+            grant_type: label.to_owned(),
+            grant_id: grant_label(tokens.grant),
+            body,
+        })
+        .into_response();
+    }
+    let mut response = axum::Json(body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The form parameters of a request body, or the error for a body that could not be read.
+fn read_form(body: &Result<Bytes, BytesRejection>) -> Result<Params, OAuthError> {
+    match body {
+        Ok(body) => Ok(Params::parse(body)),
+        Err(rejection) => Err(OAuthError::new(
+            rejection.status(),
+            "invalid_request",
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// Refuses a body that is not declared form-encoded or that repeats a parameter.
+fn require_form(headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
+    if !is_form(headers) {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    match params.first_repeated() {
+        Some(name) => Err(OAuthError::invalid_request(format!(
+            "parameter {name} is repeated"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -555,16 +613,7 @@ fn token_grant(
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<IssuedTokens, OAuthError> {
-    if !is_form(headers) {
-        return Err(OAuthError::invalid_request(
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    }
-    if let Some(name) = params.first_repeated() {
-        return Err(OAuthError::invalid_request(format!(
-            "parameter {name} is repeated"
-        )));
-    }
+    require_form(headers, params)?;
     let client_id = authenticate_client(inner, headers, params)?;
     match params.get("grant_type")? {
         Some("authorization_code") => exchange_code(shared, inner, &client_id, params),
@@ -718,21 +767,88 @@ fn refresh(
         .map_err(OAuthError::server_error)
 }
 
-/// `POST /oauth/token/introspect` (RFC 7662).
+/// The revocation endpoint (RFC 7009), when the shape has one.
+pub(crate) async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut inner = shared.lock();
+    let result = read_form(&body).and_then(|params| revoke_token(&mut inner, &headers, &params));
+    inner
+        .stats
+        .revocation_requests
+        .record(result.as_ref().map(|_| ()).map_err(|e| e.code));
+    drop(inner);
+    match result {
+        Ok(()) => {
+            let mut response = StatusCode::OK.into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Revokes `token`: a live refresh token ends its whole grant, a live access token ends itself.
+/// Unknown, spent, expired or already revoked tokens change nothing (RFC 7009 §2.2: still 200).
+fn revoke_token(inner: &mut Inner, headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
+    require_form(headers, params)?;
+    let client_id = authenticate_client(inner, headers, params)?;
+    let token = params
+        .get("token")?
+        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    // `token_type_hint` needs no reading: both kinds of token are searched (RFC 7009 §2.1).
+    let now = inner.now();
+    let key = digest(token);
+    let other_client = || {
+        OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "the token was issued to another client",
+        )
+    };
+    if let Some(record) = inner.refresh.get(&key) {
+        let grant_id = record.grant;
+        let Some(grant) = inner.grants.get(&grant_id) else {
+            return Ok(());
+        };
+        if grant.client_id != client_id {
+            return Err(other_client());
+        }
+        if inner.live_refresh(token, now).is_some() {
+            inner.revoke_grant(grant_id, RevocationCause::RevocationEndpoint);
+        }
+        return Ok(());
+    }
+    if let Some(record) = inner.access.get(&key) {
+        let Some(grant) = inner.grants.get(&record.grant) else {
+            return Ok(());
+        };
+        if grant.client_id != client_id {
+            return Err(other_client());
+        }
+        if inner.live_access(token, now).is_ok() {
+            if let Some(record) = inner.access.get_mut(&key) {
+                record.revoked = true;
+            }
+            inner.stats.access_tokens_revoked += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The token introspection endpoint (RFC 7662).
 pub(crate) async fn introspect(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut inner = shared.lock();
-    let result = match &body {
-        Err(rejection) => Err(OAuthError::new(
-            rejection.status(),
-            "invalid_request",
-            "the request body could not be read",
-        )),
-        Ok(body) => introspect_token(&shared, &inner, &headers, &Params::parse(body)),
-    };
+    let result =
+        read_form(&body).and_then(|params| introspect_token(&shared, &inner, &headers, &params));
     inner
         .stats
         .introspection_requests
@@ -766,7 +882,8 @@ fn introspect_token(
         .get("token")?
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     let now = inner.now();
-    let issuer = shared.issuer();
+    let audience = shared.audience();
+    let issuer = shared.issuer(&inner.shape);
     let describe = |grant: &crate::state::Grant,
                     scopes: &[String],
                     iat: SystemTime,
@@ -777,7 +894,7 @@ fn introspect_token(
             "scope": scopes.join(" "),
             "client_id": grant.client_id,
             "sub": grant.subject.id().to_string(),
-            "aud": issuer,
+            "aud": audience,
             "iss": issuer,
             "iat": unix_secs(iat),
             "exp": unix_secs(exp),
@@ -852,6 +969,7 @@ mod tests {
             "access_denied",
             "no & no",
             Some("s t"),
+            None,
         );
         let loc = r.headers()[header::LOCATION].to_str().unwrap();
         assert_eq!(
@@ -859,5 +977,19 @@ mod tests {
             "http://127.0.0.1:9/cb?a=1&error=access_denied&error_description=no+%26+no&state=s+t"
         );
         assert_eq!(r.status(), StatusCode::FOUND);
+    }
+
+    #[test]
+    fn redirects_carry_the_issuer_when_there_is_one() {
+        let r = redirect_with(
+            "http://127.0.0.1:9/cb",
+            &[("code", "c")],
+            Some("https://as.example"),
+        );
+        let loc = r.headers()[header::LOCATION].to_str().unwrap();
+        assert_eq!(
+            loc,
+            "http://127.0.0.1:9/cb?code=c&iss=https%3A%2F%2Fas.example"
+        );
     }
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::server::conn::http1;
@@ -24,10 +25,11 @@ use uuid::Uuid;
 use crate::admin::RevokeTarget;
 use crate::config::Config;
 use crate::faults::DropConnectionMarker;
+use crate::rewrite::TokenResponseRewrite;
 use crate::state::Shared;
 use crate::{
-    ApiRequestRecord, ClientRegistration, Endpoint, Fault, SandboxError, Stats, admin_http, api,
-    faults, oauth,
+    ApiRequestRecord, ClientRegistration, Endpoint, Fault, SandboxError, ServerShape, Stats,
+    admin_http, api, faults, oauth,
 };
 
 /// Binds the socket and spawns the server on the current Tokio runtime.
@@ -35,6 +37,7 @@ pub(crate) async fn start(
     config: Config,
     clients: Vec<ClientRegistration>,
     auto_approve: Option<Uuid>,
+    shape: ServerShape,
     bind: SocketAddr,
     max_body_bytes: usize,
 ) -> Result<SandboxHandle, SandboxError> {
@@ -52,7 +55,7 @@ pub(crate) async fn start(
     let base_url = Url::parse(&format!("http://{addr}/"))
         .map_err(|e| SandboxError::InvalidConfig(format!("cannot form a base URL: {e}")))?;
     let environment = config.environment_name.clone();
-    let shared = Arc::new(Shared::new(config, base_url, clients, auto_approve));
+    let shared = Arc::new(Shared::new(config, base_url, clients, auto_approve, shape));
     let router = router(Arc::clone(&shared), max_body_bytes);
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(serve(listener, router, rx));
@@ -67,12 +70,6 @@ pub(crate) async fn start(
 
 fn router(shared: Arc<Shared>, max_body_bytes: usize) -> Router {
     Router::new()
-        .route(
-            "/oauth/authorize",
-            get(oauth::authorize_get).post(oauth::authorize_post),
-        )
-        .route("/oauth/token", post(oauth::token))
-        .route("/oauth/token/introspect", post(oauth::introspect))
         .route("/v1/introspect", get(api::introspect))
         .route(
             "/v1/installations/me",
@@ -116,13 +113,66 @@ fn router(shared: Arc<Shared>, max_body_bytes: usize) -> Router {
         )
         .route("/_sandbox/clients", post(admin_http::register_client))
         .route("/_sandbox/seed", get(admin_http::seed))
-        .fallback(not_found)
+        .route(
+            "/_sandbox/server-shape",
+            get(admin_http::server_shape).put(admin_http::set_server_shape),
+        )
+        .fallback(authorization_server)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
             faults::middleware,
         ))
         .with_state(shared)
+}
+
+/// Serves the authorization-server endpoints at the current shape's paths (they change at run
+/// time, so they are not static routes), and 404 for every other unknown path.
+async fn authorization_server(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let shape = shared.shape();
+    let endpoint = Endpoint::classify(request.uri().path(), &shape);
+    let allowed: &[Method] = match endpoint {
+        Some(Endpoint::Authorize) => &[Method::GET, Method::POST],
+        Some(Endpoint::Token | Endpoint::Introspect | Endpoint::Revocation) => &[Method::POST],
+        _ => return not_found().await,
+    };
+    if !allowed.contains(request.method()) {
+        return method_not_allowed(allowed);
+    }
+    let (headers, uri, method) = (
+        request.headers().clone(),
+        request.uri().clone(),
+        request.method().clone(),
+    );
+    if endpoint == Some(Endpoint::Authorize) && method == Method::GET {
+        return oauth::authorize_get(State(shared), uri).await;
+    }
+    let body = Bytes::from_request(request, &()).await;
+    match endpoint {
+        Some(Endpoint::Authorize) => oauth::authorize_post(State(shared), headers, body).await,
+        Some(Endpoint::Token) => oauth::token(State(shared), headers, body).await,
+        Some(Endpoint::Introspect) => oauth::introspect(State(shared), headers, body).await,
+        _ => oauth::revoke(State(shared), headers, body).await,
+    }
+}
+
+fn method_not_allowed(allowed: &[Method]) -> Response {
+    let list = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut response = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({
+            "status": 405, "error": "method_not_allowed", "message": format!("allowed: {list}")
+        })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&list) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
 }
 
 async fn not_found() -> Response {
@@ -227,10 +277,88 @@ impl SandboxHandle {
         self.shared.base_url.clone()
     }
 
-    /// The authorization server's base URL (the same server as [`Self::base_url`]):
-    /// `/oauth/authorize`, `/oauth/token` and `/oauth/token/introspect` live under it.
+    /// The authorization server's base URL (the same server as [`Self::base_url`]): the
+    /// endpoints of the current [`ServerShape`] live under it (see [`Self::token_endpoint`] and
+    /// its siblings).
     pub fn auth_url(&self) -> Url {
         self.base_url()
+    }
+
+    /// The authorization endpoint's URL under the current [`ServerShape`].
+    pub fn authorize_endpoint(&self) -> Url {
+        self.endpoint(&self.shared.shape().authorize_path)
+    }
+
+    /// The token endpoint's URL under the current [`ServerShape`].
+    pub fn token_endpoint(&self) -> Url {
+        self.endpoint(&self.shared.shape().token_path)
+    }
+
+    /// The token introspection endpoint's URL under the current [`ServerShape`].
+    pub fn introspection_endpoint(&self) -> Url {
+        self.endpoint(&self.shared.shape().introspection_path)
+    }
+
+    /// The revocation endpoint's URL under the current [`ServerShape`], if it has one.
+    pub fn revocation_endpoint(&self) -> Option<Url> {
+        let shape = self.shared.shape();
+        shape.revocation_path.as_deref().map(|p| self.endpoint(p))
+    }
+
+    /// The issuer the server names: the shape's [`issuer`](ServerShape::issuer) when set, else
+    /// the base URL without its trailing slash (what token introspection answers as `iss`).
+    pub fn issuer(&self) -> String {
+        self.shared.issuer(&self.shared.shape())
+    }
+
+    /// `path` (absolute, validated by [`ServerShape::validate`]) on this server.
+    fn endpoint(&self, path: &str) -> Url {
+        let mut url = self.base_url();
+        url.set_path(path);
+        url
+    }
+
+    /// The current server shape.
+    pub fn server_shape(&self) -> ServerShape {
+        ServerShape::clone(&self.shared.shape())
+    }
+
+    /// Replaces the server shape at run time; requests that already started finish under the
+    /// old one. Grants, tokens and counters are kept.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] if [`ServerShape::validate`] refuses the shape; the
+    /// current shape then stays.
+    pub fn set_server_shape(&self, shape: ServerShape) -> Result<(), SandboxError> {
+        self.shared.set_shape(shape)
+    }
+
+    /// Installs (`Some`) or removes (`None`) a hook that replaces every successful token
+    /// response. The hook receives the JSON body the sandbox would send, after the code was
+    /// redeemed or the grant rotated server-side, and returns the status, content type and bytes
+    /// to send instead: valid, strange or broken. The rotation stands whatever is sent, and
+    /// [`Stats::token_responses_rewritten`] counts the replaced answers. Error answers are not
+    /// passed to the hook. Only in-process sandboxes offer it (a closure cannot cross processes).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use pleo_auth_sandbox::{Sandbox, TokenResponseReplacement};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sandbox = Sandbox::builder().start().await?;
+    /// sandbox.set_token_response_rewrite(Some(Arc::new(|issued| {
+    ///     let mut body = issued.body;
+    ///     body["scope"] = "openid profile users:read".into();
+    ///     TokenResponseReplacement::json(&body)
+    /// })));
+    /// sandbox.set_token_response_rewrite(None); // normal answers again
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_token_response_rewrite(&self, rewrite: Option<TokenResponseRewrite>) {
+        self.shared.set_token_rewrite(rewrite);
     }
 
     /// The External API's base URL (the same server as [`Self::base_url`]).

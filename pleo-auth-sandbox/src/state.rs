@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
@@ -12,10 +12,11 @@ use uuid::Uuid;
 use crate::admin::RevokeTarget;
 use crate::config::{Config, Subject, validate_client};
 use crate::faults::FaultQueue;
+use crate::rewrite::{RewriteSlot, TokenResponseRewrite};
 use crate::util::{Digest, RandomUnavailable, digest, random_secret, random_uuid};
 use crate::{
     ApiRequestRecord, ClientRegistration, Endpoint, Fault, GrantStats, RevocationCause,
-    SandboxError, Stats,
+    SandboxError, ServerShape, Stats,
 };
 
 /// State shared by every request handler and the [`SandboxHandle`](crate::SandboxHandle).
@@ -47,6 +48,9 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) log: Vec<ApiRequestRecord>,
     pub(crate) faults: FaultQueue,
+    /// How the authorization server presents itself; replaced whole at run time.
+    pub(crate) shape: Arc<ServerShape>,
+    pub(crate) token_rewrite: RewriteSlot,
 }
 
 /// An authorization request waiting on the consent page.
@@ -95,6 +99,8 @@ pub(crate) struct AccessRecord {
     pub(crate) expires_at: SystemTime,
     pub(crate) jti: Uuid,
     pub(crate) scopes: Vec<String>,
+    /// Set by a revocation request (RFC 7009) for this one token.
+    pub(crate) revoked: bool,
 }
 
 #[derive(Debug)]
@@ -144,6 +150,7 @@ pub(crate) struct ExportJob {
 
 /// A freshly issued access and refresh token pair.
 pub(crate) struct IssuedTokens {
+    pub(crate) grant: u64,
     pub(crate) access_token: String,
     pub(crate) refresh_token: String,
     pub(crate) expires_in: u64,
@@ -179,7 +186,7 @@ impl Inner {
             Err("the access token was revoked")
         } else if record.generation != grant.generation {
             Err("the access token was superseded by a refresh")
-        } else if !grant.access_valid {
+        } else if !grant.access_valid || record.revoked {
             Err("the access token was revoked")
         } else if now >= record.expires_at {
             Err("the access token expired")
@@ -247,6 +254,7 @@ impl Inner {
                 expires_at: now + config.access_ttl,
                 jti: access_jti,
                 scopes: scopes.clone(),
+                revoked: false,
             },
         );
         self.refresh.insert(
@@ -260,6 +268,7 @@ impl Inner {
             },
         );
         Ok(IssuedTokens {
+            grant: grant_id,
             access_token,
             refresh_token,
             expires_in: config.access_ttl.as_secs(),
@@ -385,9 +394,11 @@ impl Shared {
         base_url: Url,
         clients: Vec<ClientRegistration>,
         auto_approve: Option<Uuid>,
+        shape: ServerShape,
     ) -> Self {
         let inner = Inner {
             auto_approve,
+            shape: Arc::new(shape),
             clients: clients.into_iter().map(|c| (c.id.clone(), c)).collect(),
             ..Inner::default()
         };
@@ -404,20 +415,42 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The issuer / audience string: the base URL without its trailing slash.
-    pub(crate) fn issuer(&self) -> String {
+    /// The audience string: the base URL without its trailing slash.
+    pub(crate) fn audience(&self) -> String {
         self.base_url.as_str().trim_end_matches('/').to_owned()
     }
 
-    /// Counts a request of class `endpoint` and takes the fault it should get, if any.
-    pub(crate) fn take_fault(&self, endpoint: Endpoint) -> Option<Fault> {
+    /// The issuer: the shape's, else the audience string.
+    pub(crate) fn issuer(&self, shape: &ServerShape) -> String {
+        shape.issuer.clone().unwrap_or_else(|| self.audience())
+    }
+
+    /// The current server shape.
+    pub(crate) fn shape(&self) -> Arc<ServerShape> {
+        Arc::clone(&self.lock().shape)
+    }
+
+    pub(crate) fn set_shape(&self, shape: ServerShape) -> Result<(), SandboxError> {
+        shape.validate()?;
+        self.lock().shape = Arc::new(shape);
+        Ok(())
+    }
+
+    pub(crate) fn set_token_rewrite(&self, rewrite: Option<TokenResponseRewrite>) {
+        self.lock().token_rewrite = RewriteSlot(rewrite);
+    }
+
+    /// Classifies a request path with the current shape, counts the hit and takes the fault it
+    /// should get, if any. `None` for the administration paths, which are never faulted.
+    pub(crate) fn take_fault(&self, path: &str) -> Option<(Endpoint, Option<Fault>)> {
         let mut inner = self.lock();
+        let endpoint = Endpoint::classify(path, &inner.shape)?;
         *inner.stats.endpoint_hits.entry(endpoint).or_default() += 1;
         let fault = inner.faults.take(endpoint);
         if fault.is_some() {
             *inner.stats.faults_injected.entry(endpoint).or_default() += 1;
         }
-        fault
+        Some((endpoint, fault))
     }
 
     pub(crate) fn inject_fault(&self, endpoint: Endpoint, fault: Fault, count: u32) {

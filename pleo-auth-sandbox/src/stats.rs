@@ -20,6 +20,8 @@ pub enum RevocationCause {
     CodeReplay,
     /// `DELETE /v1/installations/me` removed the installation.
     InstallationDeleted,
+    /// The client revoked its refresh token at the revocation endpoint (RFC 7009).
+    RevocationEndpoint,
     /// A test revoked it through [`SandboxHandle::revoke_grant`](crate::SandboxHandle::revoke_grant)
     /// or `POST /_sandbox/revoke`.
     Admin,
@@ -99,8 +101,18 @@ pub struct Stats {
     pub authorization_requests: u64,
     /// Authorization codes issued.
     pub codes_issued: u64,
-    /// Token-introspection requests (`/oauth/token/introspect`) by outcome.
+    /// Token-introspection requests by outcome.
     pub introspection_requests: OutcomeCounts,
+    /// Token revocation requests (RFC 7009) by outcome. Unknown, spent and expired tokens count
+    /// as successes, as the endpoint answers them with 200.
+    pub revocation_requests: OutcomeCounts,
+    /// Live access tokens revoked at the revocation endpoint (a revoked refresh token instead
+    /// counts under [`RevocationCause::RevocationEndpoint`]).
+    pub access_tokens_revoked: u64,
+    /// Successful token responses replaced by the token-response rewrite hook
+    /// ([`SandboxHandle::set_token_response_rewrite`](crate::SandboxHandle::set_token_response_rewrite)).
+    /// Each one was issued (and its grant rotated) before it was replaced.
+    pub token_responses_rewritten: u64,
     /// External API requests (those that reached a handler; see the request log).
     pub api_requests: u64,
     /// Requests per endpoint class, including those answered by an injected fault. Paths that

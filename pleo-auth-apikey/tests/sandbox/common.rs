@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use pleo_auth_apikey::{ApiKeyEvent, ApiKeyEventSink, Error};
-use pleo_auth_core::testing::{TraceCapture, error_chain};
+use pleo_auth_core::testing::{TraceCapture, assert_no_leak, error_chain};
 use pleo_auth_core::{
     CompanyId, Credential, DynSecretStore, Environment, MemoryStore, Precondition, SecretBytes,
     SecretStore, StoreKey, Version, Versioned,
@@ -29,8 +29,7 @@ pub fn assert_logs_clean() -> usize {
 /// Fails if the error, its core conversion or any cause shows the canary; returns the
 /// error for further checks.
 pub fn assert_clean(err: Error) -> Error {
-    let shown = error_chain(&err);
-    assert!(!shown.contains(CANARY), "secret in error: {shown}");
+    assert_no_leak("an error", &error_chain(&err), &[CANARY]);
     err
 }
 

@@ -13,11 +13,15 @@
 //! Each suite uses a fresh random prefix, so it can run against a shared live server. The
 //! suites panic with a message naming the failed check.
 
+mod api_url;
 mod fault_proxy;
+mod leak_scan;
 mod tenant;
 mod trace_capture;
 
+pub use api_url::check_api_url;
 pub use fault_proxy::{FaultProxy, ProxyFault};
+pub use leak_scan::{Leak, LeakEncoding, MIN_SECRET_LEN, assert_no_leak, find_leak};
 pub use tenant::tenant_links_conformance;
 pub use trace_capture::{TraceCapture, assert_marker_absent, error_chain};
 

@@ -1,12 +1,15 @@
 //! Secret hygiene checks: capture every log line at TRACE and look for a canary marker.
 //!
 //! Tests put a marker such as `CANARY` into every token, key and secret they use, run the code,
-//! then assert that the marker appears nowhere in what was logged or formatted.
+//! then assert that the marker appears nowhere in what was logged or formatted, raw or encoded
+//! ([`find_leak`](super::find_leak)).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tracing_subscriber::fmt::format::FmtSpan;
+
+use super::assert_no_leak;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Everything logged by every thread of this process, at TRACE, for all targets (reqwest,
@@ -64,9 +67,10 @@ impl TraceCapture {
         String::from_utf8_lossy(&buffer).into_owned()
     }
 
-    /// Panics if `marker` appears in what was logged, showing the offending line (with the
-    /// marker masked, so the failure output does not leak it either). Returns how many bytes
-    /// were captured, so a test can also assert that logging happened at all.
+    /// Panics if `marker` appears in what was logged, raw or in any encoding that
+    /// [`find_leak`](super::find_leak) knows, showing the offending line (with the marker
+    /// masked, so the failure output does not leak it either). Returns how many bytes were
+    /// captured, so a test can also assert that logging happened at all.
     pub fn assert_absent(&self, marker: &str) -> usize {
         let text = self.contents();
         assert_marker_absent(marker, "trace output", &text);
@@ -74,13 +78,11 @@ impl TraceCapture {
     }
 }
 
-/// Panics if `marker` appears in `text`, naming `what` and showing the line with the marker
-/// masked.
+/// Panics if `marker` appears in `text`, raw or in any encoding that
+/// [`find_leak`](super::find_leak) knows, naming `what` and showing the line with every
+/// encoding of the marker masked.
 pub fn assert_marker_absent(marker: &str, what: &str, text: &str) {
-    if let Some(line) = text.lines().find(|l| l.contains(marker)) {
-        let masked = line.replace(marker, "<MARKER>");
-        panic!("{what} contains the secret marker: {masked}");
-    }
+    assert_no_leak(what, text, &[marker]);
 }
 
 /// `{}` and `{:?}` of an error and of every error in its `source()` chain, for leak checks.
@@ -97,15 +99,23 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::find_leak;
 
     #[test]
-    fn finds_and_masks_the_marker() {
-        let result = std::panic::catch_unwind(|| {
-            assert_marker_absent("CANARY", "output", "ok\nleaked CANARY-1 here")
-        });
-        let message = *result.unwrap_err().downcast::<String>().unwrap();
-        assert!(message.contains("leaked <MARKER>-1 here"), "{message}");
-        assert!(!message.contains("CANARY"));
+    fn finds_and_masks_the_marker_raw_and_encoded() {
+        for (text, masked) in [
+            ("ok\nleaked CANARY-1 here", "leaked <SECRET 0>-1 here"),
+            (
+                "ok\nBasic aWQ6Q0FOQVJZLTE= here",
+                "Basic aWQ6<SECRET 0>LTE= here",
+            ),
+        ] {
+            let result =
+                std::panic::catch_unwind(|| assert_marker_absent("CANARY", "output", text));
+            let message = *result.unwrap_err().downcast::<String>().unwrap();
+            assert!(message.contains(masked), "{message}");
+            assert!(find_leak(&message, &["CANARY"]).is_none(), "{message}");
+        }
         assert_marker_absent("CANARY", "output", "clean");
     }
 

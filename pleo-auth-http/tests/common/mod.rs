@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use pleo_auth_core::testing::assert_no_leak;
 use pleo_auth_core::{
     AccessToken, ApiKey, AuthorizationHeader, CompanyId, Credential, CredentialId, CredentialKind,
     CredentialProvider, DynCredentialProvider, Environment, EnvironmentName, ErrorKind,
@@ -67,7 +68,7 @@ pub fn assert_clean(err: &Error) {
         shown.push_str(&format!(" {s} {s:?}"));
         source = s.source();
     }
-    assert!(!shown.contains(CANARY), "secret in error: {shown}");
+    assert_no_leak("an error", &shown, &[CANARY]);
     assert!(
         !shown.contains("company_id="),
         "query string in error: {shown}"

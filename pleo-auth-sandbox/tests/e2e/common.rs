@@ -62,14 +62,15 @@ pub fn url(sandbox: &SandboxHandle, path: &str) -> Url {
     sandbox.base_url().join(path).expect("path joins")
 }
 
-/// An authorization URL for the demo client with the standard parameters, plus `extra`.
+/// An authorization URL (at the current server shape's endpoint) for the demo client with the
+/// standard parameters, plus `extra`.
 pub fn authorize_url(
     sandbox: &SandboxHandle,
     challenge: &str,
     scope: &str,
     extra: &[(&str, &str)],
 ) -> Url {
-    let mut u = url(sandbox, "oauth/authorize");
+    let mut u = sandbox.authorize_endpoint();
     u.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", seed::DEMO_CLIENT_ID)
@@ -125,7 +126,7 @@ pub async fn decide(
 ) -> Url {
     let urn = company_urn(subject);
     let response = http
-        .post(url(sandbox, "oauth/authorize"))
+        .post(sandbox.authorize_endpoint())
         .form(&[
             ("consent_id", consent_id),
             ("subject", urn.as_str()),
@@ -150,13 +151,14 @@ pub async fn code_for(
     (query(&back, "code").expect("code in redirect"), verifier)
 }
 
-/// Posts a token request with the demo client's Basic credentials.
+/// Posts a token request (to the current server shape's endpoint) with the demo client's Basic
+/// credentials.
 pub async fn token_request(
     http: &reqwest::Client,
     sandbox: &SandboxHandle,
     form: &[(&str, &str)],
 ) -> reqwest::Response {
-    http.post(url(sandbox, "oauth/token"))
+    http.post(sandbox.token_endpoint())
         .header("authorization", demo_basic())
         .form(form)
         .send()
