@@ -1,13 +1,14 @@
 //! The OAuth connect flow as the web routes and the loopback listener of `pleo-auth-http` need it.
 
 use async_trait::async_trait;
-use pleo_auth_core::TenantId;
+use pleo_auth_core::{BrowserBinding, TenantId};
 use pleo_auth_http::ConnectFlow;
 use pleo_auth_oauth::{AuthorizeOptions, OAuthClient};
 use url::Url;
 
-/// [`ConnectFlow`] over an [`OAuthClient`]: `authorize` starts a flow (linking the tenant, if
-/// one is named), `complete` finishes it and summarises what was connected.
+/// [`ConnectFlow`] over an [`OAuthClient`]: `authorize` starts a flow for a tenant, bound to the
+/// browser that asked; `complete` finishes it in that browser only and summarises what was
+/// connected.
 ///
 /// Obtain it from [`PleoAuth::connect_flow`](crate::PleoAuth::connect_flow) and hand it to
 /// `pleo_auth::http::connect_router` (feature `axum`).
@@ -26,8 +27,8 @@ impl OAuthConnectFlow {
         }
     }
 
-    /// Lets a flow that names a tenant move an existing link of that tenant or company
-    /// (default: refused, and nothing is stored).
+    /// Lets a flow move an existing link of its tenant or of the connected company (default:
+    /// refused, and nothing is stored).
     pub fn relink(mut self, relink: bool) -> Self {
         self.relink = relink;
         self
@@ -44,11 +45,19 @@ fn http_error(err: pleo_auth_oauth::Error) -> pleo_auth_http::Error {
 
 #[async_trait]
 impl ConnectFlow for OAuthConnectFlow {
-    async fn authorize(&self, tenant: Option<TenantId>) -> pleo_auth_http::Result<Url> {
-        let mut options = AuthorizeOptions::new().relink(self.relink);
-        if let Some(tenant) = tenant {
-            options = options.tenant(tenant);
-        }
+    fn redirect_uri(&self) -> &Url {
+        self.oauth.config().redirect_uri()
+    }
+
+    async fn authorize(
+        &self,
+        tenant: TenantId,
+        browser: &BrowserBinding,
+    ) -> pleo_auth_http::Result<Url> {
+        let options = AuthorizeOptions::new()
+            .relink(self.relink)
+            .tenant(tenant)
+            .bind_to_browser(browser);
         self.oauth
             .authorize(options)
             .await
@@ -56,8 +65,16 @@ impl ConnectFlow for OAuthConnectFlow {
             .map_err(http_error)
     }
 
-    async fn complete(&self, query: &str) -> pleo_auth_http::Result<String> {
-        let connection = self.oauth.complete(query).await.map_err(http_error)?;
+    async fn complete(
+        &self,
+        query: &str,
+        browser: &BrowserBinding,
+    ) -> pleo_auth_http::Result<String> {
+        let connection = self
+            .oauth
+            .complete_in_browser(query, browser)
+            .await
+            .map_err(http_error)?;
         let mut summary = format!(
             "Connected Pleo {} {}",
             connection.subject.kind_str(),

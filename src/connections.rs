@@ -84,6 +84,9 @@ pub struct ConnectionInfo {
     pub generation: u64,
     /// When the current access token expires (OAuth).
     pub access_token_expires_at: Option<Timestamp>,
+    /// When the credential was last refreshed (OAuth: when the current refresh token was
+    /// issued) or last changed (API keys: connected, replaced or marked).
+    pub refreshed_at: Option<Timestamp>,
     /// The API key for display, such as `****a1b2` (API keys).
     pub masked_key: Option<String>,
 }

@@ -8,7 +8,7 @@
 //! | [`oauth`] | OAuth 2.0 with PKCE: authorization URL, callback, code exchange, refresh manager | `oauth` (default) |
 //! | [`apikey`] | Integrated and Standalone API keys | `apikey` (default) |
 //! | [`http`] | the authenticated client with company and environment guards, middleware, the loopback callback listener | `http` (default) |
-//! | [`connect_router`](crate::http) | `/connect` and `/callback` routes for axum | `axum` |
+//! | [`connect_router`](crate::http) | `/connect` and `/callback` routes for axum, behind your app's authorization; the operator view (`admin_router`) | `axum` |
 //! | [`stores::file`] | the embedded file store | `file` (default) |
 //! | [`stores::vault`] | HashiCorp Vault / OpenBao KV v2 | `vault` |
 //! | [`stores::aws`] | AWS Secrets Manager | `aws` |
@@ -74,6 +74,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+mod admin;
 mod builder;
 #[cfg(all(feature = "oauth", feature = "http"))]
 mod connect;
@@ -91,11 +93,14 @@ pub use connect::OAuthConnectFlow;
 pub use connections::{ConnectionInfo, ConnectionState};
 pub use error::{Error, Result};
 /// The `/connect` and `/callback` routes of a web integration, over
-/// [`PleoAuth::connect_flow`] (also at `pleo_auth::http::connect_router`).
+/// [`PleoAuth::connect_flow`] and your app's authorization, and the operator view over
+/// [`PleoAuth::admin_view`] (also at `pleo_auth::http`).
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 #[doc(inline)]
-pub use pleo_auth_http::connect_router;
+pub use pleo_auth_http::{
+    ConnectAuthorization, ConnectRoutes, Rejection, SameOriginPath, admin_router, connect_router,
+};
 pub use provider::{CompositeProvider, ROUTE_TTL};
 
 /// The error of `pleo-auth-core` and of every [`SecretStore`] (the crate root's [`Error`] is the

@@ -389,16 +389,27 @@ async fn the_connect_flow_serves_the_axum_routes() {
         .oauth(oauth_config(&environment, &format!("{app_url}/callback")))
         .build()
         .unwrap();
-    let app = pleo_auth::http::connect_router(auth.connect_flow().unwrap());
+    // The app's session says the signed-in user belongs to tenant erp-4711 (a stand-in).
+    let signed_in = |_: &axum::http::request::Parts| -> Result<TenantId, pleo_auth::Rejection> {
+        Ok(TenantId::new("erp-4711").expect("a tenant id"))
+    };
+    let app = pleo_auth::http::connect_router(auth.connect_flow().unwrap(), signed_in);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let browser = browser();
     let connect = browser
-        .get(format!("{app_url}/connect?tenant=erp-4711"))
+        .get(format!("{app_url}/connect"))
         .send()
         .await
         .unwrap();
     assert_eq!(connect.status(), 303);
+    let flow_cookie = connect.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let authorize = connect.headers()["location"].to_str().unwrap().to_owned();
     assert!(
         authorize.starts_with(sandbox.base_url().as_str()),
@@ -410,7 +421,12 @@ async fn the_connect_flow_serves_the_axum_routes() {
         callback.starts_with(&format!("{app_url}/callback?")),
         "{callback}"
     );
-    let page = browser.get(&callback).send().await.unwrap();
+    let page = browser
+        .get(&callback)
+        .header("cookie", &flow_cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(

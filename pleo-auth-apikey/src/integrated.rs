@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,6 +26,14 @@ use crate::pleo::{Expectations, PleoApi, check_integrated};
 /// How long a credential read from the store is served from memory before the store is read
 /// again (to see a replacement or removal made by another replica).
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// How long a key that Pleo accepted when a 401 made us ask again is believed: more 401s for
+/// the same key within this time are retried without asking Pleo again.
+pub const REVALIDATION_MEMO: Duration = Duration::from_secs(10);
+
+/// Why a key is marked `NeedsReplacement`, stored in its record.
+const REJECTED_REASON: &str =
+    "pleo answered 401 to a request and to GET /v1/introspect with this key";
 
 /// What [`IntegratedKeys::connect_with`] should check and link besides the key itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,6 +140,7 @@ impl IntegratedKeysBuilder {
                 events: self.events,
                 cache: RwLock::new(HashMap::new()),
                 cache_ttl: self.cache_ttl,
+                revalidations: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -173,7 +182,12 @@ struct Inner {
     events: Option<Arc<dyn ApiKeyEventSink>>,
     cache: RwLock<HashMap<Subject, CacheEntry>>,
     cache_ttl: Duration,
+    /// Per subject: one re-validation at a time, and the key Pleo last accepted (and when).
+    revalidations: Mutex<HashMap<Subject, RevalidationGate>>,
 }
+
+/// One subject's re-validation lock, holding the key Pleo last accepted and when.
+type RevalidationGate = Arc<tokio::sync::Mutex<Option<(CredentialId, Instant)>>>;
 
 /// One subject's stored record as last read, in the form requests need.
 #[derive(Clone)]
@@ -708,8 +722,26 @@ impl Inner {
             .remove(subject);
     }
 
+    /// The re-validation gate of `subject`.
+    fn revalidation_gate(&self, subject: &Subject) -> RevalidationGate {
+        self.revalidations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(*subject)
+            .or_default()
+            .clone()
+    }
+
     /// Handles a 401 for credential `id` of `subject`; see [`CredentialProvider::rejected`].
+    ///
+    /// A 401 alone condemns nothing: it may come from a proxy, another host or a passing fault.
+    /// The key is asked about again (`GET /v1/introspect` at the environment's API host), one
+    /// re-validation per subject at a time. Only when Pleo rejects the key there too is it
+    /// marked, once, with compare-and-swap, carrying why. A re-validation that fails
+    /// transiently returns its error and marks nothing.
     async fn reject(&self, subject: &Subject, id: &CredentialId) -> Result<bool> {
+        let gate = self.revalidation_gate(subject);
+        let mut accepted = gate.lock().await;
         let current = self
             .cache
             .read()
@@ -730,6 +762,13 @@ impl Inner {
             // Already marked, revoked or removed.
             _ => return Ok(false),
         };
+        let now = self.clock.instant();
+        if let Some((seen, at)) = &*accepted
+            && seen == id
+            && now.saturating_duration_since(*at) < REVALIDATION_MEMO
+        {
+            return Ok(true);
+        }
         let store_key = self.store_key(subject);
         let Some((mut record, version)) = self.read(&store_key, subject).await? else {
             self.cache_remove(subject);
@@ -740,8 +779,32 @@ impl Inner {
             let entry = self.cache_store(subject, &record, version);
             return Ok(record.generation != generation && entry.is_usable());
         }
+        let Some(key) = record.key.clone() else {
+            self.cache_store(subject, &record, version);
+            return Ok(false);
+        };
+        match self.pleo.introspect_key(&key).await {
+            Ok(_) => {
+                tracing::warn!(
+                    subject = %subject,
+                    generation,
+                    "a request was answered 401, but pleo accepts the integrated api key; it stays valid"
+                );
+                *accepted = Some((id.clone(), now));
+                return Ok(true);
+            }
+            Err(Error::KeyRejected { .. }) => {}
+            Err(e) => {
+                tracing::warn!(
+                    subject = %subject,
+                    error = %e,
+                    "a request was answered 401 and the integrated api key could not be checked again; it is not marked"
+                );
+                return Err(e);
+            }
+        }
         record.status = CredentialStatus::NeedsReplacement;
-        record.status_reason = Some("pleo answered 401 to the api key".to_owned());
+        record.status_reason = Some(REJECTED_REASON.to_owned());
         record.updated_at = self.clock.timestamp();
         match self
             .store
@@ -798,9 +861,13 @@ impl CredentialProvider for IntegratedKeys {
             .map_err(Into::into)
     }
 
-    /// Marks the stored key `NeedsReplacement` (compare-and-swap, only if `id` is still the
-    /// current key) and emits [`ApiKeyEvent::NeedsReplacement`]. Returns `true` only when a
-    /// newer key is already available; a rejected key is never retried.
+    /// Asks Pleo about the key again (`GET /v1/introspect`, one re-validation per company at a
+    /// time). If Pleo accepts it, the 401 came from elsewhere (a proxy, a passing fault): the
+    /// key stays valid and `true` lets the request be retried once. If Pleo rejects it too, the
+    /// stored key is marked `NeedsReplacement` with the reason (compare-and-swap, only if `id`
+    /// is still the current key, so replicas write it once) and
+    /// [`ApiKeyEvent::NeedsReplacement`] is emitted; `true` then only when a newer key is
+    /// already available. If Pleo cannot be asked, the error is returned and nothing is marked.
     async fn rejected(&self, subject: &Subject, id: &CredentialId) -> pleo_auth_core::Result<bool> {
         self.inner.reject(subject, id).await.map_err(Into::into)
     }

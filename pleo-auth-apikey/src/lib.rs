@@ -21,5 +21,6 @@ pub use format::{
 pub use info::KeyInfo;
 pub use integrated::{
     ConnectOptions, Connected, DEFAULT_CACHE_TTL, IntegratedKeys, IntegratedKeysBuilder,
+    REVALIDATION_MEMO,
 };
 pub use standalone::{DEFAULT_ENV_VAR, StandaloneKey};

@@ -28,6 +28,10 @@ pub enum ErrorKind {
     Corrupt,
     /// A stored record was written by a newer, unknown schema version.
     UnsupportedSchema,
+    /// A stored record names another key than the one it was read under: a backend that took
+    /// two ids for one name, or a copied or tampered value. It is never used in place of the
+    /// record that was asked for.
+    KeyMismatch,
     /// The OAuth grant can no longer be refreshed; the customer must consent again.
     NeedsReauthorization,
     /// The API key was rejected; the customer must provide a new one.
@@ -69,6 +73,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::UnsupportedSchema => "unsupported_schema",
+            ErrorKind::KeyMismatch => "key_mismatch",
             ErrorKind::NeedsReauthorization => "needs_reauthorization",
             ErrorKind::NeedsReplacement => "needs_replacement",
             ErrorKind::Revoked => "revoked",

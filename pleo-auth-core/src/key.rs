@@ -3,6 +3,7 @@
 //! Every key part that comes from outside (client ids, tenant ids, subjects) goes through one
 //! injective encoding, so ids containing `/`, `:`, `..`, `%`, NUL, unicode or thousands of
 //! characters can neither collide with another id nor escape their prefix.
+//! See [`StoreKey`] on letter case.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,11 +20,49 @@ pub const MAX_SEGMENT_LEN: usize = 200;
 /// Longest [`StoreKey`].
 pub const MAX_KEY_LEN: usize = 16 * 1024;
 
-/// Bytes that stay literal in an encoded part; everything else is percent-encoded.
-const ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+/// Bytes that stay literal in an encoded part (`a-z 0-9 - _`); everything else, upper-case
+/// letters included, is percent-encoded (see [`StoreKey`] on case).
+const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .add(b'A')
+    .add(b'B')
+    .add(b'C')
+    .add(b'D')
+    .add(b'E')
+    .add(b'F')
+    .add(b'G')
+    .add(b'H')
+    .add(b'I')
+    .add(b'J')
+    .add(b'K')
+    .add(b'L')
+    .add(b'M')
+    .add(b'N')
+    .add(b'O')
+    .add(b'P')
+    .add(b'Q')
+    .add(b'R')
+    .add(b'S')
+    .add(b'T')
+    .add(b'U')
+    .add(b'V')
+    .add(b'W')
+    .add(b'X')
+    .add(b'Y')
+    .add(b'Z');
 
 /// A validated key in a [`SecretStore`](crate::SecretStore): segments separated by `/`, each
 /// 1 to 200 bytes of `A-Z a-z 0-9 _ - % +`.
+///
+/// **Case.** Ids are case-sensitive: `Acme` and `acme` are two tenants, as they are two
+/// strings. Keys built with [`StoreKey::from_parts`] are case-safe: the encoding writes every
+/// upper-case letter as a percent escape (`A` is `%41`), so an encoded key holds lower-case
+/// letters, digits, `-`, `_`, `+` and escapes with upper-case hex digits only. Two keys that
+/// differ only in letter case never both come out of the encoding, and a backend that compares
+/// names without case (a file store on macOS, Windows or a FAT volume, a database column with a
+/// case-insensitive collation) keeps every id apart. Ids are compared byte for byte; Unicode
+/// normalization is not applied.
 ///
 /// Keys never contain `.`, so no segment can be `.` or `..`, and a backend can map segments to
 /// file names, Vault paths or Redis keys without escaping. Build keys from raw parts with
@@ -37,6 +76,13 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
 /// assert_ne!(a, b);
 /// assert_eq!(a.as_str(), "tenants/acme%2Fgmbh");
 /// assert_eq!(a.parts(), vec!["tenants".to_owned(), "acme/gmbh".to_owned()]);
+/// // Upper-case letters are escaped, so `Acme` and `acme` stay apart without case.
+/// let upper = StoreKey::from_parts(["tenants", "Acme"])?;
+/// assert_eq!(upper.as_str(), "tenants/%41cme");
+/// assert_ne!(
+///     upper.as_str().to_lowercase(),
+///     StoreKey::from_parts(["tenants", "acme"])?.as_str().to_lowercase()
+/// );
 /// # Ok::<(), pleo_auth_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -227,6 +273,8 @@ text_id!(
 );
 text_id!(
     /// The integrator's own id for a customer: an ERP company, an account number, a tenant.
+    /// Case-sensitive (`Acme` and `acme` are two tenants), with case-safe store keys (see
+    /// [`StoreKey`]).
     ///
     /// Each tenant is linked one-to-one with a Pleo subject per environment (see
     /// [`TenantLinks`](crate::TenantLinks)).
@@ -300,6 +348,18 @@ pub mod layout {
         ])
     }
 
+    /// Whether `key` is where a pending authorization is stored: a short-lived, single-use
+    /// record that a backend may delete at once rather than keep recoverable.
+    pub fn is_pending_authorization(stored: &StoreKey) -> bool {
+        let root = key(&["pending"]);
+        stored.starts_with(&root) && *stored != root
+    }
+
+    /// The prefix of every pending authorization of one client in one environment.
+    pub fn pending_authorizations(environment: &EnvironmentName, client: &ClientId) -> StoreKey {
+        key(&["pending", environment.as_str(), client.as_str()])
+    }
+
     /// Where a dangling grant is stored, by an id derived from its tokens (never a token).
     pub fn dangling_grant(environment: &EnvironmentName, client: &ClientId, id: &str) -> StoreKey {
         key(&["dangling", environment.as_str(), client.as_str(), id])
@@ -347,6 +407,23 @@ pub mod layout {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn pending_authorization_keys_are_recognised() {
+        let env = EnvironmentName::new("staging").unwrap();
+        let client = ClientId::new("client").unwrap();
+        assert!(layout::is_pending_authorization(
+            &layout::pending_authorization(&env, &client, "abc")
+        ));
+        let subject: Subject = "urn:pleo:company:0b6f1c7e-8a55-4c2e-9d43-0d8a2a7a1f10"
+            .parse()
+            .unwrap();
+        let grant = layout::oauth_grant(&CredentialKey::new(env, client, subject));
+        assert!(!layout::is_pending_authorization(&grant));
+        assert!(!layout::is_pending_authorization(
+            &StoreKey::parse("pending/x").unwrap()
+        ));
+    }
 
     #[test]
     fn parse_accepts_only_safe_segments() {
@@ -406,7 +483,31 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn ids_differing_only_in_case_get_keys_differing_beyond_case() {
+        let upper = StoreKey::from_parts(["t", "Acme"]).unwrap();
+        let lower = StoreKey::from_parts(["t", "acme"]).unwrap();
+        assert_eq!(upper.as_str(), "t/%41cme");
+        assert_ne!(
+            upper.as_str().to_ascii_lowercase(),
+            lower.as_str().to_ascii_lowercase()
+        );
+        assert_eq!(upper.parts(), vec!["t".to_owned(), "Acme".to_owned()]);
+    }
+
     proptest! {
+        /// Two different parts never give keys that a case-insensitive backend would take for
+        /// one name.
+        #[test]
+        fn encoding_is_injective_without_case(a in "[a-zA-Z%+/]{1,6}", b in "[a-zA-Z%+/]{1,6}") {
+            let ka = StoreKey::from_parts([&a]).unwrap();
+            let kb = StoreKey::from_parts([&b]).unwrap();
+            prop_assert_eq!(
+                ka.as_str().eq_ignore_ascii_case(kb.as_str()),
+                a == b
+            );
+        }
+
         #[test]
         fn encoding_is_injective(a in prop::collection::vec(part(), 1..4), b in prop::collection::vec(part(), 1..4)) {
             let ka = StoreKey::from_parts(&a).unwrap();

@@ -305,6 +305,9 @@ impl<S: SecretStore + ?Sized> StoreLease<S> {
 /// The stored state of a [`StoreLease`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LeaseRecord {
+    /// The key the lease is stored under (empty in records written before it was kept).
+    #[serde(default)]
+    key: String,
     holder: String,
     fencing: u64,
     expires_at: Timestamp,
@@ -313,6 +316,10 @@ struct LeaseRecord {
 impl Record for LeaseRecord {
     const KIND: &'static str = "lease";
     const SCHEMA: u32 = 1;
+
+    fn belongs_at(&self, key: &StoreKey) -> bool {
+        self.key.is_empty() || self.key == key.as_str()
+    }
 }
 
 #[async_trait]
@@ -327,6 +334,7 @@ impl<S: SecretStore + ?Sized> Lease for StoreLease<S> {
         };
         let holder = random_urlsafe(16);
         let record = LeaseRecord {
+            key: key.as_str().to_owned(),
             holder: holder.clone(),
             fencing,
             expires_at: now.saturating_add(ttl),
@@ -365,6 +373,7 @@ impl<S: SecretStore + ?Sized> LeaseRelease for StoreRelease<S> {
             return Ok(());
         }
         let released = LeaseRecord {
+            key: self.key.as_str().to_owned(),
             holder: String::new(),
             fencing: rec.fencing,
             expires_at: Timestamp::from_millis(0),
@@ -391,6 +400,7 @@ impl<S: SecretStore + ?Sized> LeaseRelease for StoreRelease<S> {
             return Err(not_held());
         }
         let renewed = LeaseRecord {
+            key: self.key.as_str().to_owned(),
             holder: rec.holder,
             fencing: rec.fencing,
             expires_at: now.saturating_add(ttl),

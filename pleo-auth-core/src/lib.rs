@@ -36,8 +36,8 @@ pub use record::{
 };
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES, Scope, ScopeSet};
 pub use secret::{
-    AccessToken, ApiKey, AuthorizationCode, AuthorizationHeader, ClientSecret, PkceVerifier,
-    RefreshToken, SecretBytes, random_urlsafe,
+    AccessToken, ApiKey, AuthorizationCode, AuthorizationHeader, BrowserBinding, ClientSecret,
+    PkceVerifier, RefreshToken, SecretBytes, random_urlsafe,
 };
 pub use store::{
     DynSecretStore, ListPage, MAX_PAGE_SIZE, Precondition, RecordStoreExt, SecretStore, Sharing,

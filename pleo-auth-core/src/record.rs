@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::environment::EnvironmentName;
 use crate::error::{Error, ErrorKind, Result};
-use crate::key::{ClientId, CredentialKey, TenantId};
+use crate::key::{ClientId, CredentialKey, StoreKey, TenantId, layout};
 use crate::scope::ScopeSet;
 use crate::secret::{AccessToken, ApiKey, PkceVerifier, RefreshToken, SecretBytes};
 use crate::subject::Subject;
@@ -127,6 +127,28 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     const KIND: &'static str;
     /// The newest schema version this code writes and reads.
     const SCHEMA: u32;
+
+    /// Whether this record belongs at `key`, judged from the record's own fields (its
+    /// environment, client, subject, tenant or state digest). Every typed read
+    /// ([`RecordStoreExt::get_record`](crate::RecordStoreExt::get_record)) checks it, so a
+    /// record found under another key (a backend that took two ids for one name, a copied or
+    /// tampered value) is an [`ErrorKind::KeyMismatch`] error, never another party's record.
+    fn belongs_at(&self, key: &StoreKey) -> bool;
+
+    /// Decodes a record read under `key` and checks that it [belongs there](Self::belongs_at).
+    fn decode_at(bytes: &[u8], key: &StoreKey) -> Result<Self> {
+        let record = Self::decode(bytes)?;
+        if !record.belongs_at(key) {
+            return Err(Error::new(
+                ErrorKind::KeyMismatch,
+                format!(
+                    "the {} record stored at {key} names another key; it is not used",
+                    Self::KIND
+                ),
+            ));
+        }
+        Ok(record)
+    }
 
     /// Encodes the record as JSON with `schema` and `kind` fields.
     fn encode(&self) -> Result<SecretBytes> {
@@ -271,6 +293,10 @@ impl fmt::Debug for OAuthGrant {
 impl Record for OAuthGrant {
     const KIND: &'static str = "oauth_grant";
     const SCHEMA: u32 = 1;
+
+    fn belongs_at(&self, key: &StoreKey) -> bool {
+        *key == layout::oauth_grant(&self.credential_key())
+    }
 }
 
 /// Which kind of API key.
@@ -360,16 +386,29 @@ impl fmt::Debug for ApiKeyCredential {
 impl Record for ApiKeyCredential {
     const KIND: &'static str = "api_key";
     const SCHEMA: u32 = 1;
+
+    fn belongs_at(&self, key: &StoreKey) -> bool {
+        *key == layout::api_key(&self.credential_key())
+    }
 }
 
 /// An authorization request in flight: what the callback needs to finish it on any replica.
-/// Single use and short-lived.
+/// Single use and short-lived: deleted when its callback arrives (whatever the outcome) and,
+/// once expired, by the sweep of pending authorizations.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PendingAuthorization {
     /// The environment the flow runs against.
     pub environment: EnvironmentName,
     /// The OAuth client.
     pub client_id: ClientId,
+    /// The digest of the flow's `state` that names its key (see
+    /// [`layout::pending_authorization`]); never the state itself.
+    pub state_digest: String,
+    /// The digest of the [`BrowserBinding`](crate::BrowserBinding) of the browser that started
+    /// the flow, if it was bound to one: the callback is then completed only in a browser
+    /// that presents the same binding.
+    #[serde(default)]
+    pub browser_binding: Option<String>,
     /// The PKCE verifier (never sent until the code exchange).
     pub verifier: PkceVerifier,
     /// The redirect URI sent in the authorization request.
@@ -400,14 +439,27 @@ impl fmt::Debug for PendingAuthorization {
             .field("scopes", &self.scopes)
             .field("expected_subject", &self.expected_subject)
             .field("tenant", &self.tenant)
+            .field("browser_bound", &self.browser_binding.is_some())
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
 
+/// Schema 2 added the state digest and the browser binding; a replica that reads only
+/// schema 1 refuses these records instead of completing a flow without checking the browser.
 impl Record for PendingAuthorization {
     const KIND: &'static str = "pending_authorization";
-    const SCHEMA: u32 = 1;
+    const SCHEMA: u32 = 2;
+
+    fn belongs_at(&self, key: &StoreKey) -> bool {
+        !self.state_digest.is_empty()
+            && *key
+                == layout::pending_authorization(
+                    &self.environment,
+                    &self.client_id,
+                    &self.state_digest,
+                )
+    }
 }
 
 /// Why a [`DanglingGrant`] exists.
@@ -501,6 +553,14 @@ impl fmt::Debug for DanglingGrant {
 impl Record for DanglingGrant {
     const KIND: &'static str = "dangling_grant";
     const SCHEMA: u32 = 1;
+
+    /// A dangling grant's id is derived from its first token, which a later rotation replaces,
+    /// so the check is that the key is one id directly below this environment's and client's
+    /// prefix.
+    fn belongs_at(&self, key: &StoreKey) -> bool {
+        let prefix = layout::dangling_grants(&self.environment, &self.client_id);
+        key.starts_with(&prefix) && key.parts().len() == prefix.parts().len() + 1
+    }
 }
 
 /// Whether a tenant link is settled.
@@ -537,6 +597,12 @@ pub struct TenantLink {
 impl Record for TenantLink {
     const KIND: &'static str = "tenant_link";
     const SCHEMA: u32 = 1;
+
+    /// A link is stored twice: under its tenant and under its subject.
+    fn belongs_at(&self, key: &StoreKey) -> bool {
+        *key == layout::tenant_link(&self.environment, &self.tenant)
+            || *key == layout::subject_link(&self.environment, &self.subject)
+    }
 }
 
 #[cfg(test)]
@@ -608,6 +674,20 @@ mod tests {
         assert_eq!(back.kind, ApiKeyKind::Standalone);
         assert_eq!(back.key.unwrap().expose_secret(), "CANARY-key");
         assert_eq!(back.generation, 2);
+    }
+
+    #[test]
+    fn a_record_read_under_another_key_is_a_key_mismatch() {
+        let g = grant();
+        let bytes = g.encode().unwrap();
+        let own = layout::oauth_grant(&g.credential_key());
+        assert!(OAuthGrant::decode_at(bytes.expose_secret(), &own).is_ok());
+        let mut other = g.credential_key();
+        other.client = ClientId::new("Client-1").unwrap();
+        let err =
+            OAuthGrant::decode_at(bytes.expose_secret(), &layout::oauth_grant(&other)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KeyMismatch);
+        assert!(!format!("{err} {err:?}").contains("CANARY"));
     }
 
     #[test]

@@ -90,6 +90,31 @@ secret_string!(
     /// A complete `Authorization` header value (`Bearer ...` or `Basic ...`).
     AuthorizationHeader
 );
+secret_string!(
+    /// A random value held by the browser that started an authorization (in an `HttpOnly`
+    /// cookie). The pending authorization keeps only a digest of it, and the callback is
+    /// completed only in a browser that presents the same value.
+    BrowserBinding
+);
+
+/// Bytes of randomness in a [`BrowserBinding`] (256 bits).
+const BROWSER_BINDING_BYTES: usize = 32;
+
+impl BrowserBinding {
+    /// A new random binding (256 bits from the operating system, base64url).
+    pub fn generate() -> Self {
+        Self::new(random_urlsafe(BROWSER_BINDING_BYTES))
+    }
+
+    /// Whether `value` looks like a binding this crate generates (43 base64url characters),
+    /// so a cookie of another shape is never used.
+    pub fn is_well_formed(value: &str) -> bool {
+        value.len() == 43
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+}
 
 impl AuthorizationHeader {
     /// `Bearer <access token>`.
@@ -161,6 +186,19 @@ pub fn random_urlsafe(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browser_bindings_are_random_and_well_formed() {
+        let (a, b) = (BrowserBinding::generate(), BrowserBinding::generate());
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert!(BrowserBinding::is_well_formed(a.expose_secret()));
+        assert!(!BrowserBinding::is_well_formed("short"));
+        assert!(!BrowserBinding::is_well_formed(&format!(
+            "{}!",
+            &a.expose_secret()[1..]
+        )));
+        assert_eq!(format!("{a:?}"), "BrowserBinding([redacted])");
+    }
 
     #[test]
     fn debug_is_redacted_exactly() {

@@ -246,23 +246,33 @@ impl<T: SecretStore + ?Sized> SecretStore for Arc<T> {
 /// Typed access to [`Record`]s on any [`SecretStore`].
 #[async_trait]
 pub trait RecordStoreExt: SecretStore {
-    /// Reads and decodes a record; bytes that do not decode are an error, never `None`.
+    /// Reads and decodes a record; bytes that do not decode are an error, never `None`, and a
+    /// record that names another key ([`Record::belongs_at`]) is an
+    /// [`ErrorKind::KeyMismatch`] error.
     async fn get_record<R: Record>(&self, key: &StoreKey) -> Result<Option<(R, Version)>> {
         match self.get(key).await? {
             None => Ok(None),
-            Some(v) => Ok(Some((R::decode(v.value.expose_secret())?, v.version))),
+            Some(v) => Ok(Some((
+                R::decode_at(v.value.expose_secret(), key)?,
+                v.version,
+            ))),
         }
     }
 
     /// Reads and decodes many records with one [`SecretStore::get_many`]; element `i` answers
-    /// `keys[i]`. Bytes that do not decode fail the whole call.
+    /// `keys[i]`. Bytes that do not decode, or a record that names another key, fail the
+    /// whole call.
     async fn get_records<R: Record>(&self, keys: &[StoreKey]) -> Result<Vec<Option<(R, Version)>>> {
         self.get_many(keys)
             .await?
             .into_iter()
-            .map(|read| match read {
+            .zip(keys)
+            .map(|(read, key)| match read {
                 None => Ok(None),
-                Some(v) => Ok(Some((R::decode(v.value.expose_secret())?, v.version))),
+                Some(v) => Ok(Some((
+                    R::decode_at(v.value.expose_secret(), key)?,
+                    v.version,
+                ))),
             })
             .collect()
     }

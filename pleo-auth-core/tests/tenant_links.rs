@@ -207,3 +207,72 @@ async fn racing_replicas_linking_different_companies_to_one_tenant_exactly_one_w
         assert_eq!(winners, 1, "round {round}");
     }
 }
+
+#[tokio::test]
+async fn tenants_differing_only_in_case_are_two_tenants() {
+    let (links, _, _) = links();
+    let env = EnvironmentName::new("staging").unwrap();
+    links.link(&request("Acme", company(1))).await.unwrap();
+    links.link(&request("acme", company(2))).await.unwrap();
+    let upper = TenantId::new("Acme").unwrap();
+    let lower = TenantId::new("acme").unwrap();
+    assert_eq!(
+        links
+            .subject_for(&env, &upper)
+            .await
+            .unwrap()
+            .unwrap()
+            .subject,
+        company(1)
+    );
+    assert_eq!(
+        links
+            .subject_for(&env, &lower)
+            .await
+            .unwrap()
+            .unwrap()
+            .subject,
+        company(2)
+    );
+    let upper_key = layout::tenant_link(&env, &upper);
+    let lower_key = layout::tenant_link(&env, &lower);
+    assert_ne!(
+        upper_key.as_str().to_ascii_lowercase(),
+        lower_key.as_str().to_ascii_lowercase(),
+        "the keys stay apart on a backend that ignores case"
+    );
+}
+
+#[tokio::test]
+async fn a_link_stored_under_another_tenants_key_is_refused() {
+    let (links, store, _) = links();
+    let env = EnvironmentName::new("staging").unwrap();
+    links
+        .link(&request("other-tenant", company(7)))
+        .await
+        .unwrap();
+    // A corrupted (or case-folded) store hands back the other tenant's link under acme's key.
+    let other = store
+        .get(&layout::tenant_link(
+            &env,
+            &TenantId::new("other-tenant").unwrap(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let acme = TenantId::new("acme").unwrap();
+    store
+        .put(
+            &layout::tenant_link(&env, &acme),
+            other.value,
+            pleo_auth_core::Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let err = links.subject_for(&env, &acme).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyMismatch, "{err:?}");
+    assert!(!err.is_retryable());
+    // Listing refuses it too, rather than showing another tenant's company as acme's.
+    let err = links.list(&env).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyMismatch);
+}

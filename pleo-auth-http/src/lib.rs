@@ -3,7 +3,11 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+mod admin;
 pub mod api;
+#[cfg(feature = "axum")]
+mod authorization;
 mod callback;
 mod client;
 mod connect;
@@ -16,13 +20,24 @@ mod status;
 mod target;
 pub mod transport;
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use admin::{
+    AdminConnection, AdminDisconnect, AdminView, DynAdminView, WAITING_FOR_CONSENT, admin_router,
+};
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use authorization::{
+    ConnectAuthorization, DangerAuthorizedElsewhere, DynConnectAuthorization, Rejection,
+    SameOriginPath,
+};
 pub use callback::LoopbackCallback;
 pub use client::{
     DEFAULT_MAX_RESPONSE_BYTES, PleoClient, PleoClientBuilder, RequestBuilder, Response,
 };
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub use connect::router::connect_router;
+pub use connect::router::{ConnectRoutes, connect_router};
 pub use connect::{ConnectFlow, DynConnectFlow};
 pub use error::{Error, MAX_SERVER_MESSAGE_BYTES, Result};
 pub use middleware::PleoAuthMiddleware;

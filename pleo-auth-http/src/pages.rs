@@ -31,6 +31,24 @@ pub(crate) const ALREADY_USED: (&str, &str) = (
 );
 /// A request that is not a plain `GET` for this listener.
 pub(crate) const BAD_REQUEST: (&str, &str) = ("Bad request", "The request was not understood.");
+/// Nobody is signed in (the app's authorization said so).
+#[cfg(feature = "axum")]
+pub(crate) const UNAUTHENTICATED: (&str, &str) = (
+    "Sign in first",
+    "Sign in to the application, then connect to Pleo from there.",
+);
+/// Signed in, but not allowed (the app's authorization said so).
+#[cfg(feature = "axum")]
+pub(crate) const FORBIDDEN: (&str, &str) = (
+    "Not allowed",
+    "Your account may not do this. Return to the application.",
+);
+/// The operator view could not be shown.
+#[cfg(feature = "axum")]
+pub(crate) const ADMIN_FAILED: (&str, &str) = (
+    "Connections unavailable",
+    "The connections could not be read. Try again later.",
+);
 /// The connection could not be started.
 #[cfg(feature = "axum")]
 pub(crate) const CONNECT_FAILED: (&str, &str) = (

@@ -121,10 +121,10 @@ mod router {
 
     use async_trait::async_trait;
     use pleo_auth_core::{
-        ClientId, Environment, LinkRequest, MemoryStore, Subject, SystemClock, TenantId,
-        TenantLinks,
+        BrowserBinding, ClientId, Environment, LinkRequest, MemoryStore, Subject, SystemClock,
+        TenantId, TenantLinks,
     };
-    use pleo_auth_http::{ConnectFlow, Error, connect_router};
+    use pleo_auth_http::{ConnectFlow, DangerAuthorizedElsewhere, Error, connect_router};
     use pleo_auth_sandbox::SandboxHandle;
     use url::Url;
 
@@ -135,26 +135,35 @@ mod router {
     struct TestFlow {
         sandbox_auth: Url,
         environment: Environment,
-        redirect_uri: String,
+        redirect_uri: Url,
         links: TenantLinks,
-        pending: Mutex<HashMap<String, (String, Option<TenantId>)>>,
+        /// state -> (verifier, tenant, browser binding)
+        pending: Mutex<HashMap<String, (String, TenantId, String)>>,
         tokens: Mutex<HashMap<Subject, String>>,
     }
 
     #[async_trait]
     impl ConnectFlow for TestFlow {
-        async fn authorize(&self, tenant: Option<TenantId>) -> Result<Url, Error> {
+        fn redirect_uri(&self) -> &Url {
+            &self.redirect_uri
+        }
+
+        async fn authorize(
+            &self,
+            tenant: TenantId,
+            browser: &BrowserBinding,
+        ) -> Result<Url, Error> {
             let (verifier, challenge) = pkce();
             let state = pleo_auth_core::random_urlsafe(16);
-            self.pending
-                .lock()
-                .unwrap()
-                .insert(state.clone(), (verifier, tenant));
+            self.pending.lock().unwrap().insert(
+                state.clone(),
+                (verifier, tenant, browser.expose_secret().to_owned()),
+            );
             let mut url = self.sandbox_auth.join("oauth/authorize").unwrap();
             url.query_pairs_mut()
                 .append_pair("response_type", "code")
                 .append_pair("client_id", seed::DEMO_CLIENT_ID)
-                .append_pair("redirect_uri", &self.redirect_uri)
+                .append_pair("redirect_uri", self.redirect_uri.as_str())
                 .append_pair("scope", SCOPES)
                 .append_pair("state", &state)
                 .append_pair("code_challenge", &challenge)
@@ -162,16 +171,19 @@ mod router {
             Ok(url)
         }
 
-        async fn complete(&self, query: &str) -> Result<String, Error> {
+        async fn complete(&self, query: &str, browser: &BrowserBinding) -> Result<String, Error> {
             let refused = || Error::new(ErrorKind::InvalidInput, "the callback is refused");
             let state = param(query, "state").ok_or_else(refused)?;
             let code = param(query, "code").ok_or_else(refused)?;
-            let (verifier, tenant) = self
+            let (verifier, tenant, bound) = self
                 .pending
                 .lock()
                 .unwrap()
                 .remove(&state)
                 .ok_or_else(refused)?;
+            if bound != browser.expose_secret() {
+                return Err(refused());
+            }
             let body: serde_json::Value = no_redirect_client()
                 .post(self.sandbox_auth.join("oauth/token").unwrap())
                 .basic_auth(seed::DEMO_CLIENT_ID, Some(seed::DEMO_CLIENT_SECRET))
@@ -195,18 +207,16 @@ mod router {
             let introspection =
                 pleo_auth_http::api::introspect(&no_redirect_client(), &self.environment, &header)
                     .await?;
-            if let Some(tenant) = tenant {
-                self.links
-                    .link(&LinkRequest {
-                        environment: self.environment.name().clone(),
-                        tenant,
-                        subject: introspection.subject,
-                        credential_kind: CredentialKind::OAuth,
-                        client_id: ClientId::new(seed::DEMO_CLIENT_ID).unwrap(),
-                        relink: false,
-                    })
-                    .await?;
-            }
+            self.links
+                .link(&LinkRequest {
+                    environment: self.environment.name().clone(),
+                    tenant,
+                    subject: introspection.subject,
+                    credential_kind: CredentialKind::OAuth,
+                    client_id: ClientId::new(seed::DEMO_CLIENT_ID).unwrap(),
+                    relink: false,
+                })
+                .await?;
             self.tokens
                 .lock()
                 .unwrap()
@@ -216,7 +226,9 @@ mod router {
     }
 
     async fn serve(flow: Arc<TestFlow>, listener: tokio::net::TcpListener) {
-        let app = axum::Router::new().nest("/pleo", connect_router(flow));
+        // A gateway in front of these routes authorizes the tenant parameter (in this test).
+        let app =
+            axum::Router::new().nest("/pleo", connect_router(flow, DangerAuthorizedElsewhere));
         axum::serve(listener, app).await.unwrap();
     }
 
@@ -232,7 +244,7 @@ mod router {
         let flow = Arc::new(TestFlow {
             sandbox_auth: sandbox.auth_url(),
             environment: environment(sandbox),
-            redirect_uri: format!("{base}/callback"),
+            redirect_uri: format!("{base}/callback").parse().unwrap(),
             links: TenantLinks::new(Arc::new(MemoryStore::new()), Arc::new(SystemClock)),
             pending: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -254,13 +266,22 @@ mod router {
             .await
             .unwrap();
         assert_eq!(connect.status(), 303);
+        let cookie = connect.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(cookie.starts_with("pleo-auth-flow="), "{cookie}");
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
+        let cookie = cookie.split(';').next().unwrap().to_owned();
         let authorize = connect.headers()["location"].to_str().unwrap().to_owned();
         assert!(authorize.starts_with(sandbox.auth_url().as_str()));
         let redirect = browser.get(&authorize).send().await.unwrap();
         assert_eq!(redirect.status(), 302);
         let callback = redirect.headers()["location"].to_str().unwrap().to_owned();
         assert!(callback.starts_with(&format!("{base}/callback?")));
-        let page = browser.get(&callback).send().await.unwrap();
+        let page = browser
+            .get(&callback)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(page.status(), 200);
         assert_eq!(page.headers()["x-frame-options"], "DENY");
         let html = page.text().await.unwrap();
@@ -272,7 +293,12 @@ mod router {
         assert!(!html.contains(CANARY));
 
         // Replaying the callback fails (state is single use) and reflects nothing.
-        let replay = browser.get(&callback).send().await.unwrap();
+        let replay = browser
+            .get(&callback)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(replay.status(), 400);
         let html = replay.text().await.unwrap();
         assert!(!html.contains(CANARY) && !html.contains("state"));
@@ -321,6 +347,9 @@ mod router {
             assert_eq!(response.status(), 400);
             assert!(!response.text().await.unwrap().contains("script"));
         }
+        // Authorized elsewhere, the tenant parameter is required.
+        let response = browser.get(format!("{base}/connect")).send().await.unwrap();
+        assert_eq!(response.status(), 403);
         let response = browser
             .get(format!("{base}/callback?code=%3Cscript%3E&state=forged"))
             .send()

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
 use pleo_auth_core::{
-    CredentialKind, CredentialStatus, DanglingReason, ErrorKind as CoreKind, LinkError,
-    LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization, PkceVerifier, Precondition,
-    RecordStoreExt, RevocationState, ScopeSet, Subject, TenantId, Version, is_conflict, layout,
-    random_urlsafe,
+    BrowserBinding, CredentialKind, CredentialStatus, DanglingReason, ErrorKind as CoreKind,
+    LinkError, LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization, PkceVerifier,
+    Precondition, RecordStoreExt, RevocationState, ScopeSet, Subject, TenantId, Version,
+    is_conflict, layout, random_urlsafe,
 };
 use sha2::{Digest as _, Sha256};
 use url::Url;
@@ -51,6 +51,8 @@ pub struct AuthorizeOptions {
     tenant: Option<TenantId>,
     relink: bool,
     scopes: Option<ScopeSet>,
+    /// The digest of the browser binding, never the binding.
+    browser_binding: Option<String>,
 }
 
 impl AuthorizeOptions {
@@ -92,6 +94,27 @@ impl AuthorizeOptions {
         self.scopes = Some(scopes);
         self
     }
+
+    /// Binds the flow to the browser that holds `binding` (in an `HttpOnly` cookie): only
+    /// [`OAuthClient::complete_in_browser`] with the same binding completes it. A callback
+    /// with no binding or another one is refused before any token request
+    /// ([`ErrorKind::BrowserMismatch`]), and its state is used up, so a callback URL carried to
+    /// another browser (login CSRF) never connects anything. Only a digest is stored.
+    pub fn bind_to_browser(mut self, binding: &BrowserBinding) -> Self {
+        self.browser_binding = Some(hex_digest(binding.expose_secret()));
+        self
+    }
+}
+
+/// The hex SHA-256 of `value`: how states and browser bindings are kept in the store.
+fn hex_digest(value: &str) -> String {
+    format!("{:x}", Sha256::digest(value.as_bytes()))
+}
+
+/// Compares two strings in constant time (for equal lengths).
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The `state` of an authorization request. `Debug` does not print it.
@@ -107,8 +130,7 @@ impl AuthorizationState {
 
     /// Compares with a value from a callback or session, in constant time.
     pub fn matches(&self, other: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        constant_time_eq(&self.0, other)
     }
 }
 
@@ -187,6 +209,18 @@ impl OAuthClient {
         TokenManager::new(self.inner.clone())
     }
 
+    /// The pending authorizations of this client and environment (flows started whose
+    /// callback has not arrived), without secrets.
+    pub async fn pending(&self) -> Result<Vec<crate::PendingStatus>> {
+        crate::pending::list(&self.inner).await
+    }
+
+    /// Deletes every expired pending authorization of this client and environment (abandoned
+    /// consents). [`TokenManager::keep_alive`] runs it too.
+    pub async fn sweep_pending(&self) -> Result<crate::PendingSweep> {
+        crate::pending::sweep(&self.inner).await
+    }
+
     /// Starts a flow: stores the pending authorization (state digest, PKCE verifier, redirect
     /// URI, scopes, expected subject, tenant) and returns the URL to send the customer to.
     #[tracing::instrument(skip_all, fields(environment = %self.inner.config.environment().name()))]
@@ -216,9 +250,12 @@ impl OAuthClient {
         let (url, _) = request.url();
 
         let now = inner.clock.timestamp();
+        let state_digest = hex_digest(&state);
         let pending = PendingAuthorization {
             environment: config.environment().name().clone(),
             client_id: config.client_id().clone(),
+            state_digest,
+            browser_binding: options.browser_binding,
             verifier,
             redirect_uri: config.redirect_uri().as_str().to_owned(),
             scopes,
@@ -228,9 +265,14 @@ impl OAuthClient {
             created_at: now,
             expires_at: now.saturating_add(config.pending_ttl()),
         };
+        let key = layout::pending_authorization(
+            &pending.environment,
+            &pending.client_id,
+            &pending.state_digest,
+        );
         inner
             .store
-            .put_record(&self.pending_key(&state), &pending, Precondition::Absent)
+            .put_record(&key, &pending, Precondition::Absent)
             .await
             .map_err(|e| Error::store("storing the pending authorization failed", e))?;
         tracing::debug!(expected_subject = ?pending.expected_subject, "authorization started");
@@ -241,11 +283,10 @@ impl OAuthClient {
     }
 
     fn pending_key(&self, state: &str) -> pleo_auth_core::StoreKey {
-        let digest = format!("{:x}", Sha256::digest(state.as_bytes()));
         layout::pending_authorization(
             self.inner.config.environment().name(),
             self.inner.config.client_id(),
-            &digest,
+            &hex_digest(state),
         )
     }
 
@@ -253,8 +294,11 @@ impl OAuthClient {
     ///
     /// Malformed callbacks, an `iss` that names another issuer (RFC 9207), and unknown, reused
     /// or expired states are refused before any network call. The pending authorization is
-    /// consumed with a version check, so two callbacks with the same state cannot both
-    /// succeed. Then the code is exchanged (client_secret_basic, PKCE verifier, redirect URI),
+    /// consumed (deleted with a version check) before anything else is judged, so two
+    /// callbacks with the same state cannot both succeed and a refused callback leaves nothing
+    /// behind. A flow bound to a browser ([`AuthorizeOptions::bind_to_browser`]) is refused
+    /// here ([`ErrorKind::BrowserMismatch`]); complete it with
+    /// [`complete_in_browser`](Self::complete_in_browser). Then the code is exchanged (client_secret_basic, PKCE verifier, redirect URI),
     /// and the tokens are written to the store at once (a dangling record), before anything
     /// about them is judged. The subject is learned (by default from `GET /v1/introspect`), and
     /// the grant is stored under (environment, client id, subject), together with the tenant
@@ -265,12 +309,34 @@ impl OAuthClient {
     /// as dangling (see [`TokenManager::dangling`](crate::TokenManager::dangling)).
     #[tracing::instrument(skip_all, fields(environment = %self.inner.config.environment().name()))]
     pub async fn complete(&self, callback_query: &str) -> Result<Connection> {
+        self.finish(callback_query, None).await
+    }
+
+    /// Finishes a flow started with [`AuthorizeOptions::bind_to_browser`], in the browser that
+    /// presents `browser` (read from its cookie). Like [`complete`](Self::complete), and
+    /// before any token request: a flow bound to another browser, or to none, is refused with
+    /// [`ErrorKind::BrowserMismatch`], and its state is used up so it cannot be completed later.
+    #[tracing::instrument(skip_all, fields(environment = %self.inner.config.environment().name()))]
+    pub async fn complete_in_browser(
+        &self,
+        callback_query: &str,
+        browser: &BrowserBinding,
+    ) -> Result<Connection> {
+        self.finish(callback_query, Some(browser)).await
+    }
+
+    async fn finish(
+        &self,
+        callback_query: &str,
+        browser: Option<&BrowserBinding>,
+    ) -> Result<Connection> {
         let callback = callback::parse(callback_query)?;
+        let pending = self.consume(&callback.state).await?;
         self.inner
             .config
             .server()
             .check_issuer(callback.iss.as_deref())?;
-        let pending = self.consume(&callback.state).await?;
+        check_browser(&pending, browser)?;
         let code = match callback.outcome {
             Outcome::Code(code) => code,
             Outcome::Refused(err) => {
@@ -521,6 +587,30 @@ impl OAuthClient {
         }
         Ok(pending)
     }
+}
+
+/// The callback must come from the browser the flow was bound to, and only a bound flow may be
+/// completed with a browser binding.
+fn check_browser(pending: &PendingAuthorization, browser: Option<&BrowserBinding>) -> Result<()> {
+    let same = match (&pending.browser_binding, browser) {
+        (None, None) => true,
+        (Some(stored), Some(browser)) => {
+            constant_time_eq(stored, &hex_digest(browser.expose_secret()))
+        }
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    tracing::warn!(
+        bound = pending.browser_binding.is_some(),
+        presented = browser.is_some(),
+        "the callback came from another browser than the one that started the flow; refused"
+    );
+    Err(Error::new(
+        ErrorKind::BrowserMismatch,
+        "the callback came from another browser than the one that started the flow",
+    ))
 }
 
 fn unknown_state() -> Error {

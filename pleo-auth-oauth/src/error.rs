@@ -23,6 +23,10 @@ pub enum ErrorKind {
     UnknownState,
     /// The pending authorization named by the callback's `state` has expired.
     StateExpired,
+    /// The callback arrived in another browser than the one that started the flow (its
+    /// browser binding is missing or different), or a flow bound to a browser was completed
+    /// without one. Refused before any token request; the state is used up.
+    BrowserMismatch,
     /// The authorization response's `iss` names another authorization server than the
     /// configured one (RFC 9207, a mix-up defence); refused before any token request.
     IssuerMismatch,
@@ -105,6 +109,7 @@ impl ErrorKind {
             ErrorKind::InvalidCallback
             | ErrorKind::UnknownState
             | ErrorKind::StateExpired
+            | ErrorKind::BrowserMismatch
             | ErrorKind::IssuerMismatch => CoreKind::InvalidInput,
             ErrorKind::AccessDenied { .. } => CoreKind::PermissionDenied,
             ErrorKind::AuthorizationError { .. } | ErrorKind::CodeRejected { .. } => {

@@ -101,6 +101,8 @@ pub struct KeepAliveReport {
     pub dangling_settled: usize,
     /// Dangling grants still dangling after this sweep.
     pub dangling: Vec<DanglingStatus>,
+    /// Expired pending authorizations (abandoned consents) deleted in this sweep.
+    pub pending_removed: usize,
 }
 
 impl GrantState {
@@ -235,7 +237,8 @@ impl TokenManager {
 
     /// Refreshes every active grant whose refresh token is older than
     /// [`RefreshPolicy::keep_alive_after`](crate::RefreshPolicy::keep_alive_after), so grants of
-    /// idle companies do not expire, and retries pending revocations. Call it periodically (for
+    /// idle companies do not expire, retries pending revocations, and deletes expired pending
+    /// authorizations. Call it periodically (for
     /// example daily) from one or more replicas; the lease keeps refreshes single.
     pub async fn keep_alive(&self) -> Result<KeepAliveReport> {
         let records = self.records().await?;
@@ -296,6 +299,12 @@ impl TokenManager {
             }
         }
         self.sweep_dangling(&mut report).await;
+        match crate::pending::sweep(&self.inner).await {
+            Ok(swept) => report.pending_removed = swept.removed,
+            Err(err) => {
+                tracing::warn!(kind = ?err.kind(), "sweeping pending authorizations failed; retried at the next keep-alive");
+            }
+        }
         Ok(report)
     }
 

@@ -167,6 +167,8 @@ pub enum FaultSpec {
     },
     /// [`Fault::DropConnection`].
     DropConnection,
+    /// [`Fault::Unauthorized`].
+    Unauthorized,
 }
 
 impl From<Fault> for FaultSpec {
@@ -180,6 +182,7 @@ impl From<Fault> for FaultSpec {
                 millis: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
             },
             Fault::DropConnection => Self::DropConnection,
+            Fault::Unauthorized => Self::Unauthorized,
         }
     }
 }
@@ -193,6 +196,7 @@ impl From<FaultSpec> for Fault {
             FaultSpec::ServerError { status } => Self::ServerError(status),
             FaultSpec::Delay { millis } => Self::Delay(Duration::from_millis(millis)),
             FaultSpec::DropConnection => Self::DropConnection,
+            FaultSpec::Unauthorized => Self::Unauthorized,
         }
     }
 }

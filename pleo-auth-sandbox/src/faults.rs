@@ -63,6 +63,9 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without sending any response.
     DropConnection,
+    /// HTTP 401 without looking at the credential, as a proxy or gateway in front of the API
+    /// answers (the credential itself stays valid).
+    Unauthorized,
 }
 
 /// Queued faults per endpoint class.
@@ -142,6 +145,21 @@ pub(crate) async fn middleware(
             })),
         )
             .into_response(),
+        Some(Fault::Unauthorized) => {
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({
+                    "error": "unauthorized",
+                    "error_description": "unauthorized (injected fault)",
+                })),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"gateway\""),
+            );
+            response
+        }
         Some(Fault::DropConnection) => {
             let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
             response.extensions_mut().insert(DropConnectionMarker);

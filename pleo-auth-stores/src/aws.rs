@@ -63,7 +63,10 @@
 //!
 //! `delete` writes a tombstone (with compare-and-swap for [`Precondition::Version`], so the
 //! version check is atomic) and then `DeleteSecret` with the configured [`Deletion`]: a recovery
-//! window (7 days by default) or `ForceDeleteWithoutRecovery`. A secret scheduled for deletion
+//! window (7 days by default) or `ForceDeleteWithoutRecovery`. Pending authorizations
+//! ([`layout::is_pending_authorization`]: single-use, minutes-lived, never recreated) are always
+//! deleted without recovery, so abandoned consents are not billed for a recovery window. A
+//! secret scheduled for deletion
 //! reads as absent and is not listed. Creating it again restores it and moves `AWSCURRENT` from
 //! its tombstone to the new value by compare-and-swap, so a reader never sees the deleted value
 //! come back and of two racing creators one wins. (A secret deleted by other means than this
@@ -143,7 +146,7 @@ use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 use pleo_auth_core::{
     Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey, Version, Versioned,
-    check_transport_security,
+    check_transport_security, layout,
 };
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -913,9 +916,12 @@ impl AwsStore {
         Err(contended())
     }
 
-    async fn delete_secret(&self, name: &Name) -> Result<()> {
+    async fn delete_secret(&self, name: &Name, key: &StoreKey) -> Result<()> {
         let request = self.client.delete_secret().secret_id(name.as_str());
         let request = match self.deletion {
+            _ if layout::is_pending_authorization(key) => {
+                request.force_delete_without_recovery(true)
+            }
             Deletion::RecoveryWindow { days } => request.recovery_window_in_days(i64::from(days)),
             Deletion::Force => request.force_delete_without_recovery(true),
         };
@@ -1036,7 +1042,7 @@ impl SecretStore for AwsStore {
             Precondition::Version(from) => {
                 self.compare_and_swap(&name, key, &Payload::Tombstone, from.as_str())
                     .await?;
-                self.delete_secret(&name).await
+                self.delete_secret(&name, key).await
             }
             Precondition::None => {
                 for attempt in 0..WRITE_ATTEMPTS {
@@ -1048,7 +1054,7 @@ impl SecretStore for AwsStore {
                         .compare_and_swap(&name, key, &Payload::Tombstone, &version)
                         .await
                     {
-                        Ok(_) => return self.delete_secret(&name).await,
+                        Ok(_) => return self.delete_secret(&name, key).await,
                         Err(e) if e.kind() == ErrorKind::Conflict => backoff(attempt).await,
                         Err(e) => return Err(e),
                     }

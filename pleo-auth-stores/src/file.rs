@@ -667,7 +667,10 @@ fn create_private_dir(path: &Path) -> io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         builder.mode(DIR_MODE);
         builder.create(path)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
+        accept_private(
+            fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)),
+            || fs::metadata(path),
+        )
     }
     #[cfg(not(unix))]
     {
@@ -683,9 +686,33 @@ fn create_private_file(path: &Path) -> io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+        accept_private(
+            file.set_permissions(fs::Permissions::from_mode(FILE_MODE)),
+            || file.metadata(),
+        )?;
     }
     Ok(file)
+}
+
+/// The result of setting a mode, where a file system that keeps no permissions of its own (a
+/// FAT volume through FUSE answers `ENOSYS`) counts as success if the mode it reports is private
+/// to the owner already (its mount options decide it); otherwise the error stands.
+#[cfg(unix)]
+fn accept_private(
+    set: io::Result<()>,
+    metadata: impl FnOnce() -> io::Result<fs::Metadata>,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match set {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            if metadata()?.permissions().mode() & 0o077 == 0 {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
 }
 
 fn private_mode(options: &mut OpenOptions) {

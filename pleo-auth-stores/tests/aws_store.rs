@@ -388,3 +388,45 @@ async fn trace_output_never_contains_a_secret() {
 async fn tenant_links_stay_one_to_one_under_racing_linkers() {
     testing::tenant_links_conformance(Arc::new(store().await), 8, 3).await;
 }
+
+#[tokio::test]
+async fn pending_authorizations_are_deleted_without_a_recovery_window() {
+    use pleo_auth_core::{ClientId, EnvironmentName, layout};
+    // The store keeps a recovery window for everything else.
+    let store = store().await;
+    let pending = layout::pending_authorization(
+        &EnvironmentName::new("staging").unwrap(),
+        &ClientId::new("client").unwrap(),
+        &random_urlsafe(8),
+    );
+    let other = key(&["grant", &random_urlsafe(8)]);
+    for k in [&pending, &other] {
+        let version = store
+            .put(k, bytes("CANARY-v"), Precondition::Absent)
+            .await
+            .unwrap();
+        store
+            .delete(k, Precondition::Version(version))
+            .await
+            .unwrap();
+        assert!(store.get(k).await.unwrap().is_none());
+    }
+    let gone = store
+        .client()
+        .describe_secret()
+        .secret_id(store.secret_name(&pending))
+        .send()
+        .await;
+    assert!(gone.is_err(), "deleted at once, nothing left to recover");
+    let scheduled = store
+        .client()
+        .describe_secret()
+        .secret_id(store.secret_name(&other))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        scheduled.deleted_date().is_some(),
+        "other keys keep the recovery window"
+    );
+}

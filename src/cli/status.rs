@@ -139,6 +139,7 @@ pub async fn run(settings: &Settings, args: StatusArgs) -> Result<(), CliError> 
     if args.json {
         print_json(&auth, &entries, &dangling)?;
     } else {
+        print_waiting(&auth).await;
         print_text(settings, &auth, &entries, &dangling);
     }
     let codes: Vec<Code> = entries.iter().filter_map(Entry::attention).collect();
@@ -167,9 +168,7 @@ async fn inventory(settings: &Settings, auth: &PleoAuth) -> Result<Vec<Entry>, C
                 .into_iter()
                 .map(|l| (l.subject, l.tenant.as_str().to_owned()))
                 .collect(),
-            Err(e)
-                if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::UnsupportedSchema =>
-            {
+            Err(e) if is_unreadable(&e) => {
                 errln!("warning: a tenant link is unreadable, so tenants are not shown: {e}");
                 HashMap::new()
             }
@@ -248,7 +247,10 @@ async fn inventory(settings: &Settings, auth: &PleoAuth) -> Result<Vec<Entry>, C
 fn is_unreadable(e: &pleo_auth::CoreError) -> bool {
     matches!(
         e.kind(),
-        ErrorKind::Corrupt | ErrorKind::UnsupportedSchema | ErrorKind::InvalidInput
+        ErrorKind::Corrupt
+            | ErrorKind::UnsupportedSchema
+            | ErrorKind::KeyMismatch
+            | ErrorKind::InvalidInput
     )
 }
 
@@ -473,6 +475,20 @@ fn revocation_name(state: RevocationState) -> &'static str {
     match state {
         RevocationState::Unsafe => "unsafe",
         _ => "pending",
+    }
+}
+
+/// How many authorizations wait for consent, and how many of those expired (on stderr).
+async fn print_waiting(auth: &PleoAuth) {
+    let Ok(oauth) = auth.oauth() else { return };
+    match oauth.pending().await {
+        Ok(pending) if !pending.is_empty() => errln!(
+            "{} authorization(s) waiting for consent ({} expired; keep-alive removes those).",
+            pending.len(),
+            pending.iter().filter(|p| p.expired).count()
+        ),
+        Ok(_) => {}
+        Err(e) => errln!("warning: listing the pending authorizations failed: {e}"),
     }
 }
 

@@ -91,6 +91,18 @@ impl Setup {
     fn links(&self) -> TenantLinks {
         TenantLinks::new(self.store.clone(), Arc::new(self.clock.clone()))
     }
+
+    /// Connects a key of Acme Denmark and returns a client on these keys, and the raw key.
+    async fn connected_client(&self) -> (pleo_auth_http::PleoClient, String) {
+        let key = self.mint(dk());
+        let raw = key.expose_secret().to_owned();
+        self.keys.connect(key, Some(dk())).await.unwrap();
+        let client =
+            pleo_auth_http::PleoClient::builder(self.pleo.env.clone(), Arc::new(self.keys.clone()))
+                .build()
+                .unwrap();
+        (client, raw)
+    }
 }
 
 fn tenant(name: &str) -> TenantId {
@@ -433,13 +445,24 @@ async fn a_revoked_key_is_marked_needs_replacement_once_without_retry() {
     );
     let calls = s.pleo.sandbox.request_log().len();
 
-    // Many concurrent rejections of the same value: one mark, no retry, no call to Pleo.
+    // Many concurrent rejections of the same value: Pleo is asked once (it rejects the key
+    // too), one mark, no retry.
     let results = reject_concurrently(&s.keys, &subject, &credential.id).await;
     assert!(results.iter().all(|r| !r), "no retry can help: {results:?}");
-    assert_eq!(s.pleo.sandbox.request_log().len(), calls, "no retry loop");
+    let log = s.pleo.sandbox.request_log();
+    assert_eq!(log.len(), calls + 1, "one re-validation, no retry loop");
+    assert_eq!(log.last().unwrap().path, "/v1/introspect");
 
     let record = s.record(dk()).await.unwrap();
     assert_eq!(record.status, CredentialStatus::NeedsReplacement);
+    assert!(
+        record
+            .status_reason
+            .as_deref()
+            .is_some_and(|why| why.contains("/v1/introspect") && why.contains("401")),
+        "the mark says why: {:?}",
+        record.status_reason
+    );
     assert!(record.key.is_some(), "the record is kept for replace");
     let info = s.keys.get(dk()).await.unwrap().unwrap();
     assert_eq!(info.status, CredentialStatus::NeedsReplacement);
@@ -823,12 +846,7 @@ async fn standalone_keys_are_not_accepted_as_integrated_keys() {
 #[tokio::test]
 async fn pleo_client_turns_a_revoked_key_into_needs_replacement_without_a_retry_loop() {
     let s = setup().await;
-    let key = s.mint(dk());
-    let raw = key.expose_secret().to_owned();
-    s.keys.connect(key, Some(dk())).await.unwrap();
-    let client = pleo_auth_http::PleoClient::builder(s.pleo.env.clone(), Arc::new(s.keys.clone()))
-        .build()
-        .unwrap();
+    let (client, raw) = s.connected_client().await;
     let body: serde_json::Value = client
         .get("/v1/vendors")
         .company(dk())
@@ -865,5 +883,188 @@ async fn pleo_client_turns_a_revoked_key_into_needs_replacement_without_a_retry_
         1,
         "not sent again"
     );
+    assert_logs_clean();
+}
+
+/// A store that counts writes of API key records (to see a mark written once).
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: pleo_auth_core::MemoryStore,
+    key_writes: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl pleo_auth_core::SecretStore for CountingStore {
+    async fn get(
+        &self,
+        key: &pleo_auth_core::StoreKey,
+    ) -> pleo_auth_core::Result<Option<pleo_auth_core::Versioned>> {
+        self.inner.get(key).await
+    }
+
+    async fn put(
+        &self,
+        key: &pleo_auth_core::StoreKey,
+        value: pleo_auth_core::SecretBytes,
+        precondition: pleo_auth_core::Precondition,
+    ) -> pleo_auth_core::Result<pleo_auth_core::Version> {
+        let written = self.inner.put(key, value, precondition).await?;
+        if key.as_str().starts_with("pleo-auth/v1/apikey/") {
+            self.key_writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(written)
+    }
+
+    async fn delete(
+        &self,
+        key: &pleo_auth_core::StoreKey,
+        precondition: pleo_auth_core::Precondition,
+    ) -> pleo_auth_core::Result<()> {
+        self.inner.delete(key, precondition).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &pleo_auth_core::StoreKey,
+    ) -> pleo_auth_core::Result<Vec<pleo_auth_core::StoreKey>> {
+        self.inner.list(prefix).await
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_401_leaves_the_key_valid_and_the_request_succeeds() {
+    let s = setup().await;
+    let (client, _) = s.connected_client().await;
+    // Something in front of the API answers 401 to the next request, without asking Pleo.
+    s.pleo.sandbox.inject_fault(
+        pleo_auth_sandbox::Endpoint::Api,
+        pleo_auth_sandbox::Fault::Unauthorized,
+        1,
+    );
+    s.pleo.sandbox.clear_request_log();
+    let body: serde_json::Value = client
+        .get("/v1/vendors")
+        .company(dk())
+        .json()
+        .await
+        .expect("re-validated, retried once, answered");
+    assert_eq!(body["data"][0]["companyId"], seed::ACME_DK.to_string());
+    assert_eq!(
+        requests_to(&s.pleo, "GET", "/v1/introspect"),
+        1,
+        "asked Pleo once"
+    );
+    let record = s.record(dk()).await.unwrap();
+    assert_eq!(record.status, CredentialStatus::Active);
+    assert_eq!(record.status_reason, None);
+    assert!(
+        !s.events
+            .all()
+            .iter()
+            .any(|e| matches!(e, ApiKeyEvent::NeedsReplacement { .. }))
+    );
+
+    // A burst of such 401s for the same key asks Pleo once more at most.
+    let subject = Subject::Company(dk());
+    let credential = s.keys.credential_for(&subject).await.unwrap();
+    s.clock.advance(pleo_auth_apikey::REVALIDATION_MEMO);
+    let results = reject_concurrently(&s.keys, &subject, &credential.id).await;
+    assert!(results.iter().all(|r| *r), "a retry can help: {results:?}");
+    assert_eq!(requests_to(&s.pleo, "GET", "/v1/introspect"), 2);
+    assert_eq!(
+        s.record(dk()).await.unwrap().status,
+        CredentialStatus::Active
+    );
+    assert_logs_clean();
+}
+
+#[tokio::test]
+async fn a_401_whose_recheck_fails_transiently_marks_nothing() {
+    let s = setup().await;
+    let (client, _) = s.connected_client().await;
+    // A 401 from the gateway, then Pleo is unavailable when the key is checked again.
+    let sandbox = &s.pleo.sandbox;
+    sandbox.inject_fault(
+        pleo_auth_sandbox::Endpoint::Api,
+        pleo_auth_sandbox::Fault::Unauthorized,
+        1,
+    );
+    sandbox.inject_fault(
+        pleo_auth_sandbox::Endpoint::Api,
+        pleo_auth_sandbox::Fault::ServerError(503),
+        1,
+    );
+    let err = client
+        .get("/v1/vendors")
+        .company(dk())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_ne!(err.kind(), ErrorKind::NeedsReplacement);
+    let record = s.record(dk()).await.unwrap();
+    assert_eq!(record.status, CredentialStatus::Active);
+    // The key still works.
+    let credential = s
+        .keys
+        .credential_for(&Subject::Company(dk()))
+        .await
+        .unwrap();
+    assert_eq!(
+        api_get(&s.pleo, &credential, "/v1/vendors", None).await.0,
+        200
+    );
+    assert_logs_clean();
+}
+
+#[tokio::test]
+async fn a_real_revocation_is_marked_once_across_replicas() {
+    let pleo = sandbox().await;
+    let counting = Arc::new(CountingStore::default());
+    let store: DynSecretStore = counting.clone();
+    let clock = ManualClock::new();
+    let events = Events::default();
+    let first = keys_on(&pleo.env, &store, &clock, &events, required());
+    let second = keys_on(&pleo.env, &store, &clock, &events, required());
+    let key = ApiKey::new(
+        pleo.sandbox
+            .mint_integrated_key(seed::DEMO_CLIENT_ID, seed::ACME_DK),
+    );
+    let raw = key.expose_secret().to_owned();
+    first.connect(key, Some(dk())).await.unwrap();
+    let subject = Subject::Company(dk());
+    let (a, b) = (
+        first.credential_for(&subject).await.unwrap(),
+        second.credential_for(&subject).await.unwrap(),
+    );
+    let writes = counting
+        .key_writes
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(pleo.sandbox.revoke_api_key(&raw));
+    let (ra, rb) = tokio::join!(
+        first.rejected(&subject, &a.id),
+        second.rejected(&subject, &b.id)
+    );
+    assert!(!ra.unwrap() && !rb.unwrap(), "no retry can help");
+    assert_eq!(
+        counting
+            .key_writes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        writes + 1,
+        "the mark is written once"
+    );
+    let marks = events
+        .all()
+        .into_iter()
+        .filter(|e| matches!(e, ApiKeyEvent::NeedsReplacement { .. }))
+        .count();
+    assert_eq!(marks, 1);
+    for replica in [&first, &second] {
+        assert_eq!(
+            replica.credential_for(&subject).await.unwrap_err().kind(),
+            ErrorKind::NeedsReplacement
+        );
+    }
     assert_logs_clean();
 }
