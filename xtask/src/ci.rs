@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::circles;
 use crate::services::{self, Service};
 use crate::{Cmd, Result, cargo, secs};
 
@@ -26,9 +27,9 @@ const FACADE_FEATURES: [&str; 12] = [
 /// `<crate>-...` (such as `hyper-util` or `axum-core`).
 const HTTP_CRATES: [&str; 3] = ["reqwest", "hyper", "axum"];
 
-/// How many steps run with and without `--quick`: services, fmt, clippy, doc, the core guard, tests
-/// and doc tests.
-const ALWAYS_STEPS: usize = 7;
+/// How many steps run with and without `--quick`: services, fmt, clippy, doc, the core guard, the
+/// import-circle guard, tests and doc tests.
+const ALWAYS_STEPS: usize = 8;
 
 /// Runs the gate. Services that the gate starts are stopped when it ends, whatever the outcome;
 /// services that already ran are left running.
@@ -91,6 +92,9 @@ fn steps(root: &Path, quick: bool, gate: &mut Gate, started: &mut Vec<Service>) 
         .status()
     })?;
     gate.step("pleo-auth-core pulls no HTTP crate", || core_guard(root))?;
+    gate.step("no import circles between the files of a crate", || {
+        circles::check(root, false)
+    })?;
     if !quick {
         gate.step("facade without features", || {
             cargo(

@@ -1,12 +1,14 @@
 //! Developer tasks for the `pleo-auth` workspace, run as `cargo xtask <command>`.
 //!
-//! The crate uses only the standard library. Every command runs from the workspace root, prints what
-//! it runs, and exits with code 1 and a one-line `error:` message when something fails.
+//! The crate uses the standard library, plus `syn` and `serde_json` for the import-circle guard.
+//! Every command runs from the workspace root, prints what it runs, and exits with code 1 and a
+//! one-line `error:` message when something fails.
 //!
 //! See [`USAGE`] for the commands and the environment variables they read.
 
 mod bench;
 mod ci;
+mod circles;
 mod process;
 mod services;
 mod soak;
@@ -31,9 +33,11 @@ Commands:
   services down     stop the services that `services up` of this checkout started
   services status   print each service and whether it answers (exit 1 if one does not)
   services env      print .services/env (KEY=VALUE lines for the tests)
-  ci [--quick]      the whole gate: services, fmt, clippy, doc, dependency guard, facade
-                    feature checks (skipped by --quick), tests, doc tests; stops the services
-                    it started itself when it ends
+  ci [--quick]      the whole gate: services, fmt, clippy, doc, dependency guard, import-circle
+                    guard, facade feature checks (skipped by --quick), tests, doc tests; stops
+                    the services it started itself when it ends
+  circles [--all]   the import-circle guard of `ci`: fail if the files of a library crate import
+                    each other in a circle; --all also checks the crates on its allow-list
   tidy              cargo fmt --all, then fail if non-test sources contain todo/unimplemented/dbg
                     macro calls
   bench [args]      cargo bench --workspace --all-features [args], then the full-size replica
@@ -82,6 +86,14 @@ fn run(args: &[String]) -> Result<()> {
             [flag] if flag == "--quick" => ci::run(&root, true),
             _ => Err(usage_error(&format!(
                 "unexpected arguments to `ci`: {}",
+                rest.join(" ")
+            ))),
+        },
+        "circles" => match rest {
+            [] => circles::check(&root, false),
+            [flag] if flag == "--all" => circles::check(&root, true),
+            _ => Err(usage_error(&format!(
+                "unexpected arguments to `circles`: {}",
                 rest.join(" ")
             ))),
         },
