@@ -34,8 +34,9 @@ Commands:
   services status   print each service and whether it answers (exit 1 if one does not)
   services env      print .services/env (KEY=VALUE lines for the tests)
   ci [--quick]      the whole gate: services, fmt, clippy, doc, dependency guard, import-circle
-                    guard, facade feature checks (skipped by --quick), tests, doc tests; stops
-                    the services it started itself when it ends
+                    guard, cargo deny (licenses, bans, sources; installs cargo-deny if missing),
+                    facade feature checks (skipped by --quick), tests, doc tests; stops the
+                    services it started itself when it ends
   circles [--all]   the import-circle guard of `ci`: fail if the files of a library crate import
                     each other in a circle; --all also checks the crates on its allow-list
   tidy              cargo fmt --all, then fail if non-test sources contain todo/unimplemented/dbg
