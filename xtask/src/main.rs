@@ -1,10 +1,13 @@
 //! Developer tasks for the `pleo-auth` workspace, run as `cargo xtask <command>`.
 //!
-//! The crate uses the standard library, plus `syn` and `serde_json` for the import-circle guard.
+//! The crate uses the standard library, `rustix` for signals, and `syn` and `serde_json` for the
+//! import-circle guard; it has no `unsafe` code.
 //! Every command runs from the workspace root, prints what it runs, and exits with code 1 and a
 //! one-line `error:` message when something fails.
 //!
 //! See [`USAGE`] for the commands and the environment variables they read.
+
+#![forbid(unsafe_code)]
 
 mod bench;
 mod ci;
