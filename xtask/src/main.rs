@@ -84,22 +84,8 @@ fn run(args: &[String]) -> Result<()> {
     };
     match command {
         "services" => services::command(&root, rest),
-        "ci" => match rest {
-            [] => ci::run(&root, false),
-            [flag] if flag == "--quick" => ci::run(&root, true),
-            _ => Err(usage_error(&format!(
-                "unexpected arguments to `ci`: {}",
-                rest.join(" ")
-            ))),
-        },
-        "circles" => match rest {
-            [] => circles::check(&root, false),
-            [flag] if flag == "--all" => circles::check(&root, true),
-            _ => Err(usage_error(&format!(
-                "unexpected arguments to `circles`: {}",
-                rest.join(" ")
-            ))),
-        },
+        "ci" => ci::run(&root, optional_flag(command, rest, "--quick")?),
+        "circles" => circles::check(&root, optional_flag(command, rest, "--all")?),
         "tidy" if rest.is_empty() => cargo(&root, ["fmt", "--all"], &[]).status(),
         "tidy" => Err(usage_error("`tidy` takes no arguments")),
         "bench" => bench::run(&root, rest),
@@ -115,6 +101,19 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         other => Err(usage_error(&format!("unknown command `{other}`"))),
+    }
+}
+
+/// Whether the arguments of `command` are exactly `flag` (`true`) or nothing (`false`); anything
+/// else is a usage error.
+fn optional_flag(command: &str, rest: &[String], flag: &str) -> Result<bool> {
+    match rest {
+        [] => Ok(false),
+        [given] if given == flag => Ok(true),
+        _ => Err(usage_error(&format!(
+            "unexpected arguments to `{command}`: {}",
+            rest.join(" ")
+        ))),
     }
 }
 

@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
@@ -74,14 +72,7 @@ fn status_field(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
 }
 
 /// `GET`, `POST`, `PUT` and `DELETE /v1/installations/me`.
-pub(crate) async fn installation(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let req = ApiRequest::new(method, &uri, headers, body);
+pub(crate) async fn installation(State(shared): State<Arc<Shared>>, req: ApiRequest) -> Response {
     run(
         &shared,
         &req,
@@ -115,13 +106,7 @@ pub(crate) async fn installation(
                         .transpose()?
                         .unwrap_or_default();
                     let installation = Installation {
-                        id: random_uuid().map_err(|_| {
-                            ApiError::new(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "server_error",
-                                "randomness failed",
-                            )
-                        })?,
+                        id: random_uuid()?,
                         client_id: ctx.client_id.clone(),
                         company,
                         status,
@@ -189,11 +174,8 @@ pub(crate) async fn installation(
 /// `POST /v1/installations/me:activate`.
 pub(crate) async fn activate_installation(
     State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    req: ApiRequest,
 ) -> Response {
-    let req = ApiRequest::new(method, &uri, headers, Ok(Bytes::new()));
     run(
         &shared,
         &req,

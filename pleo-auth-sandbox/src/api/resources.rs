@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::run::{ApiError, ApiRequest, CompanyRule, run};
+use super::run::{ApiRequest, CompanyRule, run};
 use crate::records::ExportJob;
 use crate::secrets::random_uuid;
 use crate::state::Shared;
@@ -17,13 +15,7 @@ use crate::stats::AuthMethod;
 use crate::time::rfc3339;
 
 /// `GET /v1/introspect`.
-pub(crate) async fn introspect(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let req = ApiRequest::new(method, &uri, headers, Ok(Bytes::new()));
+pub(crate) async fn introspect(State(shared): State<Arc<Shared>>, req: ApiRequest) -> Response {
     run(&shared, &req, None, CompanyRule::Ignore, |_, ctx, _, _| {
         let auth_method = match ctx.method {
             AuthMethod::OAuth2 => "OAUTH2",
@@ -43,13 +35,7 @@ pub(crate) async fn introspect(
 }
 
 /// `GET /v2/employees` (`users:read`).
-pub(crate) async fn employees(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let req = ApiRequest::new(method, &uri, headers, Ok(Bytes::new()));
+pub(crate) async fn employees(State(shared): State<Arc<Shared>>, req: ApiRequest) -> Response {
     run(
         &shared,
         &req,
@@ -78,13 +64,7 @@ pub(crate) async fn employees(
 }
 
 /// `GET /v1/vendors` (`vendors:read`).
-pub(crate) async fn vendors(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let req = ApiRequest::new(method, &uri, headers, Ok(Bytes::new()));
+pub(crate) async fn vendors(State(shared): State<Arc<Shared>>, req: ApiRequest) -> Response {
     run(
         &shared,
         &req,
@@ -116,11 +96,8 @@ fn export_job_json(job: &ExportJob) -> Value {
 /// `GET /v1/export-jobs` (`export-jobs:read`).
 pub(crate) async fn list_export_jobs(
     State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    req: ApiRequest,
 ) -> Response {
-    let req = ApiRequest::new(method, &uri, headers, Ok(Bytes::new()));
     run(
         &shared,
         &req,
@@ -142,12 +119,8 @@ pub(crate) async fn list_export_jobs(
 /// `POST /v1/export-jobs` (`export-jobs:write`).
 pub(crate) async fn create_export_job(
     State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: ApiRequest,
 ) -> Response {
-    let req = ApiRequest::new(method, &uri, headers, body);
     run(
         &shared,
         &req,
@@ -157,13 +130,7 @@ pub(crate) async fn create_export_job(
             let company = target.one()?;
             req.json_object()?;
             let job = ExportJob {
-                id: random_uuid().map_err(|_| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
-                        "randomness failed",
-                    )
-                })?,
+                id: random_uuid()?,
                 company,
                 created_at: now,
             };

@@ -1,10 +1,12 @@
 //! What every External API request goes through: authentication (401), scope (403), company
 //! (403/400), the operation, then the request log.
 
+use std::convert::Infallible;
 use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -13,7 +15,7 @@ use uuid::Uuid;
 use crate::config::Subject;
 use crate::records::{KeyKind, grant_label};
 use crate::request::{Authorization, Params, authorization};
-use crate::secrets::{digest, token_fingerprint};
+use crate::secrets::{RandomUnavailable, digest, token_fingerprint};
 use crate::state::{Inner, Shared};
 use crate::stats::{ApiRequestRecord, AuthMethod};
 
@@ -48,6 +50,16 @@ impl ApiError {
     pub(super) fn with_challenge(mut self, challenge: String) -> Self {
         self.challenge = Some(challenge);
         self
+    }
+}
+
+impl From<RandomUnavailable> for ApiError {
+    fn from(_: RandomUnavailable) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "randomness failed",
+        )
     }
 }
 
@@ -252,8 +264,9 @@ fn resolve_company(
     }
 }
 
-/// One API request, as the handlers see it.
-pub(super) struct ApiRequest {
+/// One API request, as the handlers see it (an extractor: the body is read up to the server's
+/// limit, and a body that could not be read is an error only for handlers that want it).
+pub(crate) struct ApiRequest {
     pub(super) method: Method,
     path: String,
     query: Params,
@@ -261,8 +274,20 @@ pub(super) struct ApiRequest {
     body: Result<Bytes, StatusCode>,
 }
 
+impl<S: Send + Sync> FromRequest<S> for ApiRequest {
+    type Rejection = Infallible;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state).await;
+        Ok(Self::new(method, &uri, headers, body))
+    }
+}
+
 impl ApiRequest {
-    pub(super) fn new(
+    fn new(
         method: Method,
         uri: &Uri,
         headers: HeaderMap,
