@@ -207,7 +207,7 @@ async fn a_person_denies_in_chromium_and_the_cli_reports_access_denied() {
     assert_ne!(heading, "Authorization received");
 
     let done = login.finish().await;
-    done.expect_code(8).no_secret();
+    done.expect_code(6).no_secret();
     assert!(done.stderr.contains("access denied"), "{}", done.stderr);
     let status = cli.run(&["status", "--json"]).await;
     assert_eq!(status.ok().json(), serde_json::json!([]));

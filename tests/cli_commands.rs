@@ -6,22 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cli, browser, sandbox};
+use common::{Cli, answer_consent, browser, entry, sandbox};
 use pleo_auth_sandbox::seed;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const ACME_DK: &str = "0c000000-0000-4000-8000-000000000001";
 const ACME_SE: &str = "0c000000-0000-4000-8000-000000000002";
 const GLOBEX: &str = "0c000000-0000-4000-8000-000000000003";
-
-fn entry<'a>(status: &'a serde_json::Value, company: &str) -> &'a serde_json::Value {
-    status
-        .as_array()
-        .expect("status --json is an array")
-        .iter()
-        .find(|c| c["company"] == company)
-        .unwrap_or_else(|| panic!("{company} is listed in {status:#}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_stores_the_grant_and_status_shows_it() {
@@ -86,30 +77,6 @@ fn login_url_params(stdout: &str) -> impl Fn(&str) -> Option<String> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
-}
-
-/// Answers the sandbox's consent page as a person would: picks `subject`, clicks `decision`.
-/// Returns the redirect back to the CLI's loopback listener.
-async fn answer_consent(url: &url::Url, subject: &str, decision: &str) -> String {
-    let browser = browser();
-    let page = browser.get(url.clone()).send().await.unwrap();
-    assert_eq!(page.status(), 200, "the consent page is shown");
-    let html = page.text().await.unwrap();
-    let marker = "name=\"consent_id\" value=\"";
-    let start = html.find(marker).expect("the form has a consent_id") + marker.len();
-    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
-    let answer = browser
-        .post(url.join("/oauth/authorize").unwrap())
-        .form(&[
-            ("consent_id", consent_id),
-            ("subject", subject),
-            ("decision", decision),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_redirection(), "{}", answer.status());
-    answer.headers()["location"].to_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +147,7 @@ async fn login_reports_a_denied_consent() {
     assert!(back.contains("error=access_denied"), "{back}");
     browser().get(&back).send().await.unwrap();
     let login = login.finish().await;
-    login.expect_code(8).no_secret();
+    login.expect_code(6).no_secret();
     assert!(login.stderr.contains("access denied"), "{}", login.stderr);
     assert_eq!(
         cli.run(&["status", "--json"]).await.ok().json(),
@@ -675,16 +642,17 @@ async fn store_failures_and_configuration_have_their_exit_codes() {
     let status = cli.run(&["status"]).await;
     status.expect_code(7);
     assert!(status.stderr.contains("file store"), "{}", status.stderr);
-    // An unknown scheme, a password on the command line, an unknown environment: exit 2.
+    // An unknown scheme is a configuration error (8); a password on the command line and an
+    // unknown environment are usage errors (2); a sandbox without its URL is configuration.
     cli.run(&["status", "--store", "ftp://x"])
         .await
-        .expect_code(2);
+        .expect_code(8);
     cli.run(&["status", "--store", "redis://user:secret@127.0.0.1:6379"])
         .await
         .expect_code(2);
     cli.run(&["status", "--env", "moon"]).await.expect_code(2);
     cli.unset("PLEO_SANDBOX_URL");
-    cli.run(&["status"]).await.expect_code(2);
+    cli.run(&["status"]).await.expect_code(8);
 
     // The config file supplies what the environment does not; flags win over both.
     let dir = cli.dir();
@@ -724,15 +692,15 @@ async fn store_failures_and_configuration_have_their_exit_codes() {
         ])
         .await;
     assert_eq!(flagged.json().as_array().unwrap().len(), 1);
-    // An invalid config file: exit 2.
+    // An invalid config file: exit 8.
     std::fs::write(&config, "colour = \"blue\"\n").unwrap();
-    cli.run(&["status"]).await.expect_code(2);
+    cli.run(&["status"]).await.expect_code(8);
 
     // Without a client id outside the sandbox, login is a configuration error.
     cli.unset("PLEO_CONFIG");
     cli.env("PLEO_ENV", "staging");
     let login = cli.run(&["login", "--no-browser"]).await;
-    login.expect_code(2);
+    login.expect_code(8);
     assert!(login.stderr.contains("PLEO_CLIENT_ID"), "{}", login.stderr);
 }
 
@@ -744,9 +712,11 @@ async fn help_documents_the_exit_codes_and_configuration() {
     help.ok();
     for needle in [
         "Exit codes:",
-        "3  not connected",
-        "4  needs reauthorization",
-        "7  the secret store",
+        "3    not connected",
+        "4    needs reauthorization",
+        "7    store error",
+        "8    configuration error",
+        "9    network or timeout",
         "PLEO_CLIENT_SECRET",
         "PLEO_STORE",
         "login",
@@ -906,5 +876,5 @@ async fn rewrap_moves_every_record_to_the_new_key() {
     );
 
     cli.unset("PLEO_ENCRYPTION_KEY");
-    cli.run(&["rewrap"]).await.expect_code(2);
+    cli.run(&["rewrap"]).await.expect_code(8);
 }

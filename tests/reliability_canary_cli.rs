@@ -139,6 +139,8 @@ async fn the_cli_prints_no_secret_at_trace() {
     s.login().await;
     assert!(s.run(&["status"], &[], None));
     assert!(s.run(&["status", "--json"], &[], None));
+    assert!(s.run(&["status", "--check", "--json"], &[], None));
+    assert!(s.run(&["refresh", "--company", &acme, "--json"], &[], None));
     assert!(s.run(&["refresh", "--company", &acme], &[], None));
     assert!(s.run(
         &["api", "GET", "/v2/employees", "--company", &acme],
@@ -179,19 +181,37 @@ async fn the_cli_prints_no_secret_at_trace() {
         None
     ));
     assert!(s.run(&["keys", "remove", "--company", &globex], &[], None));
+    // A Standalone key where an Integrated one belongs, a key flag, a secret flag, a config
+    // file with a syntax error in the secret's line.
+    let standalone = sandbox.mint_standalone_key(seed::GLOBEX, &["users:read"], None);
+    assert!(!s.run(&["keys", "add"], &[], Some(&standalone)));
+    assert!(!s.run(&["keys", "add", "--key", &standalone], &[], None));
+    assert!(!s.run(
+        &["status", "--client-secret", "CANARY-flag-secret"],
+        &[],
+        None
+    ));
+    let config = s.dir.path().join("broken.toml");
+    std::fs::write(&config, "client_secret = \"CANARY-config-secret\n").unwrap();
+    assert!(!s.run(
+        &["status", "--verbose"],
+        &[("PLEO_CONFIG", config.to_str().unwrap())],
+        None
+    ));
     // A store that cannot be read.
     assert!(!s.run(
         &["status"],
         &[("PLEO_STORE", "file:/proc/pleo-auth-nowhere")],
         None
     ));
-    // Disconnect, then use.
-    assert!(s.run(&["disconnect", "--company", &acme], &[], None));
+    // Disconnect, then use; logout forgets.
+    assert!(s.run(&["disconnect", "--company", &acme, "--json"], &[], None));
     assert!(!s.run(
         &["api", "GET", "/v2/employees", "--company", &acme],
         &[],
         None
     ));
+    assert!(s.run(&["logout", "--company", &acme], &[], None));
     assert!(s.run(&["demo"], &[], None));
 
     let mut traced = 0;

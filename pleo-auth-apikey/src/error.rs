@@ -34,6 +34,12 @@ pub enum Error {
     /// Pleo says the credential is not an API key (for example an OAuth access token).
     #[error("the credential is not a pleo api key (pleo reports another authentication method)")]
     NotAnApiKey,
+    /// Pleo names no integration for the key: it is a Standalone API key, which cannot stand in
+    /// for an Integrated key (use [`StandaloneKey`](crate::StandaloneKey) for it).
+    #[error(
+        "the key is a standalone api key (pleo names no integration for it), not an integrated api key"
+    )]
+    NotAnIntegratedKey,
     /// The key belongs to an organisation, but an Integrated key must belong to one company.
     #[error("the api key belongs to {subject}; an integrated api key must belong to one company")]
     NotACompanyKey {
@@ -173,6 +179,7 @@ impl Error {
         match self {
             Error::InvalidKeyFormat { .. }
             | Error::NotAnApiKey
+            | Error::NotAnIntegratedKey
             | Error::NotACompanyKey { .. }
             | Error::WrongIntegration { .. } => ErrorKind::InvalidInput,
             Error::KeyRejected { .. } => ErrorKind::Unauthenticated,

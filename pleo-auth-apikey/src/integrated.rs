@@ -268,7 +268,8 @@ impl IntegratedKeys {
     /// In order, each step refusing with a clear error and nothing stored:
     /// 1. the key's format ([`validate_key_format`](crate::validate_key_format));
     /// 2. `GET /v1/introspect` with the key: Pleo must accept it ([`Error::KeyRejected`]) as an
-    ///    API key ([`Error::NotAnApiKey`]) of one company ([`Error::NotACompanyKey`]), the
+    ///    API key ([`Error::NotAnApiKey`]) issued to an integration, not a Standalone key
+    ///    ([`Error::NotAnIntegratedKey`]), of one company ([`Error::NotACompanyKey`]), the
     ///    expected one if named ([`Error::WrongCompany`]), issued to the configured client if
     ///    configured ([`Error::WrongIntegration`]), carrying every required scope
     ///    ([`Error::MissingScopes`]);

@@ -81,6 +81,10 @@ pub(crate) fn check_integrated(
     info: &Introspection,
     expect: &Expectations<'_>,
 ) -> Result<CompanyId> {
+    // An Integrated key is issued to an integration; Pleo names none for a Standalone key.
+    if info.client_id.is_none() {
+        return Err(Error::NotAnIntegratedKey);
+    }
     let Subject::Company(company) = info.subject else {
         return Err(Error::NotACompanyKey {
             subject: info.subject,

@@ -29,9 +29,13 @@ const MAX_CONNECTIONS: usize = 32;
 /// Only `http` redirect URIs on `127.0.0.1`, `[::1]` or `localhost` (bound as `127.0.0.1`) are
 /// accepted. Without a port (or with port 0) an ephemeral port is chosen; read the final URI
 /// from [`LoopbackCallback::redirect_uri`] and send that one in the authorization request. The
-/// listener answers exactly one `GET` on the redirect path; other paths get a 404 and do not
-/// use up the listener. The pages never reflect request input. Validating `state` and
-/// exchanging the code are the OAuth crate's job.
+/// listener answers exactly one `GET` on the redirect path that carries an authorization
+/// response (a `code` or an `error`, and the expected `state` when one was given with
+/// [`LoopbackCallback::expect_state`]). Anything else does not use up the listener: other
+/// paths (a favicon) get a 404, other methods (a `HEAD` prefetch) a 405, and a request on the
+/// redirect path without an authorization response or with another `state` a 400. The pages
+/// never reflect request input. Validating `state` fully and exchanging the code are the OAuth
+/// crate's job.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -52,11 +56,14 @@ pub struct LoopbackCallback {
     redirect_uri: Url,
     path: String,
     authority: String,
+    state: Option<String>,
 }
 
 struct Shared {
     path: String,
     authority: String,
+    /// The `state` the authorization response must carry, if known.
+    state: Option<String>,
     consumed: AtomicBool,
 }
 
@@ -128,7 +135,17 @@ impl LoopbackCallback {
             authority: format!("{host}:{port}"),
             path: url.path().to_owned(),
             redirect_uri: url,
+            state: None,
         })
+    }
+
+    /// Accepts only the authorization response that carries `state` (the one of the
+    /// authorization request this listener waits for); a request with another or no `state`
+    /// gets a 400 and leaves the listener waiting.
+    #[must_use]
+    pub fn expect_state(mut self, state: impl Into<String>) -> Self {
+        self.state = Some(state.into());
+        self
     }
 
     /// The redirect URI to send in the authorization request, with the bound port.
@@ -146,6 +163,7 @@ impl LoopbackCallback {
         let shared = Arc::new(Shared {
             path: self.path,
             authority: self.authority,
+            state: self.state,
             consumed: AtomicBool::new(false),
         });
         let (tx, mut rx) = mpsc::channel::<String>(1);
@@ -255,10 +273,39 @@ fn route(head: &[u8], shared: &Shared) -> Route {
     if method != "GET" {
         return Route::Status(405, "Method Not Allowed", pages::BAD_REQUEST);
     }
+    if !is_authorization_response(query, shared.state.as_deref()) {
+        // A prefetch, a reload without parameters, a forged or stale redirect: not ours.
+        return bad;
+    }
     if shared.consumed.swap(true, Ordering::SeqCst) {
         return Route::Status(410, "Gone", pages::ALREADY_USED);
     }
     Route::Callback(query.to_owned())
+}
+
+/// Whether `query` is an authorization response: a `code` or an `error`, and `expected`'s
+/// `state` when given (compared in constant time).
+fn is_authorization_response(query: &str, expected: Option<&str>) -> bool {
+    let mut response = false;
+    let mut state = None;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "code" | "error" => response = true,
+            "state" => state = Some(value),
+            _ => {}
+        }
+    }
+    match expected {
+        None => response,
+        Some(expected) => {
+            response && state.is_some_and(|s| same(s.as_bytes(), expected.as_bytes()))
+        }
+    }
+}
+
+/// Byte equality in time that depends on the length only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether the redirect carries a code and no error.
@@ -302,6 +349,7 @@ mod tests {
         Shared {
             path: "/callback".to_owned(),
             authority: "127.0.0.1:5000".to_owned(),
+            state: None,
             consumed: AtomicBool::new(false),
         }
     }
@@ -342,6 +390,81 @@ mod tests {
             route(&head("GET /callback?code=z HTTP/1.1", "127.0.0.1:5000"), &s),
             Route::Status(410, "Gone", pages::ALREADY_USED)
         );
+    }
+
+    #[test]
+    fn stray_requests_do_not_use_up_the_listener() {
+        let s = Shared {
+            state: Some("expected-state".to_owned()),
+            ..shared()
+        };
+        let bad = Route::Status(400, "Bad Request", pages::BAD_REQUEST);
+        for stray in [
+            head("GET /favicon.ico HTTP/1.1", "127.0.0.1:5000"),
+            head(
+                "HEAD /callback?code=x&state=expected-state HTTP/1.1",
+                "127.0.0.1:5000",
+            ),
+            head("GET /callback HTTP/1.1", "127.0.0.1:5000"),
+            head("GET /callback?foo=bar HTTP/1.1", "127.0.0.1:5000"),
+            head("GET /callback?code=x HTTP/1.1", "127.0.0.1:5000"),
+            head(
+                "GET /callback?code=x&state=other-state HTTP/1.1",
+                "127.0.0.1:5000",
+            ),
+            head(
+                "GET /callback?code=x&state=expected-stat HTTP/1.1",
+                "127.0.0.1:5000",
+            ),
+        ] {
+            assert_ne!(
+                route(&stray, &s),
+                Route::Callback(String::new()),
+                "{}",
+                String::from_utf8_lossy(&stray)
+            );
+        }
+        assert!(!s.consumed.load(Ordering::SeqCst), "nothing was consumed");
+        assert_eq!(
+            route(&head("GET /callback HTTP/1.1", "127.0.0.1:5000"), &s),
+            bad
+        );
+        assert_eq!(
+            route(
+                &head(
+                    "GET /callback?error=access_denied&state=expected-state HTTP/1.1",
+                    "127.0.0.1:5000"
+                ),
+                &s
+            ),
+            Route::Callback("error=access_denied&state=expected-state".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_favicon_and_a_prefetch_before_the_redirect_change_nothing() {
+        let callback = LoopbackCallback::bind("http://127.0.0.1/callback")
+            .await
+            .unwrap()
+            .expect_state("s1");
+        let base = callback.redirect_uri().clone();
+        let waiting = tokio::spawn(callback.wait(Duration::from_secs(20)));
+        let client = reqwest::Client::new();
+        let favicon = client
+            .get(base.join("/favicon.ico").unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(favicon.status(), 404);
+        let bare = client.get(base.clone()).send().await.unwrap();
+        assert_eq!(bare.status(), 400);
+        let mut forged = base.clone();
+        forged.set_query(Some("code=c&state=s2"));
+        assert_eq!(client.get(forged).send().await.unwrap().status(), 400);
+        let mut real = base.clone();
+        real.set_query(Some("code=c&state=s1"));
+        assert_eq!(client.get(real).send().await.unwrap().status(), 200);
+        assert_eq!(waiting.await.unwrap().unwrap(), "code=c&state=s1");
     }
 
     #[test]

@@ -295,7 +295,7 @@ async fn revoke(inner: &Inner, held: &mut Held) -> Disposal {
     let subject = match held.record.subject {
         Some(subject) => subject,
         None => match usable_access(inner, held).await {
-            Some(access) => match crate::connect::resolve_subject(inner, &access).await {
+            Some(access) => match crate::subject::resolve_subject(inner, &access).await {
                 Ok((subject, _)) => {
                     held.record.subject = Some(subject);
                     subject

@@ -3,18 +3,23 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod callback;
 mod config;
 mod connect;
 mod dangling;
 mod error;
 mod events;
+mod grant;
 mod inner;
 mod manager;
 mod policy;
+mod recovery;
 mod server;
+mod subject;
 mod token;
 
+pub use builder::OAuthClientBuilder;
 pub use config::{DEFAULT_PENDING_TTL, OAuthConfig, OAuthConfigBuilder};
 pub use connect::{
     AuthorizationRequest, AuthorizationState, AuthorizeOptions, Connection, OAuthClient,
@@ -22,11 +27,10 @@ pub use connect::{
 pub use dangling::{DanglingStatus, Disposal};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{DynEventSink, EventSink, OAuthEvent, TracingEvents};
-pub use inner::OAuthClientBuilder;
-pub use manager::{
-    ActiveToken, DisconnectOutcome, FLUSH_ROUNDS, GrantState, GrantStatus, KeepAliveReport,
-    PendingPair, Recovered, TokenManager,
-};
+pub use grant::cell::ActiveToken;
+pub use grant::disconnect::DisconnectOutcome;
+pub use manager::{FLUSH_ROUNDS, GrantState, GrantStatus, KeepAliveReport, TokenManager};
 pub use policy::RefreshPolicy;
+pub use recovery::{PendingPair, Recovered};
 pub use server::{AuthorizationServer, ResolveSubject, SubjectLookup};
 pub use token::MAX_TOKEN_LIFETIME;

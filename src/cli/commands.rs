@@ -1,149 +1,29 @@
-//! `status`, `refresh`, `disconnect`, `token`, `api`, `sandbox` and `rewrap`.
+//! `refresh`, `disconnect`, `logout`, `token`, `api`, `sandbox` and `rewrap`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use pleo_auth::http::{Response, Target as RequestTarget};
 use pleo_auth::oauth::TokenManager;
-use pleo_auth::oauth::{DanglingStatus, DisconnectOutcome, ErrorKind as OAuthKind, GrantState};
+use pleo_auth::oauth::{DisconnectOutcome, ErrorKind as OAuthKind, GrantState};
 use pleo_auth::sandbox::Sandbox;
-use pleo_auth::{CredentialKind, CredentialProvider, OrganisationId, RevocationState, Subject};
+use pleo_auth::{
+    ClientId, CredentialKey, CredentialKind, CredentialProvider, OrganisationId, Precondition,
+    Subject, layout,
+};
 use serde_json::json;
 
 use super::exit::{CliError, Code};
-use super::output::{
-    describe, method_name, parse_company, print_table, resolve_subject, stdout_is_terminal,
-};
+use super::output::{describe, parse_company, print_json, resolve_subject, stdout_is_terminal};
 use super::settings::Settings;
 use super::{OptionalTarget, Target};
 
-/// Runs `status`.
-pub async fn status(settings: &Settings, as_json: bool) -> Result<(), CliError> {
-    let auth = settings.pleo_auth(None).await?;
-    let connections = auth
-        .connections()
-        .await
-        .map_err(|e| CliError::facade("listing the connections failed", e))?;
-    let dangling = match auth.token_manager() {
-        Ok(manager) => manager
-            .dangling()
-            .await
-            .map_err(|e| CliError::oauth("listing the grants not kept failed", e))?,
-        Err(_) => Vec::new(),
-    };
-    if as_json {
-        let dangling_items = dangling.iter().map(|d| {
-            json!({
-                "tenant": null,
-                "subject": d.subject.map(|s| s.to_string()),
-                "company": d.subject.and_then(|s| s.company()).map(|id| id.to_string()),
-                "organisation": d.subject.and_then(|s| s.organisation()).map(|id| id.to_string()),
-                "method": "oauth",
-                "environment": auth.environment().name().as_str(),
-                "state": "dangling",
-                "dangling_reason": d.reason.as_str(),
-                "revocation": revocation_name(d.revocation),
-                "revocation_attempts": d.attempts,
-            })
-        });
-        let items: Vec<_> = connections
-            .iter()
-            .map(|c| {
-                json!({
-                    "tenant": c.tenant.as_ref().map(|t| t.as_str()),
-                    "subject": c.subject.to_string(),
-                    "company": c.subject.company().map(|id| id.to_string()),
-                    "organisation": c.subject.organisation().map(|id| id.to_string()),
-                    "method": c.method.as_str(),
-                    "environment": c.environment.as_str(),
-                    "state": c.state.as_str(),
-                    "scopes": c.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-                    "generation": c.generation,
-                    "access_token_expires_at_ms": c.access_token_expires_at.map(|t| t.as_millis()),
-                    "masked_key": c.masked_key,
-                })
-            })
-            .chain(dangling_items)
-            .collect();
-        let text = serde_json::to_string_pretty(&items)
-            .map_err(|e| CliError::other("writing JSON failed").with_source(e))?;
-        println!("{text}");
-        return Ok(());
-    }
-    print_dangling(&dangling);
-    if connections.is_empty() {
-        println!(
-            "No connections in {} (store {}).",
-            auth.environment().name(),
-            settings.store
-        );
-        println!("Connect one with `pleo-auth login` or `pleo-auth keys add`.");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = connections
-        .iter()
-        .map(|c| {
-            vec![
-                c.tenant
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), |t| t.as_str().to_owned()),
-                match c.subject {
-                    Subject::Company(id) => id.to_string(),
-                    Subject::Organisation(id) => format!("organisation {id}"),
-                },
-                method_name(c.method).to_owned(),
-                c.environment.to_string(),
-                c.state.to_string(),
-                c.scopes.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "TENANT",
-            "PLEO COMPANY",
-            "METHOD",
-            "ENVIRONMENT",
-            "STATE",
-            "SCOPES",
-        ],
-        &rows,
-    );
-    Ok(())
-}
-
-/// Lists grants Pleo issued that are not kept and not yet revoked (on stderr, before the table).
-fn print_dangling(dangling: &[DanglingStatus]) {
-    if dangling.is_empty() {
-        return;
-    }
-    eprintln!(
-        "{} OAuth grant(s) were issued but are not kept, and are not revoked yet:",
-        dangling.len()
-    );
-    for d in dangling {
-        let who = d
-            .subject
-            .map_or_else(|| "an unknown company".to_owned(), |s| describe(&s));
-        let what = match d.revocation {
-            RevocationState::Unsafe => {
-                "revoking it would end the grant that is kept for this company; left alone"
-            }
-            _ => "the revocation is retried by keep-alive",
-        };
-        eprintln!("  {who}: {} ({what})", d.reason.as_str());
-    }
-}
-
-fn revocation_name(state: RevocationState) -> &'static str {
-    match state {
-        RevocationState::Unsafe => "unsafe",
-        _ => "pending",
-    }
-}
-
 /// Runs `refresh`: rotates the tokens of one grant, or of every active grant.
-pub async fn refresh(settings: &Settings, target: OptionalTarget) -> Result<(), CliError> {
+pub async fn refresh(
+    settings: &Settings,
+    target: OptionalTarget,
+    as_json: bool,
+) -> Result<(), CliError> {
     settings.require_oauth()?;
     let auth = settings.pleo_auth(None).await?;
     let manager = auth
@@ -161,24 +41,42 @@ pub async fn refresh(settings: &Settings, target: OptionalTarget) -> Result<(), 
             .filter(|g| g.state == GrantState::Active)
             .map(|g| g.subject)
             .collect();
-        if active.is_empty() {
-            println!("No active OAuth grant in {}.", auth.environment().name());
-            return Ok(());
+        if active.is_empty() && !as_json {
+            outln!("No active OAuth grant in {}.", auth.environment().name());
         }
         active
     };
     let mut first_failure: Option<CliError> = None;
+    let mut results = Vec::new();
     for subject in subjects {
-        match rotate(&manager, &subject).await {
-            Ok((before, after)) => println!(
-                "Refreshed {}: generation {before} -> {after}",
-                describe(&subject)
-            ),
+        let outcome = rotate(&manager, &subject).await;
+        let generations = outcome.as_ref().ok();
+        results.push(json!({
+            "subject": subject.to_string(),
+            "company": subject.company().map(|c| c.to_string()),
+            "refreshed": outcome.is_ok(),
+            "generation_before": generations.map(|(before, _)| before),
+            "generation": generations.map(|(_, after)| after),
+            "error": outcome.as_ref().err().map(CliError::message),
+            "exit_code": outcome.as_ref().err().map_or(0, |e| e.code() as u8),
+        }));
+        match outcome {
+            Ok((before, after)) => {
+                if !as_json {
+                    outln!(
+                        "Refreshed {}: generation {before} -> {after}",
+                        describe(&subject)
+                    );
+                }
+            }
             Err(err) => match &first_failure {
-                Some(_) => eprintln!("error: {err}"),
+                Some(_) => err.print(),
                 None => first_failure = Some(err),
             },
         }
+    }
+    if as_json {
+        print_json(&json!(results))?;
     }
     first_failure.map_or(Ok(()), Err)
 }
@@ -209,8 +107,13 @@ async fn rotate(manager: &TokenManager, subject: &Subject) -> Result<(u64, u64),
     Ok((before.generation(), after.generation()))
 }
 
-/// Runs `disconnect`.
-pub async fn disconnect(settings: &Settings, target: Target) -> Result<(), CliError> {
+/// Runs `disconnect`: revokes the grant at Pleo now, or records the revocation for keep-alive
+/// to retry (exit 9), and says which.
+pub async fn disconnect(
+    settings: &Settings,
+    target: Target,
+    as_json: bool,
+) -> Result<(), CliError> {
     settings.require_oauth()?;
     let auth = settings.pleo_auth(None).await?;
     let subject =
@@ -220,17 +123,41 @@ pub async fn disconnect(settings: &Settings, target: Target) -> Result<(), CliEr
         .map_err(|e| CliError::facade("OAuth is not configured", e))?;
     match manager.disconnect(&subject).await {
         Ok(outcome) => {
-            let how = match outcome {
-                DisconnectOutcome::Revoked => "revoked at Pleo and marked revoked",
-                DisconnectOutcome::RevocationPending => {
-                    "marked revoked; Pleo could not be reached, the revocation is retried"
-                }
-                DisconnectOutcome::LocalOnly => {
-                    "marked revoked (Pleo had refused the grant already)"
-                }
-                _ => "disconnected",
+            let (name, how, pending) = match outcome {
+                DisconnectOutcome::Revoked => (
+                    "revoked",
+                    "revoked at Pleo now (its installation is deleted) and marked revoked here",
+                    false,
+                ),
+                DisconnectOutcome::RevocationPending => (
+                    "revocation_recorded",
+                    "marked revoked here, but Pleo could not be reached: the grant stays valid at Pleo until the recorded revocation goes through; keep-alive retries it (`pleo-auth keep-alive`, or TokenManager::keep_alive)",
+                    true,
+                ),
+                DisconnectOutcome::LocalOnly => (
+                    "revoked_before",
+                    "marked revoked here; Pleo had refused the grant already, so there was nothing to revoke",
+                    false,
+                ),
+                _ => ("disconnected", "disconnected", false),
             };
-            println!("Disconnected {}: {how}.", describe(&subject));
+            if as_json {
+                print_json(&json!({
+                    "subject": subject.to_string(),
+                    "company": subject.company().map(|c| c.to_string()),
+                    "outcome": name,
+                    "revoked_at_pleo": !pending,
+                }))?;
+            } else {
+                outln!("Disconnected {}: {how}.", describe(&subject));
+            }
+            if pending {
+                return Err(CliError::new(
+                    Code::Network,
+                    format!("the revocation of {} is only recorded", describe(&subject)),
+                )
+                .hint("run keep-alive once Pleo answers again; until then Pleo still accepts the grant"));
+            }
             Ok(())
         }
         Err(e) if e.kind() == &OAuthKind::NotConnected => {
@@ -255,6 +182,90 @@ pub async fn disconnect(settings: &Settings, target: Target) -> Result<(), CliEr
     }
 }
 
+/// Runs `logout`: deletes the company's stored OAuth grant and Integrated API key here, and
+/// its tenant link, without asking Pleo; what Pleo issued stays valid there.
+pub async fn logout(settings: &Settings, target: Target, as_json: bool) -> Result<(), CliError> {
+    let auth = settings.pleo_auth(None).await?;
+    let subject =
+        resolve_subject(&auth, target.company.as_deref(), target.tenant.as_deref()).await?;
+    let store = auth.store();
+    let environment = auth.environment().name().clone();
+    let mut forgotten = Vec::new();
+    if let Some((client_id, _)) = &settings.client {
+        let client = ClientId::new(client_id.clone())
+            .map_err(|e| CliError::config("the client id is refused").with_source(e))?;
+        let key = layout::oauth_grant(&CredentialKey::new(environment.clone(), client, subject));
+        if forget(store, &key).await? {
+            forgotten.push("oauth");
+        }
+    }
+    if let (Some(company), Ok(keys)) = (subject.company(), auth.api_keys())
+        && keys
+            .remove(company)
+            .await
+            .map_err(|e| CliError::apikey("removing the Integrated API key failed", e))?
+            .is_some()
+    {
+        forgotten.push("integrated_api_key");
+    }
+    let links = auth.tenant_links();
+    if let Some(tenant) = links
+        .tenant_for(&environment, &subject)
+        .await
+        .map_err(|e| CliError::core("reading the tenant link failed", e))?
+    {
+        links
+            .unlink(&environment, &tenant.tenant)
+            .await
+            .map_err(|e| CliError::core("removing the tenant link failed", e))?;
+    }
+    if forgotten.is_empty() {
+        return Err(CliError::new(
+            Code::NotConnected,
+            format!("nothing is stored for {}", describe(&subject)),
+        ));
+    }
+    if as_json {
+        print_json(&json!({
+            "subject": subject.to_string(),
+            "company": subject.company().map(|c| c.to_string()),
+            "forgotten": forgotten,
+            "revoked_at_pleo": false,
+        }))?;
+    } else {
+        outln!(
+            "Forgot the stored credentials of {} ({}).",
+            describe(&subject),
+            forgotten.join(", ")
+        );
+        if forgotten.contains(&"oauth") {
+            outln!(
+                "  The OAuth grant stays valid at Pleo; `pleo-auth disconnect` revokes it instead."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the record at `key`; whether there was one.
+async fn forget(
+    store: &pleo_auth::DynSecretStore,
+    key: &pleo_auth::StoreKey,
+) -> Result<bool, CliError> {
+    let failed = |e| CliError::core("deleting the stored grant failed", e);
+    let Some(found) = store.get(key).await.map_err(failed)? else {
+        return Ok(false);
+    };
+    match store
+        .delete(key, Precondition::Version(found.version))
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == pleo_auth::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(failed(e)),
+    }
+}
+
 /// `token` options.
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
@@ -271,6 +282,10 @@ pub struct TokenArgs {
     /// Print to a terminal too (the secret stays on screen and in its scrollback)
     #[arg(long)]
     reveal: bool,
+    /// Print JSON: subject, method, the Authorization header value and, for OAuth, the access
+    /// token
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `token`.
@@ -292,6 +307,17 @@ pub async fn token(settings: &Settings, args: TokenArgs) -> Result<(), CliError>
             )
         })?;
     let header = credential.header.expose_secret();
+    if args.json {
+        return print_json(&json!({
+            "subject": subject.to_string(),
+            "company": subject.company().map(|c| c.to_string()),
+            "method": credential.kind.as_str(),
+            "authorization": header,
+            "access_token": header
+                .strip_prefix("Bearer ")
+                .filter(|_| credential.kind == CredentialKind::OAuth),
+        }));
+    }
     let value = if args.header {
         header
     } else {
@@ -306,10 +332,8 @@ pub async fn token(settings: &Settings, args: TokenArgs) -> Result<(), CliError>
             }
         }
     };
-    let mut out = std::io::stdout();
-    writeln!(out, "{value}")
-        .and_then(|()| out.flush())
-        .map_err(|e| CliError::other("writing to stdout failed").with_source(e))
+    outln!("{value}");
+    Ok(())
 }
 
 /// `api` options.
@@ -408,10 +432,8 @@ async fn print_response(response: Response) -> Result<(), CliError> {
         Ok(value) => serde_json::to_string_pretty(&value).unwrap_or(text),
         Err(_) => text,
     };
-    let mut out = std::io::stdout();
-    writeln!(out, "{shown}")
-        .and_then(|()| out.flush())
-        .map_err(|e| CliError::other("writing to stdout failed").with_source(e))
+    outln!("{shown}");
+    Ok(())
 }
 
 /// `sandbox` options.
@@ -441,11 +463,8 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::other("starting the sandbox failed").with_source(e))?;
     let url = sandbox.base_url();
-    let mut out = std::io::stdout();
-    writeln!(out, "{url}")
-        .and_then(|()| out.flush())
-        .map_err(|e| CliError::other("writing to stdout failed").with_source(e))?;
-    eprintln!(
+    outln!("{url}");
+    errln!(
         "Pleo sandbox {:?} listening on {url}; stop it with Ctrl-C. Use it with:\n  export PLEO_ENV=sandbox PLEO_SANDBOX_URL={url}",
         sandbox.environment_name()
     );
@@ -471,7 +490,7 @@ async fn terminated() {
 
 /// Runs `rewrap`: every record below `pleo-auth/` sealed again under the current key.
 #[cfg(feature = "encryption")]
-pub async fn rewrap(settings: &Settings) -> Result<(), CliError> {
+pub async fn rewrap(settings: &Settings, as_json: bool) -> Result<(), CliError> {
     let store = settings.encrypted_store().await?;
     let root = pleo_auth::StoreKey::from_parts(["pleo-auth"])
         .map_err(|e| CliError::core("the store's root is not a key", e))?;
@@ -479,18 +498,27 @@ pub async fn rewrap(settings: &Settings) -> Result<(), CliError> {
         .rewrap_below(&root, 500)
         .await
         .map_err(|e| CliError::core("listing the records failed", e))?;
-    println!(
-        "checked {}, rewrapped {}, changed meanwhile {}, failed {}",
-        report.checked,
-        report.rewrapped.len(),
-        report.raced.len(),
-        report.failed.len()
-    );
-    for key in &report.raced {
-        println!("  {key}: written meanwhile (already under the current key)");
-    }
-    for (key, error) in &report.failed {
-        println!("  {key}: {error}");
+    if as_json {
+        print_json(&json!({
+            "checked": report.checked,
+            "rewrapped": report.rewrapped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "raced": report.raced.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "failed": report.failed.iter().map(|(key, error)| json!({"record": key.to_string(), "error": error.to_string()})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        outln!(
+            "checked {}, rewrapped {}, changed meanwhile {}, failed {}",
+            report.checked,
+            report.rewrapped.len(),
+            report.raced.len(),
+            report.failed.len()
+        );
+        for key in &report.raced {
+            outln!("  {key}: written meanwhile (already under the current key)");
+        }
+        for (key, error) in &report.failed {
+            outln!("  {key}: {error}");
+        }
     }
     match report.failed.into_iter().next() {
         None => Ok(()),
@@ -504,7 +532,7 @@ pub async fn rewrap(settings: &Settings) -> Result<(), CliError> {
 
 /// Runs `rewrap` in a build without the encryption wrapper.
 #[cfg(not(feature = "encryption"))]
-pub async fn rewrap(_settings: &Settings) -> Result<(), CliError> {
+pub async fn rewrap(_settings: &Settings, _as_json: bool) -> Result<(), CliError> {
     Err(super::settings::not_built("rewrap", "encryption"))
 }
 

@@ -34,7 +34,7 @@ pub async fn run() -> Result<(), CliError> {
     demo.integrated_key().await?;
     demo.revocation().await?;
     demo.summary().await?;
-    println!(
+    outln!(
         "\nAll checks passed in {:.1}s. Next: `pleo-auth sandbox`, then `pleo-auth login` against it (see --help).",
         started.elapsed().as_secs_f64()
     );
@@ -54,11 +54,11 @@ fn check(ok: bool, what: impl Into<String>) -> Result<(), CliError> {
 }
 
 fn step(n: u32, text: &str) {
-    println!("\n{n}. {text}");
+    outln!("\n{n}. {text}");
 }
 
 fn fact(text: impl AsRef<str>) {
-    println!("   - {}", text.as_ref());
+    outln!("   - {}", text.as_ref());
 }
 
 struct Demo {
@@ -81,9 +81,7 @@ fn globex() -> CompanyId {
 
 impl Demo {
     async fn start() -> Result<Self, CliError> {
-        println!(
-            "pleo-auth demo: the whole story against a local Pleo sandbox, every step checked."
-        );
+        outln!("pleo-auth demo: the whole story against a local Pleo sandbox, every step checked.");
         let sandbox = Sandbox::builder()
             .auto_approve(Some(seed::ACME_DK))
             .start()
@@ -122,7 +120,7 @@ impl Demo {
             )
             .build()
             .map_err(|e| CliError::facade("setting up pleo-auth failed", e))?;
-        println!(
+        outln!(
             "   sandbox {base} (auto-approves consent for Acme Denmark ApS), file store {}",
             store_root.display()
         );

@@ -3,15 +3,18 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pleo_auth::ErrorKind;
+
+use super::output::{Level, print_level};
 
 /// The documented exit codes of `pleo-auth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
-    /// 1: any other failure.
+    /// 1: any other failure (a bug, an answer pleo-auth does not understand).
     Other = 1,
-    /// 2: a usage or configuration error.
+    /// 2: a usage error: a bad flag, argument or input.
     Usage = 2,
     /// 3: no credential is stored for the company or tenant.
     NotConnected = 3,
@@ -19,32 +22,57 @@ pub enum Code {
     Reauthorize = 4,
     /// 5: wrong company or environment, or a tenant already linked elsewhere.
     WrongCompany = 5,
-    /// 6: a missing scope or permission.
-    PermissionDenied = 6,
-    /// 7: the secret store is unavailable or unusable.
-    StoreUnavailable = 7,
-    /// 8: the user denied access on the consent page.
-    AccessDenied = 8,
-    /// 9: Pleo is rate limiting or unavailable.
-    PleoUnavailable = 9,
+    /// 6: Pleo refused: a missing scope or permission, a denied consent, an unknown path.
+    Refused = 6,
+    /// 7: the secret store is unavailable, or a record in it is unreadable.
+    Store = 7,
+    /// 8: the configuration cannot work (client id, secret, redirect URI, config file).
+    Config = 8,
+    /// 9: Pleo could not be reached, is unavailable or rate limiting, or a wait timed out.
+    Network = 9,
+    /// 130: interrupted by Ctrl-C (128 + SIGINT).
+    Interrupted = 130,
+}
+
+impl Code {
+    /// The exit code as a process exit code.
+    pub fn exit_code(self) -> ExitCode {
+        ExitCode::from(self as u8)
+    }
 }
 
 /// The exit code table shown in `--help` and in the README.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
-  1  any other failure
-  2  usage or configuration error (a bad flag, a missing PLEO_CLIENT_ID, an unknown store URL)
-  3  not connected: no OAuth grant or API key is stored for that company or tenant
-  4  needs reauthorization: the customer must consent again (`login`), or the API key was
-     rejected and must be replaced (`keys replace`)
-  5  wrong company or environment, or the tenant / company is already linked elsewhere
-  6  missing scope or permission
-  7  the secret store is unavailable or unusable
-  8  access denied: the user clicked Deny on Pleo's consent page
-  9  Pleo is rate limiting or unavailable; retry later";
+  0    success
+  1    any other failure (a bug, or an answer pleo-auth does not understand)
+  2    usage: a bad flag, argument or input (a mistyped UUID, text that is not an API key)
+  3    not connected: nothing is stored for that company or tenant
+  4    needs reauthorization: the customer must consent again (`login`), or the API key was
+       rejected and must be replaced (`keys replace`)
+  5    wrong company or environment, or the tenant / company is already linked elsewhere
+  6    Pleo refused: a missing scope or permission, consent denied, an unknown API path
+       (404) or another refused request, an API key Pleo does not accept
+  7    store error: the secret store is unavailable, or a record in it is unreadable
+  8    configuration error: a missing or wrong client id, secret or redirect URI, a bad or
+       unprotected config file, an unknown store URL
+  9    network or timeout: Pleo could not be reached, answered 5xx or 429, a revocation is
+       only recorded (`disconnect`), or `login` waited in vain for the browser
+  130  interrupted (Ctrl-C); the terminal is restored
+`status` exits with the code of the most pressing problem it lists: 7 (unreadable record),
+4 (needs reauthorization), 5 (wrong company), then 9 (Pleo unreachable, with --check).
+A closed output pipe (`pleo-auth status | head -1`) ends the output quietly; the exit code is
+the command's own.";
 
 type Source = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Whether errors print their whole cause chain (`--verbose`).
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// Makes errors print their whole cause chain.
+pub fn set_verbose(verbose: bool) {
+    VERBOSE.store(verbose, Ordering::Relaxed);
+}
 
 /// A failed command: what to tell the user and which exit code to use.
 pub struct CliError {
@@ -65,14 +93,24 @@ impl CliError {
         }
     }
 
-    /// A usage or configuration error.
+    /// A usage error.
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(Code::Usage, message)
+    }
+
+    /// A configuration error.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(Code::Config, message)
     }
 
     /// Any other failure.
     pub fn other(message: impl Into<String>) -> Self {
         Self::new(Code::Other, message)
+    }
+
+    /// Interrupted by Ctrl-C.
+    pub fn interrupted() -> Self {
+        Self::new(Code::Interrupted, "interrupted")
     }
 
     /// Adds what the user can do about it.
@@ -88,18 +126,25 @@ impl CliError {
     }
 
     /// The exit code.
-    #[cfg(test)]
     pub fn code(&self) -> Code {
         self.code
+    }
+
+    /// The message, without cause or hint.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// Classifies a library error of `kind` by its kind and by whether a secret store failed
     /// on the way (a core error naming a backend in its source chain).
     pub fn classify(context: impl Into<String>, kind: ErrorKind, err: Source) -> Self {
         let code = code_for(kind, store_failed(err.as_ref()));
-        let mut cli = Self::new(code, context).with_source(err);
-        cli.hint = default_hint(code).map(str::to_owned);
-        cli
+        Self::new(code, context).with_source(err).default_hint()
+    }
+
+    fn default_hint(mut self) -> Self {
+        self.hint = default_hint(self.code).map(str::to_owned);
+        self
     }
 
     /// From a core (or store) error.
@@ -115,18 +160,72 @@ impl CliError {
     /// From an OAuth error.
     pub fn oauth(context: impl Into<String>, err: pleo_auth::oauth::Error) -> Self {
         use pleo_auth::oauth::ErrorKind as OAuthKind;
-        match err.kind() {
-            OAuthKind::AccessDenied { .. } => Self::new(
-                Code::AccessDenied,
-                "access denied: the authorization was refused on Pleo's consent page",
-            )
-            .with_source(err),
-            OAuthKind::Store(_) => {
-                let mut cli = Self::new(Code::StoreUnavailable, context).with_source(err);
-                cli.hint = default_hint(Code::StoreUnavailable).map(str::to_owned);
-                cli
+        let (code, hint): (Code, Option<String>) = match err.kind() {
+            OAuthKind::AccessDenied { .. } => {
+                return Self::new(
+                    Code::Refused,
+                    "access denied: the authorization was refused on Pleo's consent page",
+                )
+                .with_source(err);
             }
-            kind => Self::classify(context, kind.core_kind(), Box::new(err)),
+            OAuthKind::AuthorizationError { code, .. } => match code.as_str() {
+                "invalid_scope" => (
+                    Code::Refused,
+                    Some("request only scopes the client is registered for (--scopes or PLEO_SCOPES)".to_owned()),
+                ),
+                "unauthorized_client" | "invalid_client" | "invalid_request"
+                | "unsupported_response_type" => (
+                    Code::Config,
+                    Some("check PLEO_CLIENT_ID and that the redirect URI is registered for it".to_owned()),
+                ),
+                "server_error" | "temporarily_unavailable" => (Code::Network, None),
+                _ => (Code::Refused, None),
+            },
+            OAuthKind::CodeRejected { .. } => (
+                Code::Refused,
+                Some("run `pleo-auth login` again; an authorization code works once, briefly".to_owned()),
+            ),
+            OAuthKind::InvalidClient | OAuthKind::InvalidConfig => (
+                Code::Config,
+                Some("check PLEO_CLIENT_ID and PLEO_CLIENT_SECRET".to_owned()),
+            ),
+            OAuthKind::InvalidCallback
+            | OAuthKind::UnknownState
+            | OAuthKind::StateExpired
+            | OAuthKind::IssuerMismatch => (
+                Code::Usage,
+                Some("run `pleo-auth login` again and use the URL of that run".to_owned()),
+            ),
+            OAuthKind::Store(kind) if *kind != ErrorKind::NotFound => (Code::Store, None),
+            OAuthKind::UnexpectedResponse => (Code::Other, None),
+            kind => {
+                return Self::classify(context, kind.core_kind(), Box::new(err));
+            }
+        };
+        let cli = Self::new(code, context).with_source(err);
+        match hint {
+            Some(hint) => cli.hint(hint),
+            None => cli.default_hint(),
+        }
+    }
+
+    /// From an API key error while a new key is given (`keys add`, `keys replace`): a key Pleo
+    /// does not accept is refused (6), not a stored key needing replacement.
+    pub fn new_key(context: impl Into<String>, err: pleo_auth::apikey::Error) -> Self {
+        use pleo_auth::apikey::Error as KeyError;
+        match &err {
+            KeyError::KeyRejected { .. } => Self::new(Code::Refused, context)
+                .with_source(err)
+                .hint("Pleo does not accept this key here: check that it is complete, not revoked or expired, and from this environment (--env)"),
+            KeyError::InvalidKeyFormat { .. } | KeyError::NotAnApiKey | KeyError::NotAnIntegratedKey => {
+                Self::new(Code::Usage, context)
+                    .with_source(err)
+                    .hint("paste the Integrated API key Pleo showed when the integration was installed")
+            }
+            KeyError::NotACompanyKey { .. } | KeyError::WrongIntegration { .. } => {
+                Self::new(Code::WrongCompany, context).with_source(err)
+            }
+            _ => Self::apikey(context, err),
         }
     }
 
@@ -139,7 +238,8 @@ impl CliError {
     /// endpoint needs, when known.
     pub fn http(context: impl Into<String>, err: pleo_auth::http::Error) -> Self {
         let mut context = context.into();
-        if let Some(status) = err.status() {
+        let status = err.status();
+        if let Some(status) = status {
             context.push_str(&format!(" (HTTP {status})"));
         }
         if let Some(message) = err.server_message() {
@@ -147,6 +247,19 @@ impl CliError {
         }
         let scopes = err.required_scopes().to_string();
         let kind = err.kind();
+        if status == Some(404) {
+            return Self::new(Code::Refused, context)
+                .with_source(err)
+                .hint("Pleo knows no such path: check it against the API reference (a typo?)");
+        }
+        if matches!(status, Some(400..=499))
+            && matches!(
+                kind,
+                ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::Unexpected
+            )
+        {
+            return Self::new(Code::Refused, context).with_source(err);
+        }
         let mut cli = Self::classify(context, kind, Box::new(err));
         if kind == ErrorKind::PermissionDenied && !scopes.is_empty() {
             cli.hint = Some(format!(
@@ -159,12 +272,32 @@ impl CliError {
     /// Prints the error to stderr and returns the exit code.
     pub fn report(&self) -> ExitCode {
         self.print();
-        ExitCode::from(self.code as u8)
+        self.code.exit_code()
     }
 
-    /// Prints the error, its causes and its hint to stderr.
+    /// Prints the error to stderr: one line saying what happened (with its deepest cause),
+    /// one line saying what to do; `--verbose` lists every cause.
     pub fn print(&self) {
-        eprintln!("error: {}", self.message);
+        let causes = self.causes();
+        if VERBOSE.load(Ordering::Relaxed) {
+            print_level(Level::Error, &self.message);
+            for cause in &causes {
+                print_level(Level::Cause, cause);
+            }
+        } else {
+            match causes.last() {
+                Some(last) => print_level(Level::Error, &format!("{}: {last}", self.message)),
+                None => print_level(Level::Error, &self.message),
+            }
+        }
+        if let Some(hint) = &self.hint {
+            print_level(Level::Hint, hint);
+        }
+    }
+
+    /// The distinct messages of the cause chain.
+    fn causes(&self) -> Vec<String> {
+        let mut out = Vec::new();
         let mut source = self
             .source
             .as_deref()
@@ -173,15 +306,13 @@ impl CliError {
         while let Some(cause) = source {
             // Layers that convert an error keep it as the source with the same message.
             let text = cause.to_string();
-            if text != last {
-                eprintln!("  caused by: {text}");
+            if text != last && !self.message.ends_with(&text) {
+                out.push(text.clone());
                 last = text;
             }
             source = cause.source();
         }
-        if let Some(hint) = &self.hint {
-            eprintln!("hint: {hint}");
-        }
+        out
     }
 }
 
@@ -218,7 +349,7 @@ fn store_failed(err: &(dyn StdError + 'static)) -> bool {
 fn code_for(kind: ErrorKind, store_failed: bool) -> Code {
     match kind {
         ErrorKind::NotFound => Code::NotConnected,
-        _ if store_failed => Code::StoreUnavailable,
+        _ if store_failed => Code::Store,
         ErrorKind::NeedsReauthorization
         | ErrorKind::NeedsReplacement
         | ErrorKind::Revoked
@@ -226,12 +357,13 @@ fn code_for(kind: ErrorKind, store_failed: bool) -> Code {
         ErrorKind::WrongCompany | ErrorKind::WrongEnvironment | ErrorKind::Conflict => {
             Code::WrongCompany
         }
-        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::PermissionDenied => Code::Refused,
         ErrorKind::Unavailable | ErrorKind::RateLimited | ErrorKind::LeaseUnavailable => {
-            Code::PleoUnavailable
+            Code::Network
         }
-        ErrorKind::Corrupt | ErrorKind::UnsupportedSchema => Code::StoreUnavailable,
-        ErrorKind::Config | ErrorKind::InvalidInput => Code::Usage,
+        ErrorKind::Corrupt | ErrorKind::UnsupportedSchema => Code::Store,
+        ErrorKind::Config => Code::Config,
+        ErrorKind::InvalidInput => Code::Usage,
         _ => Code::Other,
     }
 }
@@ -244,12 +376,13 @@ fn default_hint(code: Code) -> Option<&'static str> {
         Code::Reauthorize => Some(
             "the customer must connect again: `pleo-auth login` for OAuth, `pleo-auth keys replace` for an API key",
         ),
-        Code::StoreUnavailable => Some(
-            "check the store (PLEO_STORE or --store), that it is reachable and its credentials",
+        Code::Store => Some(
+            "check the store (PLEO_STORE or --store): that it is reachable, its credentials, and `pleo-auth status` for unreadable records",
         ),
-        Code::PleoUnavailable => {
-            Some("Pleo did not answer in time or asked to slow down; retry later")
-        }
+        Code::Network => Some(
+            "Pleo did not answer in time, failed or asked to slow down; check the network and retry later",
+        ),
+        Code::Config => Some("check the configuration: `pleo-auth --help` lists every setting"),
         _ => None,
     }
 }
@@ -261,9 +394,9 @@ mod tests {
     #[test]
     fn store_failures_win_over_the_kind() {
         let store = pleo_auth::CoreError::unavailable("connection refused").with_backend("redis");
-        assert_eq!(CliError::core("x", store).code(), Code::StoreUnavailable);
+        assert_eq!(CliError::core("x", store).code(), Code::Store);
         let pleo = pleo_auth::CoreError::unavailable("token endpoint timed out");
-        assert_eq!(CliError::core("x", pleo).code(), Code::PleoUnavailable);
+        assert_eq!(CliError::core("x", pleo).code(), Code::Network);
         let missing =
             pleo_auth::CoreError::new(ErrorKind::NotFound, "nothing").with_backend("file");
         assert_eq!(CliError::core("x", missing).code(), Code::NotConnected);
@@ -271,24 +404,45 @@ mod tests {
 
     #[test]
     fn kinds_map_to_documented_codes() {
-        assert_eq!(
-            code_for(ErrorKind::NeedsReauthorization, false),
-            Code::Reauthorize
-        );
-        assert_eq!(
-            code_for(ErrorKind::NeedsReplacement, false),
-            Code::Reauthorize
-        );
-        assert_eq!(code_for(ErrorKind::WrongCompany, false), Code::WrongCompany);
-        assert_eq!(
-            code_for(ErrorKind::PermissionDenied, false),
-            Code::PermissionDenied
-        );
-        assert_eq!(
-            code_for(ErrorKind::RateLimited, false),
-            Code::PleoUnavailable
-        );
-        assert_eq!(code_for(ErrorKind::Config, false), Code::Usage);
-        assert_eq!(code_for(ErrorKind::Unexpected, false), Code::Other);
+        for (kind, code) in [
+            (ErrorKind::NeedsReauthorization, Code::Reauthorize),
+            (ErrorKind::NeedsReplacement, Code::Reauthorize),
+            (ErrorKind::WrongCompany, Code::WrongCompany),
+            (ErrorKind::WrongEnvironment, Code::WrongCompany),
+            (ErrorKind::PermissionDenied, Code::Refused),
+            (ErrorKind::RateLimited, Code::Network),
+            (ErrorKind::Unavailable, Code::Network),
+            (ErrorKind::Corrupt, Code::Store),
+            (ErrorKind::UnsupportedSchema, Code::Store),
+            (ErrorKind::Config, Code::Config),
+            (ErrorKind::InvalidInput, Code::Usage),
+            (ErrorKind::Unexpected, Code::Other),
+        ] {
+            assert_eq!(code_for(kind, false), code, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn every_code_is_in_the_table() {
+        for code in [
+            Code::Other,
+            Code::Usage,
+            Code::NotConnected,
+            Code::Reauthorize,
+            Code::WrongCompany,
+            Code::Refused,
+            Code::Store,
+            Code::Config,
+            Code::Network,
+            Code::Interrupted,
+        ] {
+            let n = code as u8;
+            assert!(
+                EXIT_CODES
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{n} "))),
+                "{n} is documented"
+            );
+        }
     }
 }

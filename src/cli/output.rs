@@ -1,6 +1,9 @@
-//! Terminal helpers: who a command is about, a spinner, tables.
+//! Terminal helpers: who a command is about, output that survives a closed pipe, colours, a
+//! spinner, tables.
 
+use std::fmt;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pleo_auth::{CompanyId, CredentialKind, PleoAuth, Subject, TenantId};
@@ -12,6 +15,75 @@ use super::exit::{CliError, Code};
 /// Whether stdout is a terminal (a person reading, not a pipe).
 pub fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
+}
+
+/// Set once stdout turned out to be a closed pipe: later output is dropped.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to stdout (the `outln!` macro). A closed pipe (`pleo-auth status | head -1`) ends the
+/// output quietly instead of panicking; the command still finishes its work and exits with its
+/// own code.
+pub fn write_out(args: fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(args).and_then(|()| out.flush()).is_err() {
+        // Any failure to write stdout (a closed pipe, a full disk) ends the output; the
+        // command's outcome is told by its exit code.
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::other("writing JSON failed").with_source(e))?;
+    outln!("{text}");
+    Ok(())
+}
+
+/// Writes to stderr (the `errln!` macro), with colours only where stderr is a terminal that
+/// wants them (`NO_COLOR`, `CLICOLOR`, `CLICOLOR_FORCE` are honoured). Write errors are ignored.
+pub fn write_err(args: fmt::Arguments<'_>) {
+    let mut err = anstream::stderr().lock();
+    let _ = err.write_fmt(args);
+}
+
+/// Whether stderr shows colours: a terminal, and `NO_COLOR` is not set.
+pub fn stderr_has_colour() -> bool {
+    anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never
+}
+
+/// The kind of a message on stderr, which picks its prefix and colour.
+#[derive(Debug, Clone, Copy)]
+pub enum Level {
+    /// `error: ...`, red.
+    Error,
+    /// `  caused by: ...` (with `--verbose`).
+    Cause,
+    /// `warning: ...`, yellow.
+    Warning,
+    /// `hint: ...`, cyan.
+    Hint,
+}
+
+/// Prints `text` on stderr with the prefix of `level`.
+pub fn print_level(level: Level, text: &str) {
+    use anstyle::{AnsiColor, Style};
+    let (prefix, style) = match level {
+        Level::Error => (
+            "error:",
+            Style::new().bold().fg_color(Some(AnsiColor::Red.into())),
+        ),
+        Level::Cause => ("  caused by:", Style::new().dimmed()),
+        Level::Warning => (
+            "warning:",
+            Style::new().bold().fg_color(Some(AnsiColor::Yellow.into())),
+        ),
+        Level::Hint => ("hint:", Style::new().fg_color(Some(AnsiColor::Cyan.into()))),
+    };
+    write_err(format_args!("{style}{prefix}{style:#} {text}\n"));
 }
 
 /// Parses a company id given on the command line.
@@ -77,8 +149,12 @@ pub fn method_name(kind: CredentialKind) -> &'static str {
     }
 }
 
+/// The widest spinner line: it must fit an 80-column terminal without wrapping, or every
+/// redraw scrolls the screen.
+pub const SPINNER_MAX_COLUMNS: usize = 79;
+
 /// A spinner on stderr while something is awaited; a single line when stderr is not a
-/// terminal.
+/// terminal. The message is cut to fit [`SPINNER_MAX_COLUMNS`] with its frame.
 pub struct Spinner {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -86,9 +162,10 @@ pub struct Spinner {
 
 impl Spinner {
     /// Shows `message` with a spinner in front.
-    pub fn start(message: String) -> Self {
+    pub fn start(message: &str) -> Self {
+        let message = fit(message, SPINNER_MAX_COLUMNS - 2);
         if !std::io::stderr().is_terminal() {
-            eprintln!("{message}");
+            errln!("{message}");
             return Self {
                 stop: None,
                 task: None,
@@ -131,6 +208,16 @@ impl Spinner {
     }
 }
 
+/// `text` cut to at most `columns` characters, ending in `…` when cut.
+pub fn fit(text: &str, columns: usize) -> String {
+    if text.chars().count() <= columns {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(columns.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// Prints rows as a table with a header, columns padded to their widest cell.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -148,10 +235,23 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_cuts_to_the_column_count() {
+        assert_eq!(fit("short", 10), "short");
+        let cut = fit(&"x".repeat(100), SPINNER_MAX_COLUMNS - 2);
+        assert_eq!(cut.chars().count(), SPINNER_MAX_COLUMNS - 2);
+        assert!(cut.ends_with('…'));
     }
 }

@@ -54,7 +54,7 @@ pub fn save(pairs: &[PendingPair]) -> Result<PathBuf, CliError> {
         .as_millis();
     let path = dir.join(format!("{PREFIX}{millis}-{}{SUFFIX}", std::process::id()));
     let failed = |e: std::io::Error| {
-        CliError::new(Code::StoreUnavailable, "writing the recovery file failed").with_source(e)
+        CliError::new(Code::Store, "writing the recovery file failed").with_source(e)
     };
     let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(failed)?;
     restrict(file.path()).map_err(failed)?;
@@ -86,7 +86,7 @@ pub async fn apply(manager: &TokenManager) {
     files.sort();
     for file in files {
         if let Err(err) = apply_file(manager, &file).await {
-            eprintln!("warning: {err}");
+            errln!("warning: {err}");
         }
     }
 }
@@ -94,7 +94,7 @@ pub async fn apply(manager: &TokenManager) {
 async fn apply_file(manager: &TokenManager, file: &Path) -> Result<(), CliError> {
     let shown = file.display();
     let bytes = Zeroizing::new(fs::read(file).map_err(|e| {
-        CliError::new(Code::StoreUnavailable, format!("reading {shown} failed")).with_source(e)
+        CliError::new(Code::Store, format!("reading {shown} failed")).with_source(e)
     })?);
     let mut keep: Vec<&[u8]> = Vec::new();
     let mut pairs = Vec::new();
@@ -106,7 +106,7 @@ async fn apply_file(manager: &TokenManager, file: &Path) -> Result<(), CliError>
                 lines.push(line);
             }
             Err(_) => {
-                eprintln!("warning: {shown} has an unreadable line; it is kept");
+                errln!("warning: {shown} has an unreadable line; it is kept");
                 keep.push(line);
             }
         }
@@ -115,12 +115,12 @@ async fn apply_file(manager: &TokenManager, file: &Path) -> Result<(), CliError>
     for ((subject, result), line) in manager.recover(pairs).await.into_iter().zip(lines) {
         match result {
             Ok(Recovered::Stored) => stored += 1,
-            Ok(Recovered::Dropped) => eprintln!(
+            Ok(Recovered::Dropped) => errln!(
                 "warning: a recovered token pair of {subject} was not written: the store holds a newer one"
             ),
             Ok(_) => keep.push(line),
             Err(err) => {
-                eprintln!(
+                errln!(
                     "warning: the recovered token pair of {subject} could not be written yet: {err}"
                 );
                 keep.push(line);
@@ -128,10 +128,10 @@ async fn apply_file(manager: &TokenManager, file: &Path) -> Result<(), CliError>
         }
     }
     if stored > 0 {
-        eprintln!("Applied {stored} rotated token pair(s) from {shown}.");
+        errln!("Applied {stored} rotated token pair(s) from {shown}.");
     }
     let failed = |e: std::io::Error| {
-        CliError::new(Code::StoreUnavailable, format!("updating {shown} failed")).with_source(e)
+        CliError::new(Code::Store, format!("updating {shown} failed")).with_source(e)
     };
     if keep.is_empty() {
         return fs::remove_file(file).map_err(failed);
@@ -152,11 +152,7 @@ async fn apply_file(manager: &TokenManager, file: &Path) -> Result<(), CliError>
 
 fn create_private_dir(dir: &Path) -> Result<(), CliError> {
     let failed = |e: std::io::Error| {
-        CliError::new(
-            Code::StoreUnavailable,
-            format!("creating {} failed", dir.display()),
-        )
-        .with_source(e)
+        CliError::new(Code::Store, format!("creating {} failed", dir.display())).with_source(e)
     };
     fs::create_dir_all(dir).map_err(failed)?;
     #[cfg(unix)]

@@ -11,44 +11,110 @@ use pleo_auth::{
     ClientId, ClientSecret, DynLease, DynSecretStore, Environment, PleoAuth, StoreLease,
 };
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::exit::{CliError, Code};
 use super::recovery;
 
-/// The configuration flags shared by every command. Each has an environment variable and a key
-/// in the config file; secrets have no flag.
+/// The configuration flags shared by every command. Each has an environment variable (read by
+/// clap, whose help never shows the variables' values) and a key in the config file.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ConfigArgs {
-    /// The config file [env: PLEO_CONFIG] [default: $XDG_CONFIG_HOME/pleo-auth/config.toml]
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The config file [default: $XDG_CONFIG_HOME/pleo-auth/config.toml]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "PLEO_CONFIG",
+        hide_env_values = true
+    )]
     pub config: Option<PathBuf>,
-    /// The Pleo environment: staging, production or sandbox [env: PLEO_ENV] [default: staging]
-    #[arg(long = "env", global = true, value_name = "ENV")]
+    /// The Pleo environment: staging, production or sandbox [default: staging]
+    #[arg(
+        long = "env",
+        global = true,
+        value_name = "ENV",
+        env = "PLEO_ENV",
+        hide_env_values = true
+    )]
     pub environment: Option<String>,
-    /// The sandbox's base URL, for --env sandbox [env: PLEO_SANDBOX_URL]
-    #[arg(long, global = true, value_name = "URL")]
+    /// The sandbox's base URL, for --env sandbox
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "PLEO_SANDBOX_URL",
+        hide_env_values = true
+    )]
     pub sandbox_url: Option<String>,
-    /// Where credentials are kept: file:PATH, vault://, aws://, redis:// [env: PLEO_STORE]
-    /// [default: file: under the user's data directory]
-    #[arg(long, global = true, value_name = "URL")]
+    /// Where credentials are kept: file:PATH, vault://, aws://, redis:// (a URL with a password
+    /// only from the environment or the config file) [default: file: under the user's data
+    /// directory]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "PLEO_STORE",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
-    /// The OAuth client id [env: PLEO_CLIENT_ID] (the secret comes from PLEO_CLIENT_SECRET or
-    /// the config file, never from a flag)
-    #[arg(long, global = true, value_name = "ID")]
+    /// The OAuth client id
+    #[arg(
+        long,
+        global = true,
+        value_name = "ID",
+        env = "PLEO_CLIENT_ID",
+        hide_env_values = true
+    )]
     pub client_id: Option<String>,
-    /// The scopes `login` requests, space-separated [env: PLEO_SCOPES] [default: users:read]
-    #[arg(long, global = true, value_name = "SCOPES")]
+    /// The OAuth client secret: from PLEO_CLIENT_SECRET or the config file only; on the command
+    /// line it would be visible to every user in `ps`, so the flag is refused
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECRET",
+        env = "PLEO_CLIENT_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub client_secret: Option<String>,
+    /// The scopes `login` requests, space-separated [default: users:read]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SCOPES",
+        env = "PLEO_SCOPES",
+        hide_env_values = true
+    )]
     pub scopes: Option<String>,
-    /// The loopback redirect URI registered with Pleo [env: PLEO_REDIRECT_URI]
-    /// [default: http://127.0.0.1/callback, any free port]
-    #[arg(long, global = true, value_name = "URI")]
+    /// The loopback redirect URI registered with Pleo [default: http://127.0.0.1/callback, any
+    /// free port]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URI",
+        env = "PLEO_REDIRECT_URI",
+        hide_env_values = true
+    )]
     pub redirect_uri: Option<String>,
-    /// The integration id Integrated API keys are stored under [env: PLEO_INTEGRATION_ID]
-    /// [default: the client id, else pleo-auth-cli]
-    #[arg(long, global = true, value_name = "ID")]
+    /// The integration id Integrated API keys are stored under [default: the client id, else
+    /// pleo-auth-cli]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ID",
+        env = "PLEO_INTEGRATION_ID",
+        hide_env_values = true
+    )]
     pub integration_id: Option<String>,
-    /// Scopes every Integrated API key must carry [env: PLEO_KEY_SCOPES]
-    #[arg(long, global = true, value_name = "SCOPES")]
+    /// Scopes every Integrated API key must carry
+    #[arg(
+        long,
+        global = true,
+        value_name = "SCOPES",
+        env = "PLEO_KEY_SCOPES",
+        hide_env_values = true
+    )]
     pub key_scopes: Option<String>,
 }
 
@@ -67,6 +133,36 @@ struct FileConfig {
     key_scopes: Option<String>,
     encryption_key: Option<String>,
     encryption_old_keys: Option<String>,
+}
+
+impl FileConfig {
+    /// Every key the file may hold.
+    const KEYS: [&'static str; 11] = [
+        "env",
+        "sandbox_url",
+        "store",
+        "client_id",
+        "client_secret",
+        "scopes",
+        "redirect_uri",
+        "integration_id",
+        "key_scopes",
+        "encryption_key",
+        "encryption_old_keys",
+    ];
+
+    /// Whether the file holds a secret: the client secret, an encryption key, or a store URL
+    /// with a password.
+    fn has_secret(&self) -> bool {
+        self.client_secret.is_some()
+            || self.encryption_key.is_some()
+            || self.encryption_old_keys.is_some()
+            || self
+                .store
+                .as_deref()
+                .and_then(|s| url::Url::parse(s).ok())
+                .is_some_and(|u| u.password().is_some())
+    }
 }
 
 /// A secret setting: never printed.
@@ -127,30 +223,48 @@ impl Settings {
     /// Resolves the configuration: flags, then `PLEO_*` variables, then the config file, then
     /// defaults.
     pub fn resolve(args: &ConfigArgs) -> Result<Self, CliError> {
-        let file = load_file(
-            args.config
-                .clone()
-                .or_else(|| env_var("PLEO_CONFIG").map(PathBuf::from)),
-        )?;
-        let pick = |flag: &Option<String>, var: &str, from_file: &Option<String>| {
+        // clap reads the environment variables into `args`; a value that differs from the
+        // variable came from the command line.
+        let from_argv = |value: &Option<String>, var: &str| {
+            value.is_some() && value.as_deref() != env_var(var).as_deref()
+        };
+        if from_argv(&args.client_secret, "PLEO_CLIENT_SECRET") {
+            return Err(CliError::usage(
+                "refusing --client-secret: a secret on the command line is visible to every user in `ps`",
+            )
+            .hint("set PLEO_CLIENT_SECRET, or client_secret in the config file (chmod 600)"));
+        }
+        if from_argv(&args.store, "PLEO_STORE")
+            && args
+                .store
+                .as_deref()
+                .and_then(|s| url::Url::parse(s).ok())
+                .is_some_and(|u| u.password().is_some())
+        {
+            return Err(CliError::usage(
+                "refusing a store URL with a password on the command line",
+            )
+            .hint("put it in PLEO_STORE or in the config file, where other users cannot see it"));
+        }
+        let file = load_file(args.config.clone().filter(|p| !p.as_os_str().is_empty()))?;
+        let pick = |flag: &Option<String>, from_file: &Option<String>| {
             flag.clone()
-                .or_else(|| env_var(var))
+                .filter(|v| !v.is_empty())
                 .or_else(|| from_file.clone())
         };
-        let env_name =
-            pick(&args.environment, "PLEO_ENV", &file.env).unwrap_or_else(|| "staging".to_owned());
-        let sandbox_url = pick(&args.sandbox_url, "PLEO_SANDBOX_URL", &file.sandbox_url);
+        let env_name = pick(&args.environment, &file.env).unwrap_or_else(|| "staging".to_owned());
+        let sandbox_url = pick(&args.sandbox_url, &file.sandbox_url);
         let environment = match env_name.as_str() {
             "staging" => Environment::staging(),
             "production" => Environment::production(),
             "sandbox" => {
                 let url = sandbox_url.ok_or_else(|| {
-                    CliError::usage("PLEO_ENV=sandbox needs the sandbox's URL").hint(
+                    CliError::config("PLEO_ENV=sandbox needs the sandbox's URL").hint(
                         "set PLEO_SANDBOX_URL or --sandbox-url (`pleo-auth sandbox` prints it)",
                     )
                 })?;
                 Environment::custom("sandbox", &url, &url)
-                    .map_err(|e| CliError::core("the sandbox URL is refused", e))?
+                    .map_err(|e| CliError::config("the sandbox URL is refused").with_source(e))?
             }
             other => {
                 return Err(CliError::usage(format!(
@@ -159,21 +273,18 @@ impl Settings {
             }
         };
 
-        if let Some(flag) = &args.store
-            && url::Url::parse(flag).is_ok_and(|u| u.password().is_some())
-        {
-            return Err(CliError::usage(
-                "refusing a store URL with a password on the command line",
-            )
-            .hint("put it in PLEO_STORE or in the config file, where other users cannot see it"));
-        }
-        let store = match pick(&args.store, "PLEO_STORE", &file.store) {
+        let store = match pick(&args.store, &file.store) {
             Some(store) if store != "file:" => store,
             _ => format!("file:{}", default_store_dir()?.display()),
         };
+        // One rule for file: URLs, resolved now so every message shows the absolute path.
+        let store = match file_store_path(&store) {
+            Some(path) => format!("file:{}", path?.display()),
+            None => store,
+        };
 
-        let client_id = pick(&args.client_id, "PLEO_CLIENT_ID", &file.client_id);
-        let client_secret = env_var("PLEO_CLIENT_SECRET").or(file.client_secret);
+        let client_id = pick(&args.client_id, &file.client_id);
+        let client_secret = pick(&args.client_secret, &file.client_secret);
         let is_sandbox = environment.name().as_str() == "sandbox";
         let (client, client_missing) = match (client_id, client_secret) {
             (Some(id), Some(secret)) => (Some((id, Secret(secret))), None),
@@ -197,24 +308,19 @@ impl Settings {
                 ),
             ),
         };
-        let integration_id = pick(
-            &args.integration_id,
-            "PLEO_INTEGRATION_ID",
-            &file.integration_id,
-        )
-        .or_else(|| client.as_ref().map(|(id, _)| id.clone()))
-        .unwrap_or_else(|| DEFAULT_INTEGRATION_ID.to_owned());
+        let integration_id = pick(&args.integration_id, &file.integration_id)
+            .or_else(|| client.as_ref().map(|(id, _)| id.clone()))
+            .unwrap_or_else(|| DEFAULT_INTEGRATION_ID.to_owned());
         Ok(Self {
             environment,
             store,
             client,
             client_missing,
-            scopes: pick(&args.scopes, "PLEO_SCOPES", &file.scopes)
-                .unwrap_or_else(|| DEFAULT_SCOPES.to_owned()),
-            redirect_uri: pick(&args.redirect_uri, "PLEO_REDIRECT_URI", &file.redirect_uri)
+            scopes: pick(&args.scopes, &file.scopes).unwrap_or_else(|| DEFAULT_SCOPES.to_owned()),
+            redirect_uri: pick(&args.redirect_uri, &file.redirect_uri)
                 .unwrap_or_else(|| DEFAULT_REDIRECT_URI.to_owned()),
             integration_id,
-            key_scopes: pick(&args.key_scopes, "PLEO_KEY_SCOPES", &file.key_scopes),
+            key_scopes: pick(&args.key_scopes, &file.key_scopes),
             encryption_key: env_var("PLEO_ENCRYPTION_KEY")
                 .or(file.encryption_key)
                 .map(Secret),
@@ -228,7 +334,8 @@ impl Settings {
     /// Fails unless OAuth is configured.
     pub fn require_oauth(&self) -> Result<(), CliError> {
         match self.client_missing {
-            Some(why) => Err(CliError::usage(format!("OAuth is not configured: {why}"))),
+            Some(why) => Err(CliError::config(format!("OAuth is not configured: {why}"))
+                .hint("the sandbox needs none (PLEO_ENV=sandbox); for staging, Pleo issues a client id and secret to partners")),
             None => Ok(()),
         }
     }
@@ -260,12 +367,12 @@ impl Settings {
         let parse = |text: &str, var: &str| {
             let (id, key) = text.trim().split_once(':').unwrap_or(("cli", text));
             EncryptionKey::from_base64(id, key)
-                .map_err(|e| CliError::core(format!("{var} is unusable"), e))
+                .map_err(|e| CliError::config(format!("{var} is unusable")).with_source(e))
         };
         let Some(primary) = &self.encryption_key else {
             return match self.encryption_old_keys {
                 None => Ok(None),
-                Some(_) => Err(CliError::usage(
+                Some(_) => Err(CliError::config(
                     "PLEO_ENCRYPTION_OLD_KEYS needs PLEO_ENCRYPTION_KEY",
                 )),
             };
@@ -275,7 +382,9 @@ impl Settings {
             for text in older.expose().split(',').filter(|t| !t.trim().is_empty()) {
                 keys = keys
                     .with_older(parse(text, "PLEO_ENCRYPTION_OLD_KEYS")?)
-                    .map_err(|e| CliError::core("PLEO_ENCRYPTION_OLD_KEYS is unusable", e))?;
+                    .map_err(|e| {
+                        CliError::config("PLEO_ENCRYPTION_OLD_KEYS is unusable").with_source(e)
+                    })?;
             }
         }
         Ok(Some(keys))
@@ -293,7 +402,7 @@ impl Settings {
         CliError,
     > {
         let keys = self.encryption_keys()?.ok_or_else(|| {
-            CliError::usage("rewrap needs PLEO_ENCRYPTION_KEY (and PLEO_ENCRYPTION_OLD_KEYS)")
+            CliError::config("rewrap needs PLEO_ENCRYPTION_KEY (and PLEO_ENCRYPTION_OLD_KEYS)")
         })?;
         let (store, _) = open_store(&self.store).await?;
         Ok(pleo_auth::stores::encrypted::EncryptedStore::new(
@@ -330,13 +439,13 @@ impl Settings {
             builder = builder.oauth(config);
         }
         let integration = ClientId::new(self.integration_id.clone())
-            .map_err(|e| CliError::core("the integration id is refused", e))?;
+            .map_err(|e| CliError::config("the integration id is refused").with_source(e))?;
         let mut keys = ApiKeyConfig::new(environment.clone(), integration);
         if let Some(scopes) = &self.key_scopes {
             keys = keys.with_required_scopes(
                 scopes
                     .parse()
-                    .map_err(|e| CliError::core("PLEO_KEY_SCOPES is refused", e))?,
+                    .map_err(|e| CliError::config("PLEO_KEY_SCOPES is refused").with_source(e))?,
             );
         }
         builder = builder.api_keys(keys);
@@ -378,7 +487,7 @@ impl Settings {
             let store = &self.store;
             return Err(match recovery::save(&pairs) {
                 Ok(file) => CliError::new(
-                    Code::StoreUnavailable,
+                    Code::Store,
                     format!(
                         "the store {store} did not take the rotated tokens of {count} grant(s); they are saved in {}",
                         file.display()
@@ -389,7 +498,7 @@ impl Settings {
                 Err(save_error) => {
                     save_error.print();
                     CliError::new(
-                    Code::StoreUnavailable,
+                    Code::Store,
                     format!(
                         "the store {store} did not take the rotated tokens of {count} grant(s), and saving them to the recovery folder failed: they are lost, and the grant(s) will need `pleo-auth login` again"
                     ),
@@ -411,20 +520,145 @@ fn load_file(explicit: Option<PathBuf>) -> Result<FileConfig, CliError> {
         },
     };
     let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+        Ok(text) => Zeroizing::new(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
             return Ok(FileConfig::default());
         }
         Err(e) => {
-            return Err(
-                CliError::usage(format!("cannot read the config file {}", path.display()))
-                    .with_source(e),
-            );
+            return Err(CliError::config(format!(
+                "cannot read the config file {}",
+                path.display()
+            ))
+            .with_source(e));
         }
     };
-    toml::from_str(&text).map_err(|e| {
-        CliError::usage(format!("the config file {} is invalid", path.display())).with_source(e)
-    })
+    let config: FileConfig = toml::from_str(&text).map_err(|e| {
+        CliError::config(format!(
+            "the config file {} is invalid: {}",
+            path.display(),
+            describe_toml_error(&text, &e)
+        ))
+        .hint("the keys are listed in `pleo-auth --help`; string values need double quotes")
+    })?;
+    check_permissions(&path, config.has_secret())?;
+    Ok(config)
+}
+
+/// Where and what the TOML error is, without quoting the file: `line L, column C: what`. The
+/// parser's message is kept only when it quotes nothing from the file (no value leaks), and
+/// unknown keys are named (a key is not a secret).
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let location = err.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        format!("line {line}, column {column}: ")
+    });
+    let message = err.message().trim();
+    let what = if let Some(rest) = message.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        if FileConfig::KEYS.contains(&key)
+            || key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            format!("unknown key {key:?}")
+        } else {
+            "unknown key".to_owned()
+        }
+    } else if message.contains('`') || message.contains('"') || message.contains('\'') {
+        // A type error or a syntax error that quotes the file: say what kind only.
+        if message.starts_with("invalid type") {
+            "a value has the wrong type (every value is a string in double quotes)".to_owned()
+        } else {
+            "a syntax error".to_owned()
+        }
+    } else {
+        message
+            .lines()
+            .next()
+            .unwrap_or("a syntax error")
+            .to_owned()
+    };
+    format!("{}{what}", location.unwrap_or_default())
+}
+
+/// Like ssh with a private key: a config file holding a secret must not be readable by other
+/// users (refused, exit 8); one without a secret that others can write gets a warning.
+fn check_permissions(path: &Path, has_secret: bool) -> Result<(), CliError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(metadata) = std::fs::metadata(path) else {
+            return Ok(());
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if has_secret && mode & 0o077 != 0 {
+            return Err(CliError::config(format!(
+                "the config file {} holds a secret and other users can access it (mode {mode:03o})",
+                path.display()
+            ))
+            .hint(format!("chmod 600 {}", path.display())));
+        }
+        if mode & 0o022 != 0 {
+            super::output::print_level(
+                super::output::Level::Warning,
+                &format!(
+                    "other users can change the config file {} (mode {mode:03o}); chmod 600 it",
+                    path.display()
+                ),
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, has_secret);
+    Ok(())
+}
+
+/// The path of a `file:` store URL, by one rule; `None` for other schemes.
+///
+/// - `file:/abs/path` and `file:relative/path` (to the current directory);
+/// - `file:~` and `file:~/in/home` (the user's home directory);
+/// - RFC 8089 file URLs, `file:///abs/path` and `file://localhost/abs/path`, percent-decoded;
+///   any other host is refused.
+fn file_store_path(url: &str) -> Option<Result<PathBuf, CliError>> {
+    let rest = url.strip_prefix("file:")?;
+    Some(parse_file_path(rest))
+}
+
+fn parse_file_path(rest: &str) -> Result<PathBuf, CliError> {
+    let refuse = |why: &str| {
+        CliError::config(format!("the file store URL is refused: {why}")).hint(
+            "use file:/absolute/path, file:~/path, file:relative/path or file:///absolute/path",
+        )
+    };
+    let path = if rest.starts_with("//") {
+        let url =
+            url::Url::parse(&format!("file:{rest}")).map_err(|_| refuse("it is not a file URL"))?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(refuse("a file URL has no query or fragment"));
+        }
+        if url.path() == "/" {
+            return Err(refuse("it names no path (or the root directory)"));
+        }
+        url.to_file_path()
+            .map_err(|()| refuse("a file URL names no other host than localhost"))?
+    } else if rest == "~" || rest.starts_with("~/") {
+        let home = dirs::home_dir().ok_or_else(|| refuse("the home directory is unknown"))?;
+        home.join(rest.trim_start_matches('~').trim_start_matches('/'))
+    } else if rest.starts_with('~') {
+        return Err(refuse("~user paths are not expanded"));
+    } else if rest.is_empty() {
+        return Err(refuse("it names no path"));
+    } else {
+        PathBuf::from(rest)
+    };
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    std::env::current_dir()
+        .map(|dir| dir.join(path))
+        .map_err(|e| refuse("the current directory is unknown").with_source(e))
 }
 
 /// `<data dir>/pleo-auth`, such as `~/.local/share/pleo-auth`.
@@ -432,7 +666,7 @@ fn default_store_dir() -> Result<PathBuf, CliError> {
     dirs::data_dir()
         .map(|dir| dir.join("pleo-auth"))
         .ok_or_else(|| {
-            CliError::usage("cannot find the user's data directory for the default file store")
+            CliError::config("cannot find the user's data directory for the default file store")
                 .hint("set PLEO_STORE=file:/some/private/directory")
         })
 }
@@ -449,7 +683,7 @@ fn default_store_dir() -> Result<PathBuf, CliError> {
 )]
 /// The error of a setting or command whose feature this build lacks.
 pub fn not_built(what: &str, feature: &str) -> CliError {
-    CliError::usage(format!(
+    CliError::config(format!(
         "{what} needs the `{feature}` feature, which this pleo-auth was built without"
     ))
     .hint(format!(
@@ -459,22 +693,18 @@ pub fn not_built(what: &str, feature: &str) -> CliError {
 
 /// Opens the store named by `url`, with its own lease if it has one.
 async fn open_store(url: &str) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
-    if let Some(rest) = url.strip_prefix("file:") {
-        let path = rest.strip_prefix("//").unwrap_or(rest);
-        if path.is_empty() {
-            return Err(CliError::usage("a file store URL needs a path: file:/path"));
-        }
-        return open_file(Path::new(path)).map(|store| (store, None));
+    if let Some(path) = file_store_path(url) {
+        return open_file(&path?).map(|store| (store, None));
     }
     let parsed = url::Url::parse(url).map_err(|_| {
-        CliError::usage("the store URL is not a URL")
+        CliError::config("the store URL is not a URL")
             .hint("use file:PATH, vault://HOST:PORT/MOUNT/PREFIX, aws://REGION/PREFIX or redis://HOST:PORT")
     })?;
     match parsed.scheme() {
         "vault" | "vault+http" => open_vault(&parsed),
         "aws" => open_aws(&parsed).await,
         "redis" | "rediss" => open_redis(&parsed).await,
-        other => Err(CliError::usage(format!("unknown store URL scheme {other:?}")).hint(
+        other => Err(CliError::config(format!("unknown store URL scheme {other:?}")).hint(
             "use file:PATH, vault://HOST:PORT/MOUNT/PREFIX, aws://REGION/PREFIX or redis://HOST:PORT",
         )),
     }
@@ -499,7 +729,7 @@ fn open_vault(url: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliE
     };
     let host = url
         .host_str()
-        .ok_or_else(|| CliError::usage("a vault:// store URL needs a host"))?;
+        .ok_or_else(|| CliError::config("a vault:// store URL needs a host"))?;
     let address = match url.port() {
         Some(port) => format!("{scheme}://{host}:{port}"),
         None => format!("{scheme}://{host}"),
@@ -526,7 +756,7 @@ fn open_vault(url: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliE
         (Some(token), _, _) => builder.token(token),
         (None, Some(role), Some(secret)) => builder.approle(role, secret),
         _ => {
-            return Err(CliError::usage("a vault:// store needs credentials")
+            return Err(CliError::config("a vault:// store needs credentials")
                 .hint("set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID"));
         }
     };
@@ -603,4 +833,76 @@ async fn open_redis(url: &url::Url) -> Result<(DynSecretStore, Option<DynLease>)
 #[cfg(not(feature = "redis"))]
 async fn open_redis(_: &url::Url) -> Result<(DynSecretStore, Option<DynLease>), CliError> {
     Err(not_built("a redis:// store", "redis"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_follow_one_rule() {
+        let home = dirs::home_dir().expect("a home directory");
+        let cwd = std::env::current_dir().unwrap();
+        let path = |url: &str| file_store_path(url).expect("a file: URL");
+        assert_eq!(
+            path("file:/var/lib/x").unwrap(),
+            PathBuf::from("/var/lib/x")
+        );
+        assert_eq!(path("file:rel/x").unwrap(), cwd.join("rel/x"));
+        assert_eq!(path("file:~").unwrap(), home);
+        assert_eq!(path("file:~/x").unwrap(), home.join("x"));
+        assert_eq!(
+            path("file:///var/lib/x").unwrap(),
+            PathBuf::from("/var/lib/x")
+        );
+        assert_eq!(
+            path("file://localhost/var/lib/a%20b").unwrap(),
+            PathBuf::from("/var/lib/a b")
+        );
+        assert_eq!(path("file://LOCALHOST/x").unwrap(), PathBuf::from("/x"));
+        for refused in [
+            "file:",
+            "file://",
+            "file://server/share",
+            "file:~other/x",
+            "file:///x?y=1",
+        ] {
+            let err = path(refused).unwrap_err();
+            assert_eq!(err.code(), Code::Config, "{refused}");
+        }
+        assert!(file_store_path("redis://127.0.0.1").is_none());
+    }
+
+    #[test]
+    fn toml_errors_point_at_the_place_and_quote_nothing() {
+        let secret = "s3cr3t-value";
+        for text in [
+            format!("env = \"sandbox\"\nclient_secret = \"{secret}\n"),
+            format!("env = \"sandbox\"\nclient_secret = {secret}\n"),
+            format!("env = \"sandbox\"\nclient_secret = [\"{secret}\"]\n"),
+            "env = \"sandbox\"\nclient_secret = 42\n".to_owned(),
+        ] {
+            let err = toml::from_str::<FileConfig>(&text).err().expect("invalid");
+            let shown = describe_toml_error(&text, &err);
+            assert!(shown.starts_with("line 2, column "), "{shown}");
+            assert!(!shown.contains(secret) && !shown.contains("42"), "{shown}");
+        }
+        let text = "colour = \"blue\"\n";
+        let err = toml::from_str::<FileConfig>(text).err().expect("invalid");
+        assert_eq!(
+            describe_toml_error(text, &err),
+            "line 1, column 1: unknown key \"colour\""
+        );
+    }
+
+    #[test]
+    fn secrets_in_the_file_are_noticed() {
+        let with = |text: &str| toml::from_str::<FileConfig>(text).unwrap().has_secret();
+        assert!(with("client_secret = \"x\""));
+        assert!(with("encryption_key = \"x\""));
+        assert!(with("store = \"redis://u:p@127.0.0.1:6379\""));
+        assert!(!with(
+            "store = \"redis://127.0.0.1:6379\"\nclient_id = \"c\""
+        ));
+    }
 }

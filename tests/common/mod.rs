@@ -88,27 +88,61 @@ impl Cli {
         command
     }
 
-    /// Runs a shell command line under `script` (util-linux), which gives it a pseudo-terminal
-    /// as stdin, stdout and stderr; everything it printed comes back as stdout.
-    pub async fn run_in_terminal(&self, command_line: &str) -> Run {
+    /// `script` (util-linux) running `command_line` on a pseudo-terminal, with this setup's
+    /// clean environment.
+    fn script(&self, flags: &str, command_line: &str, stdin: Stdio) -> Command {
         let mut command = Command::new("script");
         command
-            .args(["-qec", command_line, "/dev/null"])
+            .args([flags, command_line, "/dev/null"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("SHELL", "/bin/bash")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        command
+    }
+
+    /// Runs a shell command line under `script` (util-linux), which gives it a pseudo-terminal
+    /// as stdin, stdout and stderr; everything it printed comes back as stdout.
+    pub async fn run_in_terminal(&self, command_line: &str) -> Run {
+        let mut command = self.script("-qec", command_line, Stdio::null());
         let output = tokio::time::timeout(RUN_TIMEOUT, command.output())
             .await
             .unwrap_or_else(|_| panic!("{command_line:?} did not finish in time"))
             .expect("script (util-linux) runs");
         Run::from(output)
+    }
+
+    /// Starts a shell command line under `script` (util-linux) on a pseudo-terminal whose input
+    /// the test types (`Terminal::send`), as a person at a terminal would.
+    pub fn start_in_terminal(&self, command_line: &str) -> Terminal {
+        let mut command = self.script("-qfec", command_line, Stdio::piped());
+        command.env("TERM", "xterm");
+        let mut child = command.spawn().expect("script (util-linux) runs");
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            child,
+            stdin,
+            output: rx,
+            screen: Vec::new(),
+        }
     }
 
     /// Runs `pleo-auth args...` to the end.
@@ -192,6 +226,95 @@ impl Cli {
         assert_eq!(page.status(), 200);
         login.finish().await
     }
+}
+
+/// A command running on a pseudo-terminal (see [`Cli::start_in_terminal`]).
+pub struct Terminal {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    output: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    /// Every byte the terminal showed so far.
+    pub screen: Vec<u8>,
+}
+
+impl Terminal {
+    /// Everything shown so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.screen).into_owned()
+    }
+
+    /// Waits until the terminal shows `needle`.
+    pub async fn wait_for(&mut self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+        while !self.text().contains(needle) {
+            match tokio::time::timeout_at(deadline, self.output.recv()).await {
+                Ok(Some(bytes)) => self.screen.extend_from_slice(&bytes),
+                Ok(None) => panic!(
+                    "the terminal closed before showing {needle:?}:\n{}",
+                    self.text()
+                ),
+                Err(_) => panic!("the terminal did not show {needle:?}:\n{}", self.text()),
+            }
+        }
+    }
+
+    /// Types `bytes` (such as `b"\x03"` for Ctrl-C).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stdin
+            .write_all(bytes)
+            .await
+            .expect("type into the terminal");
+        self.stdin.flush().await.expect("flush the terminal input");
+    }
+
+    /// Waits for the command to end; returns its exit code and everything it showed.
+    pub async fn finish(mut self) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(RUN_TIMEOUT, self.child.wait())
+            .await
+            .expect("the terminal command ends in time")
+            .expect("script runs");
+        while let Ok(Some(bytes)) =
+            tokio::time::timeout(Duration::from_millis(500), self.output.recv()).await
+        {
+            self.screen.extend_from_slice(&bytes);
+        }
+        (status.code(), self.text())
+    }
+}
+
+/// The entry of `company` in the output of `status --json`.
+#[track_caller]
+pub fn entry<'a>(status: &'a serde_json::Value, company: &str) -> &'a serde_json::Value {
+    status
+        .as_array()
+        .expect("status --json is an array")
+        .iter()
+        .find(|c| c["company"] == company)
+        .unwrap_or_else(|| panic!("{company} is listed in {status:#}"))
+}
+
+/// Answers the sandbox's consent page as a person would: picks `subject`, clicks `decision`.
+/// Returns the redirect back to the CLI's loopback listener.
+pub async fn answer_consent(url: &url::Url, subject: &str, decision: &str) -> String {
+    let browser = browser();
+    let page = browser.get(url.clone()).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the consent page is shown");
+    let html = page.text().await.unwrap();
+    let marker = "name=\"consent_id\" value=\"";
+    let start = html.find(marker).expect("the form has a consent_id") + marker.len();
+    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
+    let answer = browser
+        .post(url.join("/oauth/authorize").unwrap())
+        .form(&[
+            ("consent_id", consent_id),
+            ("subject", subject),
+            ("decision", decision),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_redirection(), "{}", answer.status());
+    answer.headers()["location"].to_str().unwrap().to_owned()
 }
 
 /// An HTTP client that behaves like a browser that shows redirects instead of following them.
