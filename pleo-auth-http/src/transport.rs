@@ -121,53 +121,16 @@ pub fn status_kind(status: StatusCode) -> ErrorKind {
     }
 }
 
-/// Parses a `Retry-After` header value: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-/// Returns `None` for anything else; dates in the past give zero.
+/// Parses a `Retry-After` header value (RFC 9110 §10.2.3): delay-seconds, or an HTTP date in any
+/// of the three formats of RFC 9110 §5.6.7 (IMF-fixdate, and the obsolete RFC 850 and asctime
+/// forms). Returns `None` for anything else; dates in the past give zero.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()) {
         return value.parse::<u64>().ok().map(Duration::from_secs);
     }
-    let date = parse_http_date(value)?;
+    let date = httpdate::parse_http_date(value).ok()?;
     Some(date.duration_since(now).unwrap_or_default())
-}
-
-/// Parses the IMF-fixdate form `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    if s.len() != 29 || !s.is_ascii() || &s[3..5] != ", " || &s[25..] != " GMT" {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let day = num(5..7)?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == &s[8..11])? as u64
-        + 1;
-    let year = num(12..16)?;
-    let (h, m, sec) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || year < 1970 {
-        return None;
-    }
-    // Days since the epoch (civil-from-days inverse, Howard Hinnant's algorithm).
-    let (y, mo) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * mo + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -176,22 +139,57 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn retry_after_seconds_and_dates() {
+    fn retry_after_seconds() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(
             parse_retry_after("120", now),
             Some(Duration::from_secs(120))
         );
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_dates_in_each_rfc_9110_format() {
         // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now),
-            Some(Duration::ZERO)
-        );
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        for (format, later, earlier) in [
+            (
+                "IMF-fixdate",
+                "Sun, 06 Nov 1994 08:50:37 GMT",
+                "Sun, 06 Nov 1994 08:48:37 GMT",
+            ),
+            (
+                "RFC 850",
+                "Sunday, 06-Nov-94 08:50:37 GMT",
+                "Sunday, 06-Nov-94 08:48:37 GMT",
+            ),
+            (
+                "asctime",
+                "Sun Nov  6 08:50:37 1994",
+                "Sun Nov  6 08:48:37 1994",
+            ),
+        ] {
+            assert_eq!(
+                parse_retry_after(later, now),
+                Some(Duration::from_secs(60)),
+                "{format}: {later}"
+            );
+            assert_eq!(
+                parse_retry_after(&format!(" {later} "), now),
+                Some(Duration::from_secs(60)),
+                "{format} with whitespace around it"
+            );
+            assert_eq!(
+                parse_retry_after(earlier, now),
+                Some(Duration::ZERO),
+                "{format}: a date in the past waits no more"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_garbage_is_none() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
         for bad in [
             "",
             "-1",
@@ -199,7 +197,13 @@ mod tests {
             "soon",
             "99999999999",
             "Sun, 32 Nov 1994 08:49:37 GMT",
-            // 29 bytes, but not ASCII: once sliced inside a character.
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37",
+            "Sun Nov  6 08:49:37",
+            "1994-11-06T08:49:37Z",
+            // 29 bytes, but not ASCII.
             "!\u{d4a}\u{1df00}\u{1ee7e}\u{1da9b}\u{d12}\u{1ee80}AAa\u{ae}A",
         ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");

@@ -1,17 +1,11 @@
 //! Fault injection: the next N requests to an endpoint class fail in a chosen way.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::ServerShape;
-use crate::state::Shared;
+use crate::shape::ServerShape;
 
 /// A class of endpoints that faults can target. The authorization-server classes follow the
 /// current [`ServerShape`]'s paths.
@@ -101,70 +95,6 @@ impl FaultQueue {
             queue.pop_front();
         }
         Some(fault)
-    }
-}
-
-/// A response extension telling the connection loop to drop the connection unanswered.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DropConnectionMarker;
-
-/// Middleware that counts endpoint hits and serves queued faults.
-pub(crate) async fn middleware(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some((_, fault)) = shared.take_fault(request.uri().path()) else {
-        return next.run(request).await;
-    };
-    match fault {
-        None => next.run(request).await,
-        Some(Fault::Delay(delay)) => {
-            tokio::time::sleep(delay).await;
-            next.run(request).await
-        }
-        Some(Fault::TooManyRequests { retry_after_secs }) => {
-            let mut response = (
-                StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(serde_json::json!({
-                    "error": "temporarily_unavailable",
-                    "error_description": "too many requests (injected fault)",
-                })),
-            )
-                .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            response
-        }
-        Some(Fault::ServerError(status)) => (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            axum::Json(serde_json::json!({
-                "error": "server_error",
-                "error_description": "server error (injected fault)",
-            })),
-        )
-            .into_response(),
-        Some(Fault::Unauthorized) => {
-            let mut response = (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(serde_json::json!({
-                    "error": "unauthorized",
-                    "error_description": "unauthorized (injected fault)",
-                })),
-            )
-                .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"gateway\""),
-            );
-            response
-        }
-        Some(Fault::DropConnection) => {
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnectionMarker);
-            response
-        }
     }
 }
 

@@ -4,7 +4,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::config::{Config, Subject};
-use crate::util::escape_html;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f4f1ec;margin:0}\
 main{max-width:32rem;margin:3rem auto;background:#fff;padding:2rem;border-radius:8px}\
@@ -113,4 +112,33 @@ pub(crate) fn error_page(status: StatusCode, title: &str, detail: &str) -> Respo
         detail = escape_html(detail),
     );
     harden((status, Html(body)).into_response())
+}
+
+/// Escapes text for HTML element content and double-quoted attribute values.
+pub(crate) fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
 }

@@ -2,29 +2,48 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
-mod admin_http;
-mod api;
-mod config;
+// Layers, each importing only from those above it in this list (`cargo xtask ci` checks that the
+// files import each other in no circle):
+// 1. values: errors, time, minted secrets, the server shape, configuration and seed data, faults,
+//    statistics, the administration and rewrite types;
+// 2. state: the records and the shared state with its operations;
+// 3. handlers: request reading, HTML pages, the authorization server, the External API and the
+//    administration endpoints;
+// 4. the server and the handle on it; 5. the builder that starts them.
 mod error;
+mod secrets;
+mod time;
+
+mod config;
 mod faults;
-mod html;
-mod oauth;
 mod rewrite;
 pub mod seed;
-mod server;
 mod shape;
-mod state;
 mod stats;
-mod time;
-mod util;
+
+pub mod admin;
+
+mod records;
+mod state;
+
+mod admin_http;
+mod api;
+mod html;
+mod oauth;
+mod request;
+
+mod handle;
+mod server;
+
+mod builder;
 
 pub use admin::RevokeTarget;
-pub use config::{ClientRegistration, Company, Organisation, Sandbox, SandboxBuilder};
+pub use builder::{Sandbox, SandboxBuilder};
+pub use config::{ClientRegistration, Company, Organisation};
 pub use error::SandboxError;
 pub use faults::{Endpoint, Fault};
+pub use handle::SandboxHandle;
 pub use rewrite::{IssuedTokenResponse, TokenResponseReplacement, TokenResponseRewrite};
-pub use server::SandboxHandle;
+pub use secrets::token_fingerprint;
 pub use shape::{ExpiresInFormat, ServerShape};
 pub use stats::{ApiRequestRecord, AuthMethod, GrantStats, OutcomeCounts, RevocationCause, Stats};
-pub use util::token_fingerprint;

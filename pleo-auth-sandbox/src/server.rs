@@ -1,14 +1,15 @@
-//! The HTTP server, its connection loop and the handle tests hold.
+//! The HTTP server: the listening socket, the routes, the fault-injection layer and the
+//! connection loop.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::server::conn::http1;
@@ -18,19 +19,16 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use url::Url;
 use uuid::Uuid;
 
-use crate::admin::RevokeTarget;
-use crate::config::Config;
-use crate::faults::DropConnectionMarker;
-use crate::rewrite::TokenResponseRewrite;
+use crate::config::{ClientRegistration, Config};
+use crate::error::SandboxError;
+use crate::faults::{Endpoint, Fault};
+use crate::handle::SandboxHandle;
+use crate::shape::ServerShape;
 use crate::state::Shared;
-use crate::{
-    ApiRequestRecord, ClientRegistration, Endpoint, Fault, SandboxError, ServerShape, Stats,
-    admin_http, api, faults, oauth,
-};
+use crate::{admin_http, api, oauth};
 
 /// Binds the socket and spawns the server on the current Tokio runtime.
 pub(crate) async fn start(
@@ -60,12 +58,7 @@ pub(crate) async fn start(
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(serve(listener, router, rx));
     tracing::info!(%addr, %environment, "pleo sandbox listening");
-    Ok(SandboxHandle {
-        shared,
-        addr,
-        shutdown: Some(tx),
-        task: Some(task),
-    })
+    Ok(SandboxHandle::new(shared, addr, tx, task))
 }
 
 fn router(shared: Arc<Shared>, max_body_bytes: usize) -> Router {
@@ -121,7 +114,7 @@ fn router(shared: Arc<Shared>, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
-            faults::middleware,
+            inject_faults,
         ))
         .with_state(shared)
 }
@@ -183,6 +176,70 @@ async fn not_found() -> Response {
         .into_response()
 }
 
+/// A response extension telling the connection loop to drop the connection unanswered.
+#[derive(Debug, Clone, Copy)]
+struct DropConnectionMarker;
+
+/// Middleware that counts endpoint hits and serves queued faults.
+async fn inject_faults(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some((_, fault)) = shared.take_fault(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    match fault {
+        None => next.run(request).await,
+        Some(Fault::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            next.run(request).await
+        }
+        Some(Fault::TooManyRequests { retry_after_secs }) => {
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(serde_json::json!({
+                    "error": "temporarily_unavailable",
+                    "error_description": "too many requests (injected fault)",
+                })),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response
+        }
+        Some(Fault::ServerError(status)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(serde_json::json!({
+                "error": "server_error",
+                "error_description": "server error (injected fault)",
+            })),
+        )
+            .into_response(),
+        Some(Fault::Unauthorized) => {
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({
+                    "error": "unauthorized",
+                    "error_description": "unauthorized (injected fault)",
+                })),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"gateway\""),
+            );
+            response
+        }
+        Some(Fault::DropConnection) => {
+            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            response.extensions_mut().insert(DropConnectionMarker);
+            response
+        }
+    }
+}
+
 /// Accepts connections until shutdown, then lets open requests finish (at most 5 seconds).
 async fn serve(listener: TcpListener, router: Router, mut shutdown: oneshot::Receiver<()>) {
     let graceful = GracefulShutdown::new();
@@ -239,318 +296,5 @@ async fn serve(listener: TcpListener, router: Router, mut shutdown: oneshot::Rec
         .is_err()
     {
         tracing::debug!("connections still open after 5 seconds; closing them");
-    }
-}
-
-/// A running sandbox. Dropping it shuts the server down (use [`Self::shutdown`] to wait for it).
-///
-/// One server serves the authorization-server paths (`/oauth/...`), the External API paths
-/// (`/v1/...`, `/v2/...`) and the administration paths (`/_sandbox/...`).
-pub struct SandboxHandle {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl fmt::Debug for SandboxHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SandboxHandle")
-            .field("base_url", &self.shared.base_url.as_str())
-            .field("environment_name", &self.shared.config.environment_name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for SandboxHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            // The server may already have stopped; nothing to do then.
-            tx.send(()).ok();
-        }
-    }
-}
-
-impl SandboxHandle {
-    /// The server's base URL, e.g. `http://127.0.0.1:41234/` (with a trailing slash).
-    pub fn base_url(&self) -> Url {
-        self.shared.base_url.clone()
-    }
-
-    /// The authorization server's base URL (the same server as [`Self::base_url`]): the
-    /// endpoints of the current [`ServerShape`] live under it (see [`Self::token_endpoint`] and
-    /// its siblings).
-    pub fn auth_url(&self) -> Url {
-        self.base_url()
-    }
-
-    /// The authorization endpoint's URL under the current [`ServerShape`].
-    pub fn authorize_endpoint(&self) -> Url {
-        self.endpoint(&self.shared.shape().authorize_path)
-    }
-
-    /// The token endpoint's URL under the current [`ServerShape`].
-    pub fn token_endpoint(&self) -> Url {
-        self.endpoint(&self.shared.shape().token_path)
-    }
-
-    /// The token introspection endpoint's URL under the current [`ServerShape`].
-    pub fn introspection_endpoint(&self) -> Url {
-        self.endpoint(&self.shared.shape().introspection_path)
-    }
-
-    /// The revocation endpoint's URL under the current [`ServerShape`], if it has one.
-    pub fn revocation_endpoint(&self) -> Option<Url> {
-        let shape = self.shared.shape();
-        shape.revocation_path.as_deref().map(|p| self.endpoint(p))
-    }
-
-    /// The issuer the server names: the shape's [`issuer`](ServerShape::issuer) when set, else
-    /// the base URL without its trailing slash (what token introspection answers as `iss`).
-    pub fn issuer(&self) -> String {
-        self.shared.issuer(&self.shared.shape())
-    }
-
-    /// `path` (absolute, validated by [`ServerShape::validate`]) on this server.
-    fn endpoint(&self, path: &str) -> Url {
-        let mut url = self.base_url();
-        url.set_path(path);
-        url
-    }
-
-    /// The current server shape.
-    pub fn server_shape(&self) -> ServerShape {
-        ServerShape::clone(&self.shared.shape())
-    }
-
-    /// Replaces the server shape at run time; requests that already started finish under the
-    /// old one. Grants, tokens and counters are kept.
-    ///
-    /// # Errors
-    ///
-    /// [`SandboxError::InvalidConfig`] if [`ServerShape::validate`] refuses the shape; the
-    /// current shape then stays.
-    pub fn set_server_shape(&self, shape: ServerShape) -> Result<(), SandboxError> {
-        self.shared.set_shape(shape)
-    }
-
-    /// Installs (`Some`) or removes (`None`) a hook that replaces every successful token
-    /// response. The hook receives the JSON body the sandbox would send, after the code was
-    /// redeemed or the grant rotated server-side, and returns the status, content type and bytes
-    /// to send instead: valid, strange or broken. The rotation stands whatever is sent, and
-    /// [`Stats::token_responses_rewritten`] counts the replaced answers. Error answers are not
-    /// passed to the hook. Only in-process sandboxes offer it (a closure cannot cross processes).
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use pleo_auth_sandbox::{Sandbox, TokenResponseReplacement};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let sandbox = Sandbox::builder().start().await?;
-    /// sandbox.set_token_response_rewrite(Some(Arc::new(|issued| {
-    ///     let mut body = issued.body;
-    ///     body["scope"] = "openid profile users:read".into();
-    ///     TokenResponseReplacement::json(&body)
-    /// })));
-    /// sandbox.set_token_response_rewrite(None); // normal answers again
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn set_token_response_rewrite(&self, rewrite: Option<TokenResponseRewrite>) {
-        self.shared.set_token_rewrite(rewrite);
-    }
-
-    /// The External API's base URL (the same server as [`Self::base_url`]).
-    pub fn api_url(&self) -> Url {
-        self.base_url()
-    }
-
-    /// The socket address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The environment name.
-    pub fn environment_name(&self) -> &str {
-        &self.shared.config.environment_name
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> Stats {
-        self.shared.stats()
-    }
-
-    /// Sets every counter back to zero (grants stay as they are).
-    pub fn reset_stats(&self) {
-        self.shared.reset_stats();
-    }
-
-    /// Every External API request so far, oldest first.
-    pub fn request_log(&self) -> Vec<ApiRequestRecord> {
-        self.shared.request_log()
-    }
-
-    /// Empties the request log.
-    pub fn clear_request_log(&self) {
-        self.shared.clear_request_log();
-    }
-
-    /// Every External API request since the last call (or since the start), oldest first, and
-    /// empties the log in the same step, so long runs can check every request in bounded memory.
-    pub fn take_request_log(&self) -> Vec<ApiRequestRecord> {
-        self.shared.take_request_log()
-    }
-
-    /// Mints an Integrated API key for the installation of `client_id` in `company`, with the
-    /// client's registered scopes. Creates the installation (status `AUTHORIZED`) if needed and
-    /// revokes the installation's previous Integrated key.
-    ///
-    /// # Panics
-    ///
-    /// If the client or company is unknown; [`Self::try_mint_integrated_key`] returns an error
-    /// instead.
-    pub fn mint_integrated_key(&self, client_id: &str, company: Uuid) -> String {
-        match self.try_mint_integrated_key(client_id, company) {
-            Ok(key) => key,
-            Err(e) => panic!("cannot mint an Integrated API key: {e}"),
-        }
-    }
-
-    /// Like [`Self::mint_integrated_key`], returning an error for an unknown client or company.
-    ///
-    /// # Errors
-    ///
-    /// [`SandboxError::UnknownClient`], [`SandboxError::UnknownSubject`],
-    /// [`SandboxError::NotACompany`], or [`SandboxError::Random`].
-    pub fn try_mint_integrated_key(
-        &self,
-        client_id: &str,
-        company: Uuid,
-    ) -> Result<String, SandboxError> {
-        self.shared.mint_integrated_key(client_id, company)
-    }
-
-    /// Mints a Standalone API key for a company or (covering all its companies) an
-    /// organisation, with the chosen scopes and an optional lifetime.
-    ///
-    /// # Panics
-    ///
-    /// If the subject is unknown or a scope is empty or contains whitespace;
-    /// [`Self::try_mint_standalone_key`] returns an error instead.
-    pub fn mint_standalone_key(
-        &self,
-        subject: Uuid,
-        scopes: &[&str],
-        expires_in: Option<Duration>,
-    ) -> String {
-        match self.try_mint_standalone_key(subject, scopes, expires_in) {
-            Ok(key) => key,
-            Err(e) => panic!("cannot mint a Standalone API key: {e}"),
-        }
-    }
-
-    /// Like [`Self::mint_standalone_key`], returning an error instead of panicking.
-    ///
-    /// # Errors
-    ///
-    /// [`SandboxError::UnknownSubject`], [`SandboxError::InvalidConfig`] for a bad scope, or
-    /// [`SandboxError::Random`].
-    pub fn try_mint_standalone_key(
-        &self,
-        subject: Uuid,
-        scopes: &[&str],
-        expires_in: Option<Duration>,
-    ) -> Result<String, SandboxError> {
-        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
-        self.shared
-            .mint_standalone_key(subject, scopes, expires_in, None)
-    }
-
-    /// Revokes an API key; returns whether it was live.
-    pub fn revoke_api_key(&self, api_key: &str) -> bool {
-        self.shared.revoke_api_key(api_key)
-    }
-
-    /// Revokes the current access tokens of the targeted grants; their refresh tokens stay
-    /// valid. Returns how many live grants were affected. A token converts into a target:
-    /// `handle.revoke_access_tokens(&access_token)`.
-    pub fn revoke_access_tokens(&self, target: impl Into<RevokeTarget>) -> usize {
-        self.shared.revoke_access_tokens(&target.into())
-    }
-
-    /// Revokes the targeted grants entirely (cause [`RevocationCause::Admin`](crate::RevocationCause::Admin)).
-    /// Returns how many were live.
-    pub fn revoke_grant(&self, target: impl Into<RevokeTarget>) -> usize {
-        self.shared.revoke_grants(&target.into())
-    }
-
-    /// The ID of the grant an access or refresh token (current or old) belongs to, as used in
-    /// [`Stats::grants`] and [`ApiRequestRecord::credential_id`].
-    pub fn grant_id(&self, token: &str) -> Option<String> {
-        self.shared.grant_id(token)
-    }
-
-    /// Moves the sandbox's clock forward. Every expiry check (codes, tokens, keys, consent
-    /// pages) and every issued timestamp uses this clock.
-    pub fn advance_clock(&self, by: Duration) {
-        self.shared.advance_clock(by);
-    }
-
-    /// The sandbox's current time (wall clock plus every [`Self::advance_clock`]).
-    pub fn now(&self) -> SystemTime {
-        self.shared.clock().0
-    }
-
-    /// Makes the next `count` requests to `endpoint` fail with `fault`. Faults queue in order;
-    /// endpoint-specific faults are served before [`Endpoint::Any`] faults.
-    ///
-    /// # Panics
-    ///
-    /// If a [`Fault::ServerError`] status is not 500 to 599.
-    pub fn inject_fault(&self, endpoint: Endpoint, fault: Fault, count: u32) {
-        if let Fault::ServerError(status) = fault {
-            assert!(
-                (500..=599).contains(&status),
-                "Fault::ServerError needs a 5xx status, got {status}"
-            );
-        }
-        self.shared.inject_fault(endpoint, fault, count);
-    }
-
-    /// Removes every queued fault.
-    pub fn clear_faults(&self) {
-        self.shared.clear_faults();
-    }
-
-    /// Turns auto-approve on (for a company or organisation) or off at run time.
-    ///
-    /// # Errors
-    ///
-    /// [`SandboxError::UnknownSubject`] if no company or organisation has the ID.
-    pub fn set_auto_approve(&self, subject: Option<Uuid>) -> Result<(), SandboxError> {
-        self.shared.set_auto_approve(subject)
-    }
-
-    /// Registers (or replaces) an OAuth client at run time.
-    ///
-    /// # Errors
-    ///
-    /// [`SandboxError::InvalidConfig`] if the registration is unusable.
-    pub fn register_client(&self, client: ClientRegistration) -> Result<(), SandboxError> {
-        self.shared.register_client(client)
-    }
-
-    /// Stops accepting connections, lets requests in progress finish (at most 5 seconds) and
-    /// waits for the server to stop.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            tx.send(()).ok();
-        }
-        if let Some(task) = self.task.take()
-            && let Err(error) = task.await
-        {
-            tracing::debug!(%error, "sandbox server task failed");
-        }
     }
 }

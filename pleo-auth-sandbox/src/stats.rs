@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::Endpoint;
-use crate::util::token_fingerprint;
+use crate::faults::Endpoint;
+use crate::secrets::token_fingerprint;
 
 /// Why a grant (all its access and refresh tokens) was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::circles;
 use crate::services::{self, Service};
 use crate::{Cmd, Result, cargo, secs};
 
@@ -26,9 +27,13 @@ const FACADE_FEATURES: [&str; 12] = [
 /// `<crate>-...` (such as `hyper-util` or `axum-core`).
 const HTTP_CRATES: [&str; 3] = ["reqwest", "hyper", "axum"];
 
-/// How many steps run with and without `--quick`: services, fmt, clippy, doc, the core guard, tests
-/// and doc tests.
-const ALWAYS_STEPS: usize = 7;
+/// The cargo-deny release series the gate installs when cargo-deny is missing (`deny.toml` is
+/// written for it).
+const CARGO_DENY_VERSION: &str = "0.20";
+
+/// How many steps run with and without `--quick`: services, fmt, clippy, doc, the core guard, the
+/// import-circle guard, cargo-deny, tests and doc tests.
+const ALWAYS_STEPS: usize = 9;
 
 /// Runs the gate. Services that the gate starts are stopped when it ends, whatever the outcome;
 /// services that already ran are left running.
@@ -91,6 +96,12 @@ fn steps(root: &Path, quick: bool, gate: &mut Gate, started: &mut Vec<Service>) 
         .status()
     })?;
     gate.step("pleo-auth-core pulls no HTTP crate", || core_guard(root))?;
+    gate.step("no import circles between the files of a crate", || {
+        circles::check(root, false)
+    })?;
+    gate.step("dependency licenses, bans and sources (cargo deny)", || {
+        deny_check(root)
+    })?;
     if !quick {
         gate.step("facade without features", || {
             cargo(
@@ -187,6 +198,33 @@ fn core_guard(root: &Path) -> Result<()> {
             offending.join("\n  ")
         ))
     }
+}
+
+/// Runs `cargo deny` on licenses, duplicate and banned crates, and sources, after installing
+/// cargo-deny from crates.io if it is missing. Advisories are not checked: their database is on
+/// GitHub, which this project's machines cannot reach (see `deny.toml`).
+fn deny_check(root: &Path) -> Result<()> {
+    if cargo(root, ["deny", "--version"], &[]).stdout().is_err() {
+        println!("cargo-deny is not installed; installing it from crates.io (a release build)");
+        cargo(
+            root,
+            [
+                "install",
+                "cargo-deny",
+                "--locked",
+                "--version",
+                CARGO_DENY_VERSION,
+            ],
+            &[],
+        )
+        .status()?;
+    }
+    cargo(root, ["deny", "check", "licenses", "bans", "sources"], &[]).status()?;
+    println!(
+        "advisories not checked: the RustSec database is fetched from GitHub, which this machine \
+         cannot reach (run `cargo deny check advisories` where it can)"
+    );
+    Ok(())
 }
 
 /// Whether a `cargo tree --prefix none` line (`name vX.Y.Z ...`) names an HTTP crate.

@@ -1,16 +1,20 @@
 //! Developer tasks for the `pleo-auth` workspace, run as `cargo xtask <command>`.
 //!
-//! The crate uses only the standard library. Every command runs from the workspace root, prints what
-//! it runs, and exits with code 1 and a one-line `error:` message when something fails.
+//! The crate uses the standard library, `rustix` for signals, and `syn` and `serde_json` for the
+//! import-circle guard; it has no `unsafe` code.
+//! Every command runs from the workspace root, prints what it runs, and exits with code 1 and a
+//! one-line `error:` message when something fails.
 //!
 //! See [`USAGE`] for the commands and the environment variables they read.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod ci;
+mod circles;
 mod process;
 mod services;
 mod soak;
-mod tidy;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -31,11 +35,14 @@ Commands:
   services down     stop the services that `services up` of this checkout started
   services status   print each service and whether it answers (exit 1 if one does not)
   services env      print .services/env (KEY=VALUE lines for the tests)
-  ci [--quick]      the whole gate: services, fmt, clippy, doc, dependency guard, facade
-                    feature checks (skipped by --quick), tests, doc tests; stops the services
-                    it started itself when it ends
-  tidy              cargo fmt --all, then fail if non-test sources contain todo/unimplemented/dbg
-                    macro calls
+  ci [--quick]      the whole gate: services, fmt, clippy, doc, dependency guard, import-circle
+                    guard, cargo deny (licenses, bans, sources; installs cargo-deny if missing),
+                    facade feature checks (skipped by --quick), tests, doc tests; stops the
+                    services it started itself when it ends
+  circles [--all]   the import-circle guard of `ci`: fail if the files of a library crate import
+                    each other in a circle; --all also checks the crates on its allow-list
+  tidy              cargo fmt --all (leftover todo!/unimplemented!/dbg! are clippy lints of the
+                    workspace, [workspace.lints] in Cargo.toml, failed by the clippy step of ci)
   bench [args]      cargo bench --workspace --all-features [args], then the full-size replica
                     proof (PLEO_AUTH_SCALE_FULL=1, tests/scale_replicas.rs); starts the
                     services if needed and stops those it started
@@ -77,15 +84,9 @@ fn run(args: &[String]) -> Result<()> {
     };
     match command {
         "services" => services::command(&root, rest),
-        "ci" => match rest {
-            [] => ci::run(&root, false),
-            [flag] if flag == "--quick" => ci::run(&root, true),
-            _ => Err(usage_error(&format!(
-                "unexpected arguments to `ci`: {}",
-                rest.join(" ")
-            ))),
-        },
-        "tidy" if rest.is_empty() => tidy::run(&root),
+        "ci" => ci::run(&root, optional_flag(command, rest, "--quick")?),
+        "circles" => circles::check(&root, optional_flag(command, rest, "--all")?),
+        "tidy" if rest.is_empty() => cargo(&root, ["fmt", "--all"], &[]).status(),
         "tidy" => Err(usage_error("`tidy` takes no arguments")),
         "bench" => bench::run(&root, rest),
         "demo" => cargo(
@@ -100,6 +101,19 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         other => Err(usage_error(&format!("unknown command `{other}`"))),
+    }
+}
+
+/// Whether the arguments of `command` are exactly `flag` (`true`) or nothing (`false`); anything
+/// else is a usage error.
+fn optional_flag(command: &str, rest: &[String], flag: &str) -> Result<bool> {
+    match rest {
+        [] => Ok(false),
+        [given] if given == flag => Ok(true),
+        _ => Err(usage_error(&format!(
+            "unexpected arguments to `{command}`: {}",
+            rest.join(" ")
+        ))),
     }
 }
 

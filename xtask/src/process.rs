@@ -1,37 +1,12 @@
-//! Linux process helpers: signals through `kill(2)` and process facts from `/proc`.
+//! Linux process helpers: signals through rustix and process facts from `/proc`.
 
-use std::io;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+
 use crate::Result;
-
-/// `SIGTERM`: asks a process to shut down.
-const SIGTERM: i32 = 15;
-/// `SIGKILL`: ends a process at once.
-const SIGKILL: i32 = 9;
-
-// SAFETY: `kill(2)` from the C library that std links on Linux; it takes two integers, touches no
-// memory of ours and reports failure through its return value and errno.
-unsafe extern "C" {
-    /// Sends signal `sig` to process `pid`, or to process group `-pid` when `pid` is negative.
-    safe fn kill(pid: i32, sig: i32) -> i32;
-}
-
-/// Sends `signal` to `target` (a pid, or a negated process group id); a target that no longer
-/// exists is not an error.
-fn send(target: i32, signal: i32) -> Result<()> {
-    if kill(target, signal) == 0 {
-        return Ok(());
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(3) {
-        // ESRCH: nothing left to signal.
-        Ok(())
-    } else {
-        Err(format!("cannot send signal {signal} to {target}: {error}"))
-    }
-}
 
 /// The fields of `/proc/<pid>/stat` that the tasks use.
 #[derive(Debug, PartialEq, Eq)]
@@ -99,7 +74,7 @@ pub enum Ended {
 }
 
 /// What [`terminate`] signals.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Target {
     /// A process that leads its own group: the whole group.
     Group(u32),
@@ -108,15 +83,22 @@ enum Target {
 }
 
 impl Target {
-    /// The argument of `kill(2)` that reaches this target.
-    fn raw(self) -> Result<i32> {
-        let (Self::Group(pid) | Self::Process(pid)) = self;
-        let raw = i32::try_from(pid).map_err(|_| format!("pid {pid} is out of range"))?;
-        Ok(if matches!(self, Self::Group(_)) {
-            -raw
-        } else {
-            raw
-        })
+    /// Sends `signal` to this target; a target that no longer exists is not an error.
+    fn signal(self, signal: Signal) -> Result<()> {
+        let (Self::Group(raw) | Self::Process(raw)) = self;
+        let pid = i32::try_from(raw)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| format!("pid {raw} is out of range"))?;
+        let sent = match self {
+            Self::Group(_) => kill_process_group(pid, signal),
+            Self::Process(_) => kill_process(pid, signal),
+        };
+        match sent {
+            // ESRCH: nothing left to signal.
+            Ok(()) | Err(Errno::SRCH) => Ok(()),
+            Err(error) => Err(format!("cannot send {signal:?} to {self:?}: {error}")),
+        }
     }
 
     /// The processes of this target that still run.
@@ -151,11 +133,11 @@ pub fn terminate(pid: u32, grace: Duration) -> Result<Ended> {
     } else {
         Target::Process(pid)
     };
-    send(target.raw()?, SIGTERM)?;
+    target.signal(Signal::TERM)?;
     if target.wait_gone(grace) {
         return Ok(Ended::Terminated);
     }
-    send(target.raw()?, SIGKILL)?;
+    target.signal(Signal::KILL)?;
     if target.wait_gone(Duration::from_secs(5)) {
         Ok(Ended::Killed)
     } else {
@@ -181,6 +163,62 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    /// Starts `script` under `sh` as the leader of a new process group.
+    fn spawn_group(script: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn terminate_ends_a_whole_group_with_sigterm() {
+        let mut child = spawn_group("sleep 30 & sleep 30");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_members(pid).len() < 2 && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+        assert!(group_members(pid).len() >= 2, "the group never started");
+        assert_eq!(
+            terminate(pid, Duration::from_secs(5)),
+            Ok(Ended::Terminated)
+        );
+        assert!(group_members(pid).is_empty());
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn terminate_kills_what_ignores_sigterm() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ready; exec sleep 30"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "the trap is in place");
+        assert_eq!(
+            terminate(pid, Duration::from_millis(300)),
+            Ok(Ended::Killed)
+        );
+        assert!(!is_alive(pid));
+        child.wait().unwrap();
+        // Signalling a process that is gone is not an error.
+        assert_eq!(
+            terminate(pid, Duration::from_millis(100)),
+            Ok(Ended::Terminated)
+        );
     }
 
     #[test]

@@ -1,86 +1,15 @@
-//! Small helpers: randomness, digests, form and header parsing, HTML escaping.
+//! Reading requests: form and query parameters, the `Authorization` header, scope strings.
 
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::alphabet;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use sha2::{Digest as _, Sha256};
-use uuid::Uuid;
-
-/// SHA-256 of a secret: the key under which the sandbox stores every secret it minted.
-pub(crate) type Digest = [u8; 32];
-
-/// The operating system's random number generator failed.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the operating system random number generator failed")]
-pub(crate) struct RandomUnavailable;
 
 /// Standard base64 that accepts input with or without padding.
 const BASIC_B64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-fn random_bytes<const N: usize>() -> Result<[u8; N], RandomUnavailable> {
-    let mut buf = [0u8; N];
-    getrandom::getrandom(&mut buf).map_err(|_| RandomUnavailable)?;
-    Ok(buf)
-}
-
-/// A fresh secret: `prefix`, then `kind`, then 256 random bits in base64url.
-pub(crate) fn random_secret(prefix: &str, kind: &str) -> Result<String, RandomUnavailable> {
-    let bytes = random_bytes::<32>()?;
-    Ok(format!("{prefix}{kind}{}", URL_SAFE_NO_PAD.encode(bytes)))
-}
-
-/// A random (version 4) UUID.
-pub(crate) fn random_uuid() -> Result<Uuid, RandomUnavailable> {
-    Ok(uuid::Builder::from_random_bytes(random_bytes::<16>()?).into_uuid())
-}
-
-/// A UUID derived deterministically from some text (for seeded resource data).
-pub(crate) fn derived_uuid(text: &str) -> Uuid {
-    let d = digest(text);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&d[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
-}
-
-/// SHA-256 of a string.
-pub(crate) fn digest(s: &str) -> Digest {
-    Sha256::digest(s.as_bytes()).into()
-}
-
-/// A short, stable, non-secret fingerprint of a secret (the first 16 hex digits of its SHA-256).
-///
-/// The sandbox never reports a secret it minted or received; statistics and the request log name
-/// credentials by this fingerprint instead. Tests compute the fingerprint of a token they hold with
-/// this function to find it in [`Stats`](crate::Stats) or the [request log](crate::ApiRequestRecord).
-pub fn token_fingerprint(secret: &str) -> String {
-    hex::encode(&digest(secret)[..8])
-}
-
-/// The PKCE `S256` transformation: base64url(SHA-256(verifier)), no padding.
-pub(crate) fn pkce_s256(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
-}
-
-/// Whether a PKCE code verifier has the RFC 7636 shape: 43 to 128 unreserved characters.
-pub(crate) fn is_valid_verifier(verifier: &str) -> bool {
-    (43..=128).contains(&verifier.len())
-        && verifier
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-}
-
-/// Whether a PKCE `S256` code challenge has the right shape: 43 base64url characters.
-pub(crate) fn is_valid_s256_challenge(challenge: &str) -> bool {
-    challenge.len() == 43
-        && challenge
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-}
 
 /// Decoded `application/x-www-form-urlencoded` parameters, keeping repeats so they can be refused.
 #[derive(Default)]
@@ -191,22 +120,6 @@ pub(crate) fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Escapes text for HTML element content and double-quoted attribute values.
-pub(crate) fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Splits a space-separated scope string into distinct scopes, keeping their order.
 pub(crate) fn split_scopes(s: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -223,14 +136,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn s256_matches_rfc7636_appendix_b() {
-        assert_eq!(
-            pkce_s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
-    }
-
-    #[test]
     fn repeated_parameters_are_detected() {
         let p = Params::parse(b"a=1&b=2&a=3");
         assert!(p.get("a").is_err());
@@ -238,14 +143,6 @@ mod tests {
         assert_eq!(p.get("c").unwrap(), None);
         assert_eq!(p.first_repeated(), Some("a"));
         assert_eq!(Params::parse(b"a=1&b=2").first_repeated(), None);
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape_html(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
     }
 
     #[test]
@@ -258,11 +155,6 @@ mod tests {
             );
             assert!(matches!(authorization(&h), Authorization::Basic { .. }));
         }
-    }
-
-    #[test]
-    fn fingerprint_is_short_and_stable() {
-        assert_eq!(token_fingerprint("abc"), "ba7816bf8f01cfea");
     }
 
     #[test]
