@@ -1,7 +1,6 @@
 //! The one public error of the facade.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use pleo_auth_core::ErrorKind;
 
@@ -13,10 +12,13 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// [`kind`](Error::kind) is the shared [`ErrorKind`] of every pleo-auth crate. `Display` says
 /// what the facade was doing; the error of the crate that failed is the
 /// [`source`](std::error::Error::source). Neither contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
     retryable: bool,
+    #[source]
     source: Option<Source>,
 }
 
@@ -73,7 +75,7 @@ impl Error {
     /// Wraps an API key error.
     #[cfg(feature = "apikey")]
     pub(crate) fn apikey(message: &'static str, err: pleo_auth_apikey::Error) -> Self {
-        Self::wrap(err.kind(), err.is_retryable(), message, err)
+        Self::wrap(err.kind().core_kind(), err.is_retryable(), message, err)
     }
 
     /// Wraps an HTTP client error.
@@ -95,33 +97,6 @@ impl Error {
     /// The message of this layer, without the cause.
     pub fn message(&self) -> &str {
         &self.message
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("retryable", &self.retryable);
-        if let Some(source) = &self.source {
-            d.field("source", source);
-        }
-        d.finish()
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_ref()
-            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
     }
 }
 

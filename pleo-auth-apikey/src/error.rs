@@ -1,53 +1,41 @@
 //! The one public error of `pleo-auth-apikey`.
 
-use pleo_auth_core::{EnvironmentName, ErrorKind, ScopeSet, Subject, TenantId};
+use std::borrow::Cow;
+
+use pleo_auth_core::{EnvironmentName, ErrorKind as CoreKind, ScopeSet, Subject, TenantId};
 
 /// A core error, kept as the cause of an [`Error`].
 pub type CoreError = pleo_auth_core::Error;
 
-/// Why an API key operation failed.
+/// What went wrong in an API key operation.
 ///
-/// Read [`Error::kind`] and [`Error::is_retryable`] to decide what to do; the message is for
-/// people. No variant ever holds or prints a key: `Display` and `Debug` name subjects,
-/// scopes, environments and tenants only. Converts into [`pleo_auth_core::Error`] (the error
-/// of [`CredentialProvider`](pleo_auth_core::CredentialProvider)) without losing the kind.
-#[derive(Debug, thiserror::Error)]
+/// Retry logic reads [`Error::is_retryable`] and [`ErrorKind::core_kind`], never the message.
+/// No kind ever holds a key: kinds name subjects, scopes, environments, tenants and client ids
+/// only.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// The key is not of the accepted shape (see [`validate_key_format`](crate::validate_key_format)).
     /// Nothing was sent to Pleo.
-    #[error("api key is malformed: it {reason}")]
     InvalidKeyFormat {
         /// What is wrong with it, without quoting it.
         reason: &'static str,
     },
     /// Pleo answered `/v1/introspect` with 401: the key is unknown, revoked, expired, or was
-    /// issued in another environment.
-    #[error(
-        "pleo rejected the api key: it is unknown, revoked, expired or from another environment"
-    )]
-    KeyRejected {
-        /// The HTTP-level cause, when the rejection was just observed.
-        #[source]
-        source: Option<CoreError>,
-    },
+    /// issued in another environment. The HTTP-level cause, when the rejection was just
+    /// observed, is the error's source.
+    KeyRejected,
     /// Pleo says the credential is not an API key (for example an OAuth access token).
-    #[error("the credential is not a pleo api key (pleo reports another authentication method)")]
     NotAnApiKey,
     /// Pleo names no integration for the key: it is a Standalone API key, which cannot stand in
     /// for an Integrated key (use [`StandaloneKey`](crate::StandaloneKey) for it).
-    #[error(
-        "the key is a standalone api key (pleo names no integration for it), not an integrated api key"
-    )]
     NotAnIntegratedKey,
     /// The key belongs to an organisation, but an Integrated key must belong to one company.
-    #[error("the api key belongs to {subject}; an integrated api key must belong to one company")]
     NotACompanyKey {
         /// The key's subject.
         subject: Subject,
     },
     /// The key belongs to another company than the one expected.
-    #[error("the api key belongs to {actual}, not to the expected {expected}")]
     WrongCompany {
         /// The company the integration expected.
         expected: Subject,
@@ -55,7 +43,6 @@ pub enum Error {
         actual: Subject,
     },
     /// The key lacks scopes the integration needs; nothing was activated.
-    #[error("the api key lacks the required scopes: {missing}")]
     MissingScopes {
         /// The required scopes the key does not carry.
         missing: ScopeSet,
@@ -63,7 +50,6 @@ pub enum Error {
         granted: ScopeSet,
     },
     /// Pleo says the key was issued to another integration than the configured one.
-    #[error("the api key was issued to another integration than {expected:?}")]
     WrongIntegration {
         /// The Pleo client id the configuration expects.
         expected: String,
@@ -71,7 +57,6 @@ pub enum Error {
         actual: Option<String>,
     },
     /// A stored key belongs to another environment than the one asked for.
-    #[error("the api key belongs to environment {actual}, not to {expected}")]
     WrongEnvironment {
         /// The environment asked for.
         expected: EnvironmentName,
@@ -79,7 +64,6 @@ pub enum Error {
         actual: EnvironmentName,
     },
     /// A credential was asked for a subject the key does not act for.
-    #[error("the api key acts for {key_subject}, not for {requested}")]
     SubjectNotCovered {
         /// The subject asked for.
         requested: Subject,
@@ -87,49 +71,35 @@ pub enum Error {
         key_subject: Subject,
     },
     /// No key is stored for the subject.
-    #[error("no api key is stored for {subject}")]
     NotFound {
         /// The subject asked for.
         subject: Subject,
     },
     /// Pleo rejected the key earlier; the customer must provide a new one.
-    #[error("the api key of {subject} was rejected by pleo and must be replaced")]
     NeedsReplacement {
         /// The subject whose key must be replaced.
         subject: Subject,
     },
     /// The stored key was revoked or removed on purpose.
-    #[error("the api key of {subject} was revoked")]
     Revoked {
         /// The subject whose key was revoked.
         subject: Subject,
     },
     /// The tenant or the company is already linked elsewhere; neither the key nor the link
-    /// was stored.
-    #[error(
-        "tenant {:?} cannot be linked to {subject}: one of them is already linked elsewhere; nothing was stored",
-        tenant.as_str()
-    )]
+    /// was stored. The tenant-link error naming the existing link is the source.
     TenantConflict {
         /// The tenant asked for.
         tenant: TenantId,
         /// The subject of the key.
         subject: Subject,
-        /// The tenant-link error naming the existing link.
-        #[source]
-        source: CoreError,
     },
-    /// The stored record changed between read and write; nothing was changed.
-    #[error("the stored api key of {subject} changed concurrently; nothing was changed")]
+    /// The stored record changed between read and write; nothing was changed. The store's
+    /// conflict error is the source.
     ConcurrentChange {
         /// The subject of the record.
         subject: Subject,
-        /// The store's conflict error.
-        #[source]
-        source: CoreError,
     },
     /// A stored record is of another kind or does not match where it is stored.
-    #[error("the stored api key record of {subject} is unusable: {reason}")]
     Corrupt {
         /// The subject of the record.
         subject: Subject,
@@ -137,106 +107,216 @@ pub enum Error {
         reason: &'static str,
     },
     /// An environment variable that should hold a key is not set.
-    #[error("environment variable {name} is not set")]
     MissingEnvVar {
         /// The variable's name.
         name: String,
     },
-    /// The configuration cannot work.
-    #[error("invalid api key configuration")]
-    Config {
-        /// What is wrong.
-        #[source]
-        source: CoreError,
-    },
+    /// The configuration cannot work; what is wrong is the source.
+    Config,
     /// `/v1/introspect` failed for another reason than a rejected key (unreachable, 5xx, 429,
-    /// or an answer that is not the documented JSON).
-    #[error("introspecting the api key failed")]
-    Introspection {
-        /// The HTTP-level cause.
-        #[source]
-        source: CoreError,
-    },
-    /// `POST /v1/installations/me` failed; nothing was stored.
-    #[error("creating the installation failed; nothing was stored")]
-    Installation {
-        /// The HTTP-level cause.
-        #[source]
-        source: CoreError,
-    },
-    /// The secret store failed.
-    #[error("secret store operation failed")]
-    Store {
-        /// The store's error.
-        #[source]
-        source: CoreError,
-    },
+    /// or an answer that is not the documented JSON). Holds the HTTP-level cause's kind.
+    Introspection(CoreKind),
+    /// `POST /v1/installations/me` failed; nothing was stored. Holds the HTTP-level cause's
+    /// kind.
+    Installation(CoreKind),
+    /// The secret store failed; the core kind says how.
+    Store(CoreKind),
+}
+
+impl ErrorKind {
+    /// The matching kind of [`pleo_auth_core::Error`], the vocabulary shared by every
+    /// pleo-auth crate.
+    pub fn core_kind(&self) -> CoreKind {
+        match self {
+            ErrorKind::InvalidKeyFormat { .. }
+            | ErrorKind::NotAnApiKey
+            | ErrorKind::NotAnIntegratedKey
+            | ErrorKind::NotACompanyKey { .. }
+            | ErrorKind::WrongIntegration { .. } => CoreKind::InvalidInput,
+            ErrorKind::KeyRejected => CoreKind::Unauthenticated,
+            ErrorKind::WrongCompany { .. } | ErrorKind::SubjectNotCovered { .. } => {
+                CoreKind::WrongCompany
+            }
+            ErrorKind::MissingScopes { .. } => CoreKind::PermissionDenied,
+            ErrorKind::WrongEnvironment { .. } => CoreKind::WrongEnvironment,
+            ErrorKind::NotFound { .. } => CoreKind::NotFound,
+            ErrorKind::NeedsReplacement { .. } => CoreKind::NeedsReplacement,
+            ErrorKind::Revoked { .. } => CoreKind::Revoked,
+            ErrorKind::TenantConflict { .. } | ErrorKind::ConcurrentChange { .. } => {
+                CoreKind::Conflict
+            }
+            ErrorKind::Corrupt { .. } => CoreKind::Corrupt,
+            ErrorKind::MissingEnvVar { .. } | ErrorKind::Config => CoreKind::Config,
+            // Pleo's answer was not usable input; it is not the caller's input.
+            ErrorKind::Introspection(CoreKind::InvalidInput)
+            | ErrorKind::Installation(CoreKind::InvalidInput) => CoreKind::Unexpected,
+            ErrorKind::Introspection(kind)
+            | ErrorKind::Installation(kind)
+            | ErrorKind::Store(kind) => *kind,
+        }
+    }
+
+    /// What this layer says about the kind: lowercase, without a cause or a secret.
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            ErrorKind::InvalidKeyFormat { reason } => {
+                format!("api key is malformed: it {reason}").into()
+            }
+            ErrorKind::KeyRejected => {
+                "pleo rejected the api key: it is unknown, revoked, expired or from another environment".into()
+            }
+            ErrorKind::NotAnApiKey => {
+                "the credential is not a pleo api key (pleo reports another authentication method)".into()
+            }
+            ErrorKind::NotAnIntegratedKey => {
+                "the key is a standalone api key (pleo names no integration for it), not an integrated api key".into()
+            }
+            ErrorKind::NotACompanyKey { subject } => format!(
+                "the api key belongs to {subject}; an integrated api key must belong to one company"
+            )
+            .into(),
+            ErrorKind::WrongCompany { expected, actual } => {
+                format!("the api key belongs to {actual}, not to the expected {expected}").into()
+            }
+            ErrorKind::MissingScopes { missing, .. } => {
+                format!("the api key lacks the required scopes: {missing}").into()
+            }
+            ErrorKind::WrongIntegration { expected, .. } => {
+                format!("the api key was issued to another integration than {expected:?}").into()
+            }
+            ErrorKind::WrongEnvironment { expected, actual } => {
+                format!("the api key belongs to environment {actual}, not to {expected}").into()
+            }
+            ErrorKind::SubjectNotCovered {
+                requested,
+                key_subject,
+            } => format!("the api key acts for {key_subject}, not for {requested}").into(),
+            ErrorKind::NotFound { subject } => {
+                format!("no api key is stored for {subject}").into()
+            }
+            ErrorKind::NeedsReplacement { subject } => {
+                format!("the api key of {subject} was rejected by pleo and must be replaced").into()
+            }
+            ErrorKind::Revoked { subject } => format!("the api key of {subject} was revoked").into(),
+            ErrorKind::TenantConflict { tenant, subject } => format!(
+                "tenant {:?} cannot be linked to {subject}: one of them is already linked elsewhere; nothing was stored",
+                tenant.as_str()
+            )
+            .into(),
+            ErrorKind::ConcurrentChange { subject } => format!(
+                "the stored api key of {subject} changed concurrently; nothing was changed"
+            )
+            .into(),
+            ErrorKind::Corrupt { subject, reason } => {
+                format!("the stored api key record of {subject} is unusable: {reason}").into()
+            }
+            ErrorKind::MissingEnvVar { name } => {
+                format!("environment variable {name} is not set").into()
+            }
+            ErrorKind::Config => "invalid api key configuration".into(),
+            ErrorKind::Introspection(_) => "introspecting the api key failed".into(),
+            ErrorKind::Installation(_) => {
+                "creating the installation failed; nothing was stored".into()
+            }
+            ErrorKind::Store(_) => "secret store operation failed".into(),
+        }
+    }
+}
+
+/// Why an API key operation failed.
+///
+/// Read [`Error::kind`] and [`Error::is_retryable`] to decide what to do; the message is for
+/// people. No error ever holds or prints a key: `Display` and `Debug` name subjects, scopes,
+/// environments and tenants only, and the cause (a store or HTTP error) is in
+/// [`std::error::Error::source`]. Converts into [`pleo_auth_core::Error`] (the error of
+/// [`CredentialProvider`](pleo_auth_core::CredentialProvider)) without losing the kind.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(Box<Inner>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Inner {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    #[source]
+    source: Option<CoreError>,
 }
 
 impl Error {
-    /// What went wrong, in the vocabulary shared by every pleo-auth crate.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Error::InvalidKeyFormat { .. }
-            | Error::NotAnApiKey
-            | Error::NotAnIntegratedKey
-            | Error::NotACompanyKey { .. }
-            | Error::WrongIntegration { .. } => ErrorKind::InvalidInput,
-            Error::KeyRejected { .. } => ErrorKind::Unauthenticated,
-            Error::WrongCompany { .. } | Error::SubjectNotCovered { .. } => ErrorKind::WrongCompany,
-            Error::MissingScopes { .. } => ErrorKind::PermissionDenied,
-            Error::WrongEnvironment { .. } => ErrorKind::WrongEnvironment,
-            Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::NeedsReplacement { .. } => ErrorKind::NeedsReplacement,
-            Error::Revoked { .. } => ErrorKind::Revoked,
-            Error::TenantConflict { .. } | Error::ConcurrentChange { .. } => ErrorKind::Conflict,
-            Error::Corrupt { .. } => ErrorKind::Corrupt,
-            Error::MissingEnvVar { .. } | Error::Config { .. } => ErrorKind::Config,
-            Error::Introspection { source } | Error::Installation { source } => {
-                // Pleo's answer was not usable input; it is not the caller's input.
-                match source.kind() {
-                    ErrorKind::InvalidInput => ErrorKind::Unexpected,
-                    kind => kind,
-                }
-            }
-            Error::Store { source } => source.kind(),
-        }
+    /// A new error of `kind`, with the message that kind implies and no cause.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self(Box::new(Inner {
+            message: kind.message(),
+            kind,
+            source: None,
+        }))
     }
 
-    /// Whether the same call may succeed if retried later, unchanged.
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: CoreError) -> Self {
+        self.0.source = Some(source);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0.kind
+    }
+
+    /// The message of this layer, without the cause.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// Whether the same call may succeed if retried later, unchanged. For a failed store,
+    /// introspection or installation the cause decides.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Introspection { source }
-            | Error::Installation { source }
-            | Error::Store { source } => source.is_retryable(),
-            other => other.kind().is_retryable(),
+        match (&self.0.kind, &self.0.source) {
+            (
+                ErrorKind::Introspection(_) | ErrorKind::Installation(_) | ErrorKind::Store(_),
+                Some(source),
+            ) => source.is_retryable(),
+            (kind, _) => kind.core_kind().is_retryable(),
         }
     }
 
-    /// Moves the cause out, for the conversion into a core error.
-    fn into_source(self) -> Option<CoreError> {
-        match self {
-            Error::KeyRejected { source } => source,
-            Error::TenantConflict { source, .. }
-            | Error::ConcurrentChange { source, .. }
-            | Error::Config { source }
-            | Error::Introspection { source }
-            | Error::Installation { source }
-            | Error::Store { source } => Some(source),
-            _ => None,
-        }
-    }
-
+    /// The secret store failed with `source`.
     pub(crate) fn store(source: CoreError) -> Self {
-        Error::Store { source }
+        Self::new(ErrorKind::Store(source.kind())).with_source(source)
+    }
+
+    /// Writing the key record of `subject` failed with `source`: a lost compare-and-swap is a
+    /// [`ErrorKind::ConcurrentChange`], anything else a store failure.
+    pub(crate) fn record_write(subject: Subject, source: CoreError) -> Self {
+        if source.kind() == CoreKind::Conflict {
+            Self::new(ErrorKind::ConcurrentChange { subject }).with_source(source)
+        } else {
+            Self::store(source)
+        }
+    }
+
+    /// `/v1/introspect` failed with `source`.
+    pub(crate) fn introspection(source: CoreError) -> Self {
+        Self::new(ErrorKind::Introspection(source.kind())).with_source(source)
+    }
+
+    /// `POST /v1/installations/me` failed with `source`.
+    pub(crate) fn installation(source: CoreError) -> Self {
+        Self::new(ErrorKind::Installation(source.kind())).with_source(source)
     }
 }
 
 impl From<Error> for pleo_auth_core::Error {
     fn from(err: Error) -> Self {
-        let converted =
-            CoreError::new(err.kind(), err.to_string()).with_retryable(err.is_retryable());
-        match err.into_source() {
+        let retryable = err.is_retryable();
+        let Inner {
+            kind,
+            message,
+            source,
+        } = *err.0;
+        let converted = CoreError::new(kind.core_kind(), message).with_retryable(retryable);
+        match source {
             Some(source) => converted.with_source(source),
             None => converted,
         }
@@ -253,13 +333,11 @@ mod tests {
 
     #[test]
     fn conversion_keeps_kind_retryability_and_cause() {
-        let err = Error::Introspection {
-            source: CoreError::unavailable("introspection answered HTTP 503"),
-        };
-        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        let err = Error::introspection(CoreError::unavailable("introspection answered HTTP 503"));
+        assert_eq!(err.kind().core_kind(), CoreKind::Unavailable);
         assert!(err.is_retryable());
         let core: CoreError = err.into();
-        assert_eq!(core.kind(), ErrorKind::Unavailable);
+        assert_eq!(core.kind(), CoreKind::Unavailable);
         assert!(core.is_retryable());
         assert_eq!(core.to_string(), "introspecting the api key failed");
         assert_eq!(
@@ -271,17 +349,13 @@ mod tests {
     #[test]
     fn display_is_lowercase_without_trailing_period_and_without_cause() {
         let errors = [
-            Error::InvalidKeyFormat { reason: "is empty" },
-            Error::KeyRejected {
-                source: Some(CoreError::new(
-                    ErrorKind::Unauthenticated,
-                    "introspection answered HTTP 401",
-                )),
-            },
-            Error::NotAnApiKey,
-            Error::Store {
-                source: CoreError::unavailable("vault down"),
-            },
+            Error::new(ErrorKind::InvalidKeyFormat { reason: "is empty" }),
+            Error::new(ErrorKind::KeyRejected).with_source(CoreError::new(
+                CoreKind::Unauthenticated,
+                "introspection answered HTTP 401",
+            )),
+            Error::new(ErrorKind::NotAnApiKey),
+            Error::store(CoreError::unavailable("vault down")),
         ];
         for err in errors {
             let shown = err.to_string();
@@ -293,10 +367,20 @@ mod tests {
 
     #[test]
     fn pleo_answers_that_do_not_parse_are_unexpected_not_invalid_input() {
-        let err = Error::Introspection {
-            source: CoreError::invalid_input("subject must be urn:pleo:company:<uuid>"),
-        };
-        assert_eq!(err.kind(), ErrorKind::Unexpected);
+        let err = Error::introspection(CoreError::invalid_input(
+            "subject must be urn:pleo:company:<uuid>",
+        ));
+        assert_eq!(err.kind().core_kind(), CoreKind::Unexpected);
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn a_retryability_override_of_the_cause_wins_for_store_failures() {
+        let err = Error::store(CoreError::unavailable("gone for good").with_retryable(false));
+        assert_eq!(err.kind(), &ErrorKind::Store(CoreKind::Unavailable));
+        assert!(!err.is_retryable());
+        let err = Error::new(ErrorKind::NotAnApiKey);
+        assert_eq!(err.kind().core_kind(), CoreKind::InvalidInput);
         assert!(!err.is_retryable());
     }
 }

@@ -8,7 +8,7 @@
 
 use pleo_auth_core::ApiKey;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The shortest key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
@@ -26,12 +26,13 @@ pub const SHOWN_SUFFIX_LEN: usize = 4;
 /// characters, non-ASCII characters and spaces.
 ///
 /// ```
-/// use pleo_auth_apikey::validate_key_format;
-/// use pleo_auth_core::{ApiKey, ErrorKind};
+/// use pleo_auth_apikey::{ErrorKind, validate_key_format};
+/// use pleo_auth_core::ApiKey;
 ///
 /// assert!(validate_key_format(&ApiKey::new("abcdefgh-12345678")).is_ok());
 /// let err = validate_key_format(&ApiKey::new("abcdefgh-12345678\n")).unwrap_err();
-/// assert_eq!(err.kind(), ErrorKind::InvalidInput);
+/// assert!(matches!(err.kind(), ErrorKind::InvalidKeyFormat { .. }));
+/// assert_eq!(err.kind().core_kind(), pleo_auth_core::ErrorKind::InvalidInput);
 /// assert_eq!(err.to_string(), "api key is malformed: it has leading or trailing whitespace");
 /// ```
 pub fn validate_key_format(key: &ApiKey) -> Result<()> {
@@ -54,7 +55,7 @@ pub fn validate_key_format(key: &ApiKey) -> Result<()> {
         None
     };
     match reason {
-        Some(reason) => Err(Error::InvalidKeyFormat { reason }),
+        Some(reason) => Err(Error::new(ErrorKind::InvalidKeyFormat { reason })),
         None => Ok(()),
     }
 }
@@ -87,13 +88,15 @@ pub fn masked(key: &ApiKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pleo_auth_core::ErrorKind;
+    use pleo_auth_core::ErrorKind as CoreKind;
 
     fn reason(raw: &str) -> Option<&'static str> {
         match validate_key_format(&ApiKey::new(raw)) {
             Ok(()) => None,
-            Err(Error::InvalidKeyFormat { reason }) => Some(reason),
-            Err(other) => panic!("unexpected error {other:?}"),
+            Err(err) => match err.kind() {
+                ErrorKind::InvalidKeyFormat { reason } => Some(reason),
+                _ => panic!("unexpected error {err:?}"),
+            },
         }
     }
 
@@ -145,7 +148,7 @@ mod tests {
         for (raw, expected) in cases {
             assert_eq!(reason(raw), Some(expected), "{raw:?}");
             let err = validate_key_format(&ApiKey::new(raw)).unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert_eq!(err.kind().core_kind(), CoreKind::InvalidInput);
             let shown = format!("{err} {err:?}");
             assert!(!shown.contains("CANARY"), "{shown}");
         }

@@ -17,7 +17,7 @@ use pleo_auth_core::{
 use tracing::Instrument as _;
 
 use crate::config::ApiKeyConfig;
-use crate::error::{CoreError, Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::{ApiKeyEvent, ApiKeyEventSink};
 use crate::format::validate_key_format;
 use crate::info::KeyInfo;
@@ -49,7 +49,7 @@ impl ConnectOptions {
         Self::default()
     }
 
-    /// Refuse the key ([`Error::WrongCompany`]) unless it belongs to `company`.
+    /// Refuse the key ([`ErrorKind::WrongCompany`]) unless it belongs to `company`.
     pub fn expect_company(mut self, company: CompanyId) -> Self {
         self.expected_company = Some(company);
         self
@@ -63,7 +63,7 @@ impl ConnectOptions {
     }
 
     /// Allow moving an existing link: the tenant linked to another company, or the company
-    /// linked to another tenant. Without it, either is refused with [`Error::TenantConflict`].
+    /// linked to another tenant. Without it, either is refused with [`ErrorKind::TenantConflict`].
     pub fn relink(mut self, relink: bool) -> Self {
         self.relink = relink;
         self
@@ -209,8 +209,10 @@ impl CacheEntry {
     fn answer(&self, subject: &Subject) -> Result<Credential> {
         match &self.state {
             CachedState::Usable(credential) => Ok(credential.clone()),
-            CachedState::NeedsReplacement => Err(Error::NeedsReplacement { subject: *subject }),
-            CachedState::Revoked => Err(Error::Revoked { subject: *subject }),
+            CachedState::NeedsReplacement => Err(Error::new(ErrorKind::NeedsReplacement {
+                subject: *subject,
+            })),
+            CachedState::Revoked => Err(Error::new(ErrorKind::Revoked { subject: *subject })),
         }
     }
 
@@ -281,15 +283,15 @@ impl IntegratedKeys {
     ///
     /// In order, each step refusing with a clear error and nothing stored:
     /// 1. the key's format ([`validate_key_format`](crate::validate_key_format));
-    /// 2. `GET /v1/introspect` with the key: Pleo must accept it ([`Error::KeyRejected`]) as an
-    ///    API key ([`Error::NotAnApiKey`]) issued to an integration, not a Standalone key
-    ///    ([`Error::NotAnIntegratedKey`]), of one company ([`Error::NotACompanyKey`]), the
-    ///    expected one if named ([`Error::WrongCompany`]), issued to the configured client if
-    ///    configured ([`Error::WrongIntegration`]), carrying every required scope
-    ///    ([`Error::MissingScopes`]);
-    /// 3. the tenant link, if a tenant is named ([`Error::TenantConflict`]);
-    /// 4. `POST /v1/installations/me` ([`Error::Installation`]);
-    /// 5. the compare-and-swap write of the record ([`Error::ConcurrentChange`]).
+    /// 2. `GET /v1/introspect` with the key: Pleo must accept it ([`ErrorKind::KeyRejected`]) as an
+    ///    API key ([`ErrorKind::NotAnApiKey`]) issued to an integration, not a Standalone key
+    ///    ([`ErrorKind::NotAnIntegratedKey`]), of one company ([`ErrorKind::NotACompanyKey`]), the
+    ///    expected one if named ([`ErrorKind::WrongCompany`]), issued to the configured client if
+    ///    configured ([`ErrorKind::WrongIntegration`]), carrying every required scope
+    ///    ([`ErrorKind::MissingScopes`]);
+    /// 3. the tenant link, if a tenant is named ([`ErrorKind::TenantConflict`]);
+    /// 4. `POST /v1/installations/me` ([`ErrorKind::Installation`]);
+    /// 5. the compare-and-swap write of the record ([`ErrorKind::ConcurrentChange`]).
     ///
     /// The tenant link and the record are written together: if either fails, neither is left
     /// behind. Connecting a company that already has a key stores the new key (a new
@@ -307,9 +309,9 @@ impl IntegratedKeys {
 
     /// Swaps the stored key of `company` for `new_key`, which must validate like a key given to
     /// [`connect`](Self::connect) and belong to the **same** company
-    /// ([`Error::WrongCompany`] otherwise). The record is written with compare-and-swap on the
+    /// ([`ErrorKind::WrongCompany`] otherwise). The record is written with compare-and-swap on the
     /// version read before validating, so the old key stays in place until the new one is
-    /// stored, and a concurrent change wins over this one ([`Error::ConcurrentChange`]).
+    /// stored, and a concurrent change wins over this one ([`ErrorKind::ConcurrentChange`]).
     /// Works on a key marked `NeedsReplacement`, which is its main use.
     pub async fn replace(&self, company: CompanyId, new_key: ApiKey) -> Result<KeyInfo> {
         let span = tracing::info_span!(
@@ -479,11 +481,13 @@ impl Inner {
         match self.links.link_with(&request, write).await {
             Ok((value, outcome)) => Ok((value, outcome.replaced)),
             Err(LinkError::Write(err)) => Err(err),
-            Err(LinkError::Link(source)) if is_conflict(&source) => Err(Error::TenantConflict {
-                tenant: tenant.clone(),
-                subject,
-                source,
-            }),
+            Err(LinkError::Link(source)) if is_conflict(&source) => {
+                Err(Error::new(ErrorKind::TenantConflict {
+                    tenant: tenant.clone(),
+                    subject,
+                })
+                .with_source(source))
+            }
             Err(LinkError::Link(source)) => Err(Error::store(source)),
         }
     }
@@ -523,7 +527,7 @@ impl Inner {
         let subject = Subject::Company(company);
         let store_key = self.store_key(&subject);
         let Some((old, version)) = self.read(&store_key, &subject).await? else {
-            return Err(Error::NotFound { subject });
+            return Err(Error::new(ErrorKind::NotFound { subject }));
         };
         let info = self.pleo.introspect_key(&new_key).await?;
         check_integrated(&info, &self.expectations(Some(company)))?;
@@ -564,7 +568,7 @@ impl Inner {
         self.store
             .delete(&store_key, Precondition::Version(version))
             .await
-            .map_err(|source| self.write_error(subject, source))?;
+            .map_err(|source| Error::record_write(subject, source))?;
         self.cache_remove(&subject);
         let env = self.environment();
         if let Some(link) = self
@@ -634,10 +638,10 @@ impl Inner {
                 None
             };
             if let Some(reason) = reason {
-                return Err(Error::Corrupt {
+                return Err(Error::new(ErrorKind::Corrupt {
                     subject: *subject,
                     reason,
-                });
+                }));
             }
         }
         Ok(found)
@@ -652,15 +656,7 @@ impl Inner {
         self.store
             .put_record(key, record, precondition)
             .await
-            .map_err(|source| self.write_error(record.subject, source))
-    }
-
-    fn write_error(&self, subject: Subject, source: CoreError) -> Error {
-        if is_conflict(&source) {
-            Error::ConcurrentChange { subject, source }
-        } else {
-            Error::store(source)
-        }
+            .map_err(|source| Error::record_write(record.subject, source))
     }
 
     async fn credential(&self, subject: &Subject) -> Result<Credential> {
@@ -671,7 +667,7 @@ impl Inner {
         match self.read(&store_key, subject).await? {
             None => {
                 self.cache_remove(subject);
-                Err(Error::NotFound { subject: *subject })
+                Err(Error::new(ErrorKind::NotFound { subject: *subject }))
             }
             Some((record, version)) => self.cache_store(subject, &record, version).answer(subject),
         }
@@ -793,7 +789,7 @@ impl Inner {
                 *accepted = Some((id.clone(), now));
                 return Ok(true);
             }
-            Err(Error::KeyRejected { .. }) => {}
+            Err(err) if err.kind() == &ErrorKind::KeyRejected => {}
             Err(e) => {
                 tracing::warn!(
                     subject = %subject,

@@ -13,7 +13,7 @@ mod pleo;
 mod standalone;
 
 pub use config::ApiKeyConfig;
-pub use error::{CoreError, Error, Result};
+pub use error::{CoreError, Error, ErrorKind, Result};
 pub use event::{ApiKeyEvent, ApiKeyEventSink};
 pub use format::{
     MAX_KEY_LEN, MIN_KEY_LEN, MIN_LEN_TO_SHOW_SUFFIX, SHOWN_SUFFIX_LEN, masked, validate_key_format,

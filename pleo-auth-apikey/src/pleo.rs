@@ -3,12 +3,12 @@
 use std::fmt;
 
 use pleo_auth_core::{
-    ApiKey, AuthorizationHeader, CompanyId, Environment, ErrorKind, ScopeSet, Subject,
+    ApiKey, AuthorizationHeader, CompanyId, Environment, ErrorKind as CoreKind, ScopeSet, Subject,
 };
 use pleo_auth_http::api::{self, AuthMethod, Introspection};
 use pleo_auth_http::transport::{TransportConfig, http_client};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// An HTTP client bound to one environment.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ impl PleoApi {
         let http = match http {
             Some(http) => http,
             None => http_client(&TransportConfig::default())
-                .map_err(|source| Error::Config { source })?,
+                .map_err(|source| Error::new(ErrorKind::Config).with_source(source))?,
         };
         Ok(Self { http, environment })
     }
@@ -42,19 +42,17 @@ impl PleoApi {
     }
 
     /// Asks Pleo who the key belongs to. A 401 (or `authMethod: NONE`) is
-    /// [`Error::KeyRejected`]; a credential that is not an API key is [`Error::NotAnApiKey`].
+    /// [`ErrorKind::KeyRejected`]; a credential that is not an API key is [`ErrorKind::NotAnApiKey`].
     pub(crate) async fn introspect_key(&self, key: &ApiKey) -> Result<Introspection> {
         let header = AuthorizationHeader::basic_api_key(key);
         let info = api::introspect(&self.http, &self.environment, &header)
             .await
             .map_err(|source| match source.kind() {
-                ErrorKind::Unauthenticated => Error::KeyRejected {
-                    source: Some(source),
-                },
-                _ => Error::Introspection { source },
+                CoreKind::Unauthenticated => Error::new(ErrorKind::KeyRejected).with_source(source),
+                _ => Error::introspection(source),
             })?;
         if info.auth_method != AuthMethod::ApiKey {
-            return Err(Error::NotAnApiKey);
+            return Err(Error::new(ErrorKind::NotAnApiKey));
         }
         Ok(info)
     }
@@ -64,7 +62,7 @@ impl PleoApi {
         let header = AuthorizationHeader::basic_api_key(key);
         api::create_installation(&self.http, &self.environment, &header, None)
             .await
-            .map_err(|source| Error::Installation { source })
+            .map_err(Error::installation)
     }
 }
 
@@ -83,34 +81,34 @@ pub(crate) fn check_integrated(
 ) -> Result<CompanyId> {
     // An Integrated key is issued to an integration; Pleo names none for a Standalone key.
     if info.client_id.is_none() {
-        return Err(Error::NotAnIntegratedKey);
+        return Err(Error::new(ErrorKind::NotAnIntegratedKey));
     }
     let Subject::Company(company) = info.subject else {
-        return Err(Error::NotACompanyKey {
+        return Err(Error::new(ErrorKind::NotACompanyKey {
             subject: info.subject,
-        });
+        }));
     };
     if let Some(expected) = expect.company
         && expected != company
     {
-        return Err(Error::WrongCompany {
+        return Err(Error::new(ErrorKind::WrongCompany {
             expected: Subject::Company(expected),
             actual: info.subject,
-        });
+        }));
     }
     if let Some(expected) = expect.pleo_client_id
         && info.client_id.as_deref() != Some(expected)
     {
-        return Err(Error::WrongIntegration {
+        return Err(Error::new(ErrorKind::WrongIntegration {
             expected: expected.to_owned(),
             actual: info.client_id.clone(),
-        });
+        }));
     }
     if !info.scopes.contains_all(expect.required_scopes) {
-        return Err(Error::MissingScopes {
+        return Err(Error::new(ErrorKind::MissingScopes {
             missing: info.scopes.missing(expect.required_scopes),
             granted: info.scopes.clone(),
-        });
+        }));
     }
     Ok(company)
 }

@@ -16,7 +16,7 @@ use pleo_auth_core::{
 };
 use tokio::sync::OnceCell;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::{ApiKeyEvent, ApiKeyEventSink};
 use crate::format::{masked, validate_key_format};
 use crate::info::KeyInfo;
@@ -49,8 +49,8 @@ struct Binding {
 /// As a [`CredentialProvider`] it answers only for its own subject: a company key for its
 /// company, an organisation key for `Subject::Organisation` (the HTTP layer then names the
 /// company with an explicit `company_id`). Any other subject is refused with
-/// [`Error::SubjectNotCovered`]. After Pleo answers 401 once, the key is never sent again
-/// ([`Error::NeedsReplacement`]).
+/// [`ErrorKind::SubjectNotCovered`]. After Pleo answers 401 once, the key is never sent again
+/// ([`ErrorKind::NeedsReplacement`]).
 pub struct StandaloneKey {
     pleo: PleoApi,
     key: ApiKey,
@@ -109,19 +109,23 @@ impl StandaloneKey {
         name: &str,
         value: Option<OsString>,
     ) -> Result<Self> {
-        let value = value.ok_or_else(|| Error::MissingEnvVar {
-            name: name.to_owned(),
+        let value = value.ok_or_else(|| {
+            Error::new(ErrorKind::MissingEnvVar {
+                name: name.to_owned(),
+            })
         })?;
-        let key = value.into_string().map_err(|_| Error::InvalidKeyFormat {
-            reason: "contains non-ascii characters",
+        let key = value.into_string().map_err(|_| {
+            Error::new(ErrorKind::InvalidKeyFormat {
+                reason: "contains non-ascii characters",
+            })
         })?;
         Self::new(environment, ApiKey::new(key))
     }
 
     /// The key stored by [`save`](Self::save) under (environment, `integration_id`, `subject`).
     ///
-    /// Refuses a record of an Integrated key, of another environment ([`Error::WrongEnvironment`])
-    /// or that is not active ([`Error::NeedsReplacement`], [`Error::Revoked`]).
+    /// Refuses a record of an Integrated key, of another environment ([`ErrorKind::WrongEnvironment`])
+    /// or that is not active ([`ErrorKind::NeedsReplacement`], [`ErrorKind::Revoked`]).
     pub async fn from_store(
         store: DynSecretStore,
         environment: Environment,
@@ -138,32 +142,32 @@ impl StandaloneKey {
             .await
             .map_err(Error::store)?
         else {
-            return Err(Error::NotFound { subject });
+            return Err(Error::new(ErrorKind::NotFound { subject }));
         };
         if record.environment != *environment.name() {
-            return Err(Error::WrongEnvironment {
+            return Err(Error::new(ErrorKind::WrongEnvironment {
                 expected: environment.name().clone(),
                 actual: record.environment,
-            });
+            }));
         }
         if record.kind != ApiKeyKind::Standalone {
-            return Err(Error::Corrupt {
+            return Err(Error::new(ErrorKind::Corrupt {
                 subject,
                 reason: "it holds an integrated key",
-            });
+            }));
         }
         if record.subject != subject || record.integration_id != integration_id {
-            return Err(Error::Corrupt {
+            return Err(Error::new(ErrorKind::Corrupt {
                 subject,
                 reason: "it names another subject or integration",
-            });
+            }));
         }
         let api_key = match (record.status, record.key) {
             (CredentialStatus::Active, Some(api_key)) => api_key,
             (CredentialStatus::Active, None) | (CredentialStatus::Revoked, _) => {
-                return Err(Error::Revoked { subject });
+                return Err(Error::new(ErrorKind::Revoked { subject }));
             }
-            _ => return Err(Error::NeedsReplacement { subject }),
+            _ => return Err(Error::new(ErrorKind::NeedsReplacement { subject })),
         };
         let mut standalone = Self::new(environment, api_key)?;
         standalone.learned = OnceCell::new_with(Some(Learned {
@@ -240,10 +244,10 @@ impl StandaloneKey {
         if let Some((old, _)) = &existing
             && old.kind != ApiKeyKind::Standalone
         {
-            return Err(Error::Corrupt {
+            return Err(Error::new(ErrorKind::Corrupt {
                 subject: learned.subject,
                 reason: "it holds an integrated key",
-            });
+            }));
         }
         let now = self.clock.timestamp();
         let record = ApiKeyCredential {
@@ -269,16 +273,7 @@ impl StandaloneKey {
         let version = store
             .put_record(&key, &record, precondition)
             .await
-            .map_err(|source| {
-                if is_conflict(&source) {
-                    Error::ConcurrentChange {
-                        subject: record.subject,
-                        source,
-                    }
-                } else {
-                    Error::store(source)
-                }
-            })?;
+            .map_err(|source| Error::record_write(record.subject, source))?;
         self.binding = Some(Binding {
             store,
             key,
@@ -290,7 +285,7 @@ impl StandaloneKey {
 
     async fn learn(&self) -> Result<&Learned> {
         if self.not_an_api_key.load(Ordering::Acquire) {
-            return Err(Error::NotAnApiKey);
+            return Err(Error::new(ErrorKind::NotAnApiKey));
         }
         if self.rejected.load(Ordering::Acquire) {
             return Err(self.rejected_error());
@@ -303,15 +298,16 @@ impl StandaloneKey {
                         scopes: info.scopes,
                     }),
                     // Both are final: the key is not sent again.
-                    Err(err @ Error::KeyRejected { .. }) => {
-                        self.rejected.store(true, Ordering::Release);
+                    Err(err) => {
+                        match err.kind() {
+                            ErrorKind::KeyRejected => self.rejected.store(true, Ordering::Release),
+                            ErrorKind::NotAnApiKey => {
+                                self.not_an_api_key.store(true, Ordering::Release);
+                            }
+                            _ => {}
+                        }
                         Err(err)
                     }
-                    Err(Error::NotAnApiKey) => {
-                        self.not_an_api_key.store(true, Ordering::Release);
-                        Err(Error::NotAnApiKey)
-                    }
-                    Err(err) => Err(err),
                 }
             })
             .await
@@ -319,10 +315,10 @@ impl StandaloneKey {
 
     fn rejected_error(&self) -> Error {
         match self.learned.get() {
-            Some(learned) => Error::NeedsReplacement {
+            Some(learned) => Error::new(ErrorKind::NeedsReplacement {
                 subject: learned.subject,
-            },
-            None => Error::KeyRejected { source: None },
+            }),
+            None => Error::new(ErrorKind::KeyRejected),
         }
     }
 
@@ -332,10 +328,10 @@ impl StandaloneKey {
             return Err(self.rejected_error());
         }
         if *subject != learned.subject {
-            return Err(Error::SubjectNotCovered {
+            return Err(Error::new(ErrorKind::SubjectNotCovered {
                 requested: *subject,
                 key_subject: learned.subject,
-            });
+            }));
         }
         Ok(Credential {
             id: self.id.clone(),
@@ -456,7 +452,7 @@ mod tests {
     #[test]
     fn env_var_values_are_validated() {
         let err = StandaloneKey::from_var_value(env(), "PLEO_API_KEY", None).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(err.kind().core_kind(), ErrorKind::Config);
         assert_eq!(
             err.to_string(),
             "environment variable PLEO_API_KEY is not set"
@@ -468,7 +464,7 @@ mod tests {
             Some(OsString::from("CANARY-0123456789abcdef\n")),
         )
         .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(err.kind().core_kind(), ErrorKind::InvalidInput);
         assert!(!format!("{err} {err:?}").contains("CANARY"));
 
         let key = StandaloneKey::from_var_value(

@@ -96,15 +96,18 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The error of every fallible operation in `pleo-auth-core` and of every [`SecretStore`].
 ///
-/// `Display` states only what this layer was doing; the cause is in [`std::error::Error::source`].
-/// Messages never contain secret values.
+/// `Display` states only what this layer was doing (prefixed with the backend, when one is
+/// named); the cause is in [`std::error::Error::source`]. Messages never contain secret values.
 ///
 /// [`SecretStore`]: crate::SecretStore
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}{message}", .backend.unwrap_or(""), if .backend.is_some() { ": " } else { "" })]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     backend: Option<&'static str>,
     retryable: Option<bool>,
+    #[source]
     source: Option<Source>,
 }
 
@@ -136,6 +139,12 @@ impl Error {
     pub fn with_retryable(mut self, retryable: bool) -> Self {
         self.retryable = Some(retryable);
         self
+    }
+
+    /// Moves the underlying cause out, for a layer that takes this error over as its own
+    /// (its message, kind and retryability) and keeps only the cause as its source.
+    pub fn into_source(self) -> Option<Source> {
+        self.source
     }
 
     /// What went wrong.
@@ -176,39 +185,6 @@ impl Error {
     /// Shorthand for an [`ErrorKind::Corrupt`] error.
     pub fn corrupt(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Corrupt, message)
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(backend) = self.backend {
-            write!(f, "{backend}: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("retryable", &self.is_retryable());
-        if let Some(backend) = self.backend {
-            d.field("backend", &backend);
-        }
-        if let Some(source) = &self.source {
-            d.field("source", source);
-        }
-        d.finish()
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_ref()
-            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
     }
 }
 

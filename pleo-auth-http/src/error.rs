@@ -1,7 +1,6 @@
 //! The one public error of `pleo-auth-http`.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::time::Duration;
 
 use pleo_auth_core::{ErrorKind, ScopeSet};
@@ -19,8 +18,12 @@ pub const MAX_SERVER_MESSAGE_BYTES: usize = 1024;
 /// [`std::error::Error::source`]. An error never holds a header value, token, key, request body
 /// or a URL with its query string; what the server said is kept, sanitised and capped at
 /// [`MAX_SERVER_MESSAGE_BYTES`], in [`Error::server_message`].
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
 pub struct Error(Box<Inner>);
 
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", .status.map(|status| format!(" (HTTP {status})")).unwrap_or_default())]
 struct Inner {
     kind: ErrorKind,
     message: Cow<'static, str>,
@@ -29,8 +32,8 @@ struct Inner {
     required_scopes: ScopeSet,
     retry_after: Option<Duration>,
     retryable: Option<bool>,
+    #[source]
     source: Option<Source>,
-    core: Option<pleo_auth_core::Error>,
 }
 
 impl Error {
@@ -45,7 +48,6 @@ impl Error {
             retry_after: None,
             retryable: None,
             source: None,
-            core: None,
         }))
     }
 
@@ -146,7 +148,7 @@ impl From<pleo_auth_core::Error> for Error {
     /// Takes over the core error's kind, retryability, message and cause.
     fn from(core: pleo_auth_core::Error) -> Self {
         let mut err = Self::new(core.kind(), core.to_string()).with_retryable(core.is_retryable());
-        err.0.core = Some(core);
+        err.0.source = core.into_source();
         err
     }
 }
@@ -168,53 +170,6 @@ impl From<reqwest_middleware::Error> for Error {
                 "sending the request failed",
             ),
         }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.message)?;
-        if let Some(status) = self.0.status {
-            write!(f, " (HTTP {status})")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Error");
-        d.field("kind", &self.0.kind)
-            .field("message", &self.0.message)
-            .field("retryable", &self.is_retryable());
-        if let Some(status) = self.0.status {
-            d.field("status", &status);
-        }
-        if let Some(message) = &self.0.server_message {
-            d.field("server_message", message);
-        }
-        if !self.0.required_scopes.is_empty() {
-            d.field("required_scopes", &self.0.required_scopes);
-        }
-        if let Some(retry_after) = self.0.retry_after {
-            d.field("retry_after", &retry_after);
-        }
-        if let Some(source) = std::error::Error::source(self) {
-            d.field("source", &source);
-        }
-        d.finish()
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        if let Some(core) = &self.0.core {
-            return std::error::Error::source(core);
-        }
-        self.0
-            .source
-            .as_ref()
-            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
     }
 }
 

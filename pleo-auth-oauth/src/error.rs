@@ -129,18 +129,38 @@ impl ErrorKind {
     }
 }
 
-type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
+/// A cause shared by the clones of one error. It derefs to the cause instead of being an error
+/// itself, so `source()` hands out the cause (a [`pleo_auth_core::Error`] can be downcast) and
+/// no wrapper shows up in the error chain.
+#[derive(Clone)]
+struct SharedSource(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl std::ops::Deref for SharedSource {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for SharedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
 
 /// The error of every fallible operation in `pleo-auth-oauth`.
 ///
 /// `Display` says what this layer was doing, lowercase and without the cause; the cause (a
 /// store or transport error) is in [`std::error::Error::source`]. Neither contains a secret.
 /// Cloning is cheap, so one refresh result can be handed to every waiting caller.
-#[derive(Clone)]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Error {
     kind: ErrorKind,
     message: &'static str,
-    source: Option<Source>,
+    #[source]
+    source: Option<SharedSource>,
 }
 
 impl Error {
@@ -156,7 +176,7 @@ impl Error {
         mut self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        self.source = Some(Arc::from(source.into()));
+        self.source = Some(SharedSource(Arc::from(source.into())));
         self
     }
 
@@ -187,39 +207,17 @@ impl Error {
         self.kind.is_retryable()
     }
 
+    /// The message of this layer, without the cause.
+    pub fn message(&self) -> &str {
+        self.message
+    }
+
     /// How long Pleo asked us to wait, for [`ErrorKind::RateLimited`].
     pub fn retry_after(&self) -> Option<Duration> {
         match &self.kind {
             ErrorKind::RateLimited { retry_after } => *retry_after,
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message)
-    }
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("retryable", &self.is_retryable());
-        if let Some(source) = &self.source {
-            d.field("source", source);
-        }
-        d.finish()
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -296,6 +294,24 @@ mod tests {
         let source = std::error::Error::source(&err).expect("source kept");
         assert_eq!(source.to_string(), "redis: connection reset");
         assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn clones_share_the_cause_and_it_stays_a_core_error() {
+        let err = Error::store(
+            "writing the grant failed",
+            pleo_auth_core::Error::unavailable("connection reset").with_backend("redis"),
+        );
+        let clone = err.clone();
+        for err in [&err, &clone] {
+            let source = std::error::Error::source(err).expect("source kept");
+            let core = source
+                .downcast_ref::<pleo_auth_core::Error>()
+                .expect("the cause is the store's error, not a wrapper");
+            assert_eq!(core.backend(), Some("redis"));
+            assert!(std::error::Error::source(core).is_none());
+        }
+        assert_eq!(err.message(), "writing the grant failed");
     }
 
     #[test]

@@ -212,17 +212,17 @@ impl CliError {
     /// From an API key error while a new key is given (`keys add`, `keys replace`): a key Pleo
     /// does not accept is refused (6), not a stored key needing replacement.
     pub fn new_key(context: impl Into<String>, err: pleo_auth::apikey::Error) -> Self {
-        use pleo_auth::apikey::Error as KeyError;
-        match &err {
-            KeyError::KeyRejected { .. } => Self::new(Code::Refused, context)
+        use pleo_auth::apikey::ErrorKind as KeyKind;
+        match err.kind() {
+            KeyKind::KeyRejected => Self::new(Code::Refused, context)
                 .with_source(err)
                 .hint("Pleo does not accept this key here: check that it is complete, not revoked or expired, and from this environment (--env)"),
-            KeyError::InvalidKeyFormat { .. } | KeyError::NotAnApiKey | KeyError::NotAnIntegratedKey => {
+            KeyKind::InvalidKeyFormat { .. } | KeyKind::NotAnApiKey | KeyKind::NotAnIntegratedKey => {
                 Self::new(Code::Usage, context)
                     .with_source(err)
                     .hint("paste the Integrated API key Pleo showed when the integration was installed")
             }
-            KeyError::NotACompanyKey { .. } | KeyError::WrongIntegration { .. } => {
+            KeyKind::NotACompanyKey { .. } | KeyKind::WrongIntegration { .. } => {
                 Self::new(Code::WrongCompany, context).with_source(err)
             }
             _ => Self::apikey(context, err),
@@ -231,7 +231,7 @@ impl CliError {
 
     /// From an API key error.
     pub fn apikey(context: impl Into<String>, err: pleo_auth::apikey::Error) -> Self {
-        Self::classify(context, err.kind(), Box::new(err))
+        Self::classify(context, err.kind().core_kind(), Box::new(err))
     }
 
     /// From an HTTP client error: adds the status, what the server said and the scope the

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pleo_auth_apikey::{ApiKeyConfig, ApiKeyEvent, ConnectOptions, Error, IntegratedKeys, masked};
+use pleo_auth_apikey::{
+    ApiKeyConfig, ApiKeyEvent, ConnectOptions, ErrorKind as KeyKind, IntegratedKeys, masked,
+};
 use pleo_auth_core::{
     ApiKey, ApiKeyCredential, ClientId, CredentialKey, CredentialProvider, CredentialStatus,
     DynSecretStore, Environment, ErrorKind, ManualClock, RecordStoreExt, ScopeSet, Subject,
@@ -190,10 +192,10 @@ async fn connect_stores_the_key_under_its_company_and_creates_the_installation()
 async fn a_key_of_another_company_is_refused_and_nothing_is_stored() {
     let s = setup().await;
     let err = assert_clean(s.keys.connect(s.mint(dk()), Some(se())).await.unwrap_err());
-    assert_eq!(err.kind(), ErrorKind::WrongCompany);
+    assert_eq!(err.kind().core_kind(), ErrorKind::WrongCompany);
     assert!(matches!(
-        &err,
-        Error::WrongCompany { expected, actual }
+        err.kind(),
+        KeyKind::WrongCompany { expected, actual }
             if *expected == Subject::Company(se()) && *actual == Subject::Company(dk())
     ));
     assert!(err.to_string().contains(&seed::ACME_DK.to_string()));
@@ -212,8 +214,8 @@ async fn missing_scopes_are_named_and_nothing_is_activated() {
     )
     .await;
     let err = assert_clean(s.keys.connect(s.mint(dk()), None).await.unwrap_err());
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
-    let Error::MissingScopes { missing, granted } = &err else {
+    assert_eq!(err.kind().core_kind(), ErrorKind::PermissionDenied);
+    let KeyKind::MissingScopes { missing, granted } = err.kind() else {
         panic!("{err:?}");
     };
     assert_eq!(missing.to_string(), "accounts:write tax-codes:read");
@@ -249,8 +251,11 @@ async fn malformed_keys_are_refused_before_anything_is_sent() {
                 .await
                 .unwrap_err(),
         );
-        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
-        assert!(matches!(err, Error::InvalidKeyFormat { .. }), "{err:?}");
+        assert_eq!(err.kind().core_kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(
+            matches!(err.kind(), KeyKind::InvalidKeyFormat { .. }),
+            "{err:?}"
+        );
     }
     assert!(
         s.pleo.sandbox.request_log().is_empty(),
@@ -265,9 +270,10 @@ async fn unknown_keys_are_refused_and_nothing_is_stored() {
     let s = setup().await;
     let unknown = ApiKey::new("CANARY-ik_sandbox_this-key-was-never-minted-by-pleo");
     let err = assert_clean(s.keys.connect(unknown, None).await.unwrap_err());
-    assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+    assert_eq!(err.kind().core_kind(), ErrorKind::Unauthenticated);
     assert!(!err.is_retryable());
-    assert!(matches!(err, Error::KeyRejected { source: Some(_) }));
+    assert_eq!(err.kind(), &KeyKind::KeyRejected);
+    assert!(std::error::Error::source(&err).is_some());
     assert!(
         err.to_string()
             .contains("unknown, revoked, expired or from another environment")
@@ -305,7 +311,7 @@ async fn an_oauth_access_token_passed_as_a_key_is_refused() {
             .unwrap_err(),
     );
     assert!(
-        matches!(err, Error::KeyRejected { .. } | Error::NotAnApiKey),
+        matches!(err.kind(), KeyKind::KeyRejected | KeyKind::NotAnApiKey),
         "{err:?}"
     );
     assert!(stored_keys(&s.store).await.is_empty());
@@ -332,8 +338,8 @@ async fn a_key_from_the_other_environment_is_refused() {
             .await
             .unwrap_err(),
     );
-    assert_eq!(err.kind(), ErrorKind::Unauthenticated);
-    assert!(matches!(err, Error::KeyRejected { .. }));
+    assert_eq!(err.kind().core_kind(), ErrorKind::Unauthenticated);
+    assert!(matches!(err.kind(), KeyKind::KeyRejected));
     assert!(stored_keys(&store).await.is_empty(), "nothing stored");
     assert_eq!(
         production.sandbox.request_log().last().map(|r| r.status),
@@ -371,7 +377,7 @@ async fn replace_refuses_a_key_of_another_company_and_keeps_the_old_key() {
         .unwrap();
 
     let err = assert_clean(s.keys.replace(dk(), s.mint(se())).await.unwrap_err());
-    assert_eq!(err.kind(), ErrorKind::WrongCompany);
+    assert_eq!(err.kind().core_kind(), ErrorKind::WrongCompany);
     let record = s.record(dk()).await.unwrap();
     assert_eq!(record.generation, 1);
     let still = s
@@ -390,11 +396,11 @@ async fn replace_refuses_a_key_of_another_company_and_keeps_the_old_key() {
             .await
             .unwrap_err(),
     );
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(err.kind().core_kind(), ErrorKind::InvalidInput);
     // Replacing a company that has no key is NotFound, without calling Pleo.
     let calls = s.pleo.sandbox.request_log().len();
     let err = assert_clean(s.keys.replace(se(), s.mint(se())).await.unwrap_err());
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(err.kind().core_kind(), ErrorKind::NotFound);
     assert_eq!(s.pleo.sandbox.request_log().len(), calls);
 
     // A new key of the same company swaps in (Pleo revokes the previous one when it mints).
@@ -584,8 +590,11 @@ async fn connect_links_the_tenant_and_refuses_a_second_tenant_for_the_company() 
             .await
             .unwrap_err(),
     );
-    assert_eq!(err.kind(), ErrorKind::Conflict);
-    assert!(matches!(err, Error::TenantConflict { .. }), "{err:?}");
+    assert_eq!(err.kind().core_kind(), ErrorKind::Conflict);
+    assert!(
+        matches!(err.kind(), KeyKind::TenantConflict { .. }),
+        "{err:?}"
+    );
     let shown = err.to_string();
     assert!(
         shown.contains("erp-2") && shown.contains(&seed::ACME_DK.to_string()),
@@ -619,7 +628,7 @@ async fn connect_links_the_tenant_and_refuses_a_second_tenant_for_the_company() 
             .await
             .unwrap_err(),
     );
-    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert_eq!(err.kind().core_kind(), ErrorKind::Conflict);
     assert!(s.record(se()).await.is_none(), "no half-connected company");
     assert_logs_clean();
 }
@@ -709,9 +718,9 @@ async fn a_failed_key_write_leaves_no_tenant_link_behind() {
             .await
             .unwrap_err(),
     );
-    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(err.kind().core_kind(), ErrorKind::Unavailable);
     assert!(err.is_retryable());
-    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    assert!(matches!(err.kind(), KeyKind::Store(_)), "{err:?}");
     assert!(
         stored_keys(&store).await.is_empty(),
         "the link claim was rolled back"
@@ -765,8 +774,8 @@ async fn transient_pleo_failures_are_retryable_and_store_nothing() {
         1,
     );
     let err = assert_clean(s.keys.connect(s.mint(dk()), None).await.unwrap_err());
-    assert!(matches!(err, Error::Introspection { .. }), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(matches!(err.kind(), KeyKind::Introspection(_)), "{err:?}");
+    assert_eq!(err.kind().core_kind(), ErrorKind::Unavailable);
     assert!(err.is_retryable());
     let core: pleo_auth_core::Error = err.into();
     assert!(core.is_retryable());
@@ -794,7 +803,7 @@ async fn a_failed_installation_call_stores_nothing() {
             .await
             .unwrap_err(),
     );
-    assert!(matches!(err, Error::Installation { .. }), "{err:?}");
+    assert!(matches!(err.kind(), KeyKind::Installation(_)), "{err:?}");
     assert!(err.is_retryable());
     assert!(
         stored_keys(&s.store).await.is_empty(),
@@ -821,8 +830,8 @@ async fn standalone_keys_are_not_accepted_as_integrated_keys() {
             .await
             .unwrap_err(),
     );
-    assert!(matches!(err, Error::NotAnIntegratedKey), "{err:?}");
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(matches!(err.kind(), KeyKind::NotAnIntegratedKey), "{err:?}");
+    assert_eq!(err.kind().core_kind(), ErrorKind::InvalidInput);
 
     // A company-level Standalone key carries no client id either: Pleo names no integration.
     let company_key = s.pleo.sandbox.mint_standalone_key(
@@ -836,7 +845,7 @@ async fn standalone_keys_are_not_accepted_as_integrated_keys() {
             .await
             .unwrap_err(),
     );
-    assert!(matches!(&err, Error::NotAnIntegratedKey), "{err:?}");
+    assert!(matches!(err.kind(), KeyKind::NotAnIntegratedKey), "{err:?}");
     assert!(err.to_string().contains("standalone"), "{err}");
     assert!(stored_keys(&s.store).await.is_empty());
     assert_eq!(requests_to(&s.pleo, "POST", "/v1/installations/me"), 0);
