@@ -37,7 +37,7 @@ pub use record::{
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES, Scope, ScopeSet};
 pub use secret::{
     AccessToken, ApiKey, AuthorizationCode, AuthorizationHeader, BrowserBinding, ClientSecret,
-    PkceVerifier, RefreshToken, SecretBytes, random_urlsafe,
+    PkceVerifier, RefreshToken, SecretBytes, expose_for_storage, random_urlsafe,
 };
 pub use store::{
     DynSecretStore, ListPage, MAX_PAGE_SIZE, Precondition, RecordStoreExt, SecretStore, Sharing,

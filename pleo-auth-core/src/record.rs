@@ -16,7 +16,9 @@ use crate::environment::EnvironmentName;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{ClientId, CredentialKey, StoreKey, TenantId, layout};
 use crate::scope::ScopeSet;
-use crate::secret::{AccessToken, ApiKey, PkceVerifier, RefreshToken, SecretBytes};
+use crate::secret::{
+    AccessToken, ApiKey, PkceVerifier, RefreshToken, SecretBytes, expose_for_storage,
+};
 use crate::subject::Subject;
 
 /// A point in wall-clock time, in milliseconds since the Unix epoch.
@@ -237,13 +239,13 @@ pub struct OAuthGrant {
     #[serde(default)]
     pub status_reason: Option<String>,
     /// The current access token; `None` once the grant needs reauthorization.
-    #[serde(default)]
+    #[serde(default, with = "expose_for_storage::option")]
     pub access_token: Option<AccessToken>,
     /// When the access token expires.
     #[serde(default)]
     pub access_token_expires_at: Option<Timestamp>,
     /// The current refresh token; `None` once the grant needs reauthorization.
-    #[serde(default)]
+    #[serde(default, with = "expose_for_storage::option")]
     pub refresh_token: Option<RefreshToken>,
     /// When the current refresh token was issued (for keep-alive).
     #[serde(default)]
@@ -341,7 +343,7 @@ pub struct ApiKeyCredential {
     #[serde(default)]
     pub status_reason: Option<String>,
     /// The key; `None` once removed.
-    #[serde(default)]
+    #[serde(default, with = "expose_for_storage::option")]
     pub key: Option<ApiKey>,
     /// The scopes the key carries.
     pub scopes: ScopeSet,
@@ -410,6 +412,7 @@ pub struct PendingAuthorization {
     #[serde(default)]
     pub browser_binding: Option<String>,
     /// The PKCE verifier (never sent until the code exchange).
+    #[serde(with = "expose_for_storage")]
     pub verifier: PkceVerifier,
     /// The redirect URI sent in the authorization request.
     pub redirect_uri: String,
@@ -517,13 +520,13 @@ pub struct DanglingGrant {
     /// Whether revoking it can be tried now.
     pub revocation: RevocationState,
     /// The access token, while it may be usable.
-    #[serde(default)]
+    #[serde(default, with = "expose_for_storage::option")]
     pub access_token: Option<AccessToken>,
     /// When the access token expires.
     #[serde(default)]
     pub access_token_expires_at: Option<Timestamp>,
     /// The refresh token (rotated here if the grant has to be refreshed to be revoked).
-    #[serde(default)]
+    #[serde(default, with = "expose_for_storage::option")]
     pub refresh_token: Option<RefreshToken>,
     /// Revocation attempts so far.
     #[serde(default)]

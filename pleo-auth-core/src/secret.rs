@@ -1,13 +1,13 @@
 //! Newtypes for secret values: redacted `Debug`, no `Display`, zeroized on drop.
 //!
 //! Each type has one accessor, `expose_secret()`, so every place that reads a secret is easy to
-//! find. Only the types that a stored record must hold implement `Serialize`.
+//! find. No secret type implements `Serialize` or `Deserialize`: a stored record writes and reads
+//! its secret fields through [`expose_for_storage`], the one named path to a serializer.
 
 use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 macro_rules! secret_string {
@@ -42,38 +42,113 @@ macro_rules! secret_string {
     };
 }
 
-macro_rules! stored_secret_string {
-    ($(#[$doc:meta])* $name:ident) => {
-        secret_string!($(#[$doc])* $name);
+/// The one path by which a secret reaches a serializer: serde helpers for the secret fields of
+/// a stored [`Record`](crate::Record), used as `#[serde(with = "expose_for_storage")]` (or
+/// `expose_for_storage::option` on an `Option`). The secret is written as a plain string, so
+/// records stay byte-compatible with what the stores already hold. Only the types a stored
+/// record holds ([`StoredSecret`](expose_for_storage::StoredSecret)) can be written this way.
+///
+/// ```
+/// use pleo_auth_core::{AccessToken, expose_for_storage};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Stored {
+///     #[serde(with = "expose_for_storage")]
+///     token: AccessToken,
+///     #[serde(default, with = "expose_for_storage::option")]
+///     previous: Option<AccessToken>,
+/// }
+///
+/// let json = serde_json::to_string(&Stored { token: AccessToken::new("t"), previous: None }).unwrap();
+/// assert_eq!(json, r#"{"token":"t","previous":null}"#);
+/// let back: Stored = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back.token.expose_secret(), "t");
+/// ```
+pub mod expose_for_storage {
+    use serde::{Deserialize, Deserializer, Serializer};
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.expose_secret())
+    mod sealed {
+        pub trait Sealed {}
+    }
+
+    /// A secret type that a stored record may hold. Sealed: the set is fixed here.
+    pub trait StoredSecret: sealed::Sealed + Sized {
+        /// The secret value, for the serializer.
+        fn expose_for_storage(&self) -> &str;
+        /// The secret read back from storage.
+        fn from_storage(value: String) -> Self;
+    }
+
+    macro_rules! stored {
+        ($($name:ident),*) => {$(
+            impl sealed::Sealed for super::$name {}
+            impl StoredSecret for super::$name {
+                fn expose_for_storage(&self) -> &str {
+                    self.expose_secret()
+                }
+                fn from_storage(value: String) -> Self {
+                    Self::new(value)
+                }
+            }
+        )*};
+    }
+    stored!(AccessToken, RefreshToken, ApiKey, PkceVerifier);
+
+    /// Writes `secret` as a string.
+    pub fn serialize<T: StoredSecret, S: Serializer>(
+        secret: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(secret.expose_for_storage())
+    }
+
+    /// Reads a secret written by [`serialize`].
+    pub fn deserialize<'de, T: StoredSecret, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        String::deserialize(deserializer).map(T::from_storage)
+    }
+
+    /// The same for an optional secret (`null` when absent).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::StoredSecret;
+
+        /// Writes `secret` as a string, or `null`.
+        pub fn serialize<T: StoredSecret, S: Serializer>(
+            secret: &Option<T>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match secret {
+                Some(secret) => serializer.serialize_some(secret.expose_for_storage()),
+                None => serializer.serialize_none(),
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                String::deserialize(deserializer).map(Self::new)
-            }
+        /// Reads an optional secret written by [`serialize`].
+        pub fn deserialize<'de, T: StoredSecret, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<T>, D::Error> {
+            Ok(Option::<String>::deserialize(deserializer)?.map(T::from_storage))
         }
-    };
+    }
 }
 
-stored_secret_string!(
+secret_string!(
     /// An OAuth access token, sent as `Authorization: Bearer <token>`. Opaque: never parsed.
     AccessToken
 );
-stored_secret_string!(
+secret_string!(
     /// An OAuth refresh token. Pleo rotates it on every use and revokes the grant if an old one
     /// is presented again.
     RefreshToken
 );
-stored_secret_string!(
+secret_string!(
     /// A Pleo API key (Integrated or Standalone), sent as `Authorization: Basic base64(key + ":")`.
     ApiKey
 );
-stored_secret_string!(
+secret_string!(
     /// A PKCE code verifier (RFC 7636), kept server-side until the code exchange.
     PkceVerifier
 );
@@ -187,6 +262,51 @@ pub fn random_urlsafe(n: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Fails to compile if `$ty` implements `$trait` (the check `static_assertions` makes with
+    /// `assert_not_impl_any!`): with the second impl, `Ambiguous::<_>::check` has two
+    /// candidates and the type cannot be inferred.
+    macro_rules! assert_not_impl {
+        ($trait:path: $($ty:ty),+) => {{
+            trait Ambiguous<A> {
+                fn check() {}
+            }
+            impl<T: ?Sized> Ambiguous<()> for T {}
+            #[allow(dead_code)]
+            struct Implements;
+            impl<T: ?Sized + $trait> Ambiguous<Implements> for T {}
+            $(<$ty as Ambiguous<_>>::check();)+
+        }};
+    }
+
+    #[test]
+    fn no_secret_type_is_serialize_or_deserialize() {
+        assert_not_impl!(serde::Serialize: AccessToken, RefreshToken, ApiKey, PkceVerifier,
+            ClientSecret, AuthorizationCode, AuthorizationHeader, BrowserBinding, SecretBytes);
+        assert_not_impl!(serde::de::DeserializeOwned: AccessToken, RefreshToken, ApiKey,
+            PkceVerifier, ClientSecret, AuthorizationCode, AuthorizationHeader, BrowserBinding,
+            SecretBytes);
+    }
+
+    #[test]
+    fn stored_secrets_round_trip_as_plain_strings() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Stored {
+            #[serde(with = "expose_for_storage")]
+            key: ApiKey,
+            #[serde(default, with = "expose_for_storage::option")]
+            refresh: Option<RefreshToken>,
+        }
+        let json = serde_json::to_string(&Stored {
+            key: ApiKey::new("CANARY-k"),
+            refresh: Some(RefreshToken::new("CANARY-r")),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"key":"CANARY-k","refresh":"CANARY-r"}"#);
+        let back: Stored = serde_json::from_str(r#"{"key":"CANARY-k"}"#).unwrap();
+        assert_eq!(back.key.expose_secret(), "CANARY-k");
+        assert!(back.refresh.is_none());
+    }
+
     #[test]
     fn browser_bindings_are_random_and_well_formed() {
         let (a, b) = (BrowserBinding::generate(), BrowserBinding::generate());
@@ -239,9 +359,13 @@ mod tests {
     #[test]
     fn stored_secrets_serialize_as_plain_strings() {
         let token = RefreshToken::new("rt-1");
-        let json = serde_json::to_string(&token).unwrap();
-        assert_eq!(json, "\"rt-1\"");
-        let back: RefreshToken = serde_json::from_str(&json).unwrap();
+        let mut json = Vec::new();
+        expose_for_storage::serialize(&token, &mut serde_json::Serializer::new(&mut json))
+            .unwrap();
+        assert_eq!(json, b"\"rt-1\"");
+        let back: RefreshToken =
+            expose_for_storage::deserialize(&mut serde_json::Deserializer::from_slice(&json))
+                .unwrap();
         assert_eq!(back.expose_secret(), "rt-1");
     }
 
