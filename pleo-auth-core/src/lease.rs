@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{DynClock, SystemClock};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::key::StoreKey;
 use crate::record::{Record, Timestamp};
 use crate::secret::random_urlsafe;
@@ -82,18 +82,12 @@ pub trait LeaseRelease: Send + Sync + 'static {
     /// [`LeaseGuard`].
     async fn release(&self) -> Result<()>;
 
-    /// Extends the lease to `ttl` from now, keeping its fencing number, if this holder still
-    /// holds it. Fails with [`ErrorKind::Conflict`] when the lease expired, was released, or
-    /// was taken by another holder; it is never taken back.
-    ///
-    /// The default implementation fails with [`ErrorKind::Unsupported`], so a lease written
-    /// before renewal existed keeps compiling; its holders cannot keep the lease past its TTL.
-    async fn renew(&self, _ttl: Duration) -> Result<()> {
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "this lease implementation cannot renew a lease",
-        ))
-    }
+    /// Extends the lease to `ttl` from now, keeping its fencing number, if this holder still holds
+    /// it. Fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when the lease expired,
+    /// was released, or was taken by another holder; it is never taken back. A backend that cannot
+    /// renew answers [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported); its holders then
+    /// cannot keep the lease past its TTL.
+    async fn renew(&self, ttl: Duration) -> Result<()>;
 }
 
 /// The error of a renewal by a holder that no longer holds the lease.
@@ -145,9 +139,10 @@ impl LeaseGuard {
     }
 
     /// Extends the lease to `ttl` from now, keeping the fencing number. Fails with
-    /// [`ErrorKind::Conflict`] if this holder no longer holds the lease (it expired, was
-    /// released, or another holder took it), and with [`ErrorKind::Unsupported`] if the lease
-    /// implementation cannot renew.
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) if this holder no longer holds the lease
+    /// (it expired, was released, or another holder took it), and with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) if the lease implementation cannot
+    /// renew.
     pub async fn renew(&self, ttl: Duration) -> Result<()> {
         match &self.handle {
             Some(handle) => handle.renew(ttl).await,
@@ -414,30 +409,5 @@ impl<S: SecretStore + ?Sized> LeaseRelease for StoreRelease<S> {
             Err(e) if is_conflict(&e) => Err(not_held().with_source(e)),
             Err(e) => Err(e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A lease backend written before renewal existed: it only releases.
-    struct ReleaseOnly;
-
-    #[async_trait]
-    impl LeaseRelease for ReleaseOnly {
-        async fn release(&self) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn a_backend_without_renewal_says_so_with_a_typed_error() {
-        let key = StoreKey::from_parts(["lease", "unsupported"]).unwrap();
-        let guard = LeaseGuard::new(key, 1, ReleaseOnly);
-        let err = guard.renew(Duration::from_secs(1)).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
-        assert!(!err.is_retryable());
-        guard.release().await.unwrap();
     }
 }

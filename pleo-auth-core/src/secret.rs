@@ -360,8 +360,7 @@ mod tests {
     fn stored_secrets_serialize_as_plain_strings() {
         let token = RefreshToken::new("rt-1");
         let mut json = Vec::new();
-        expose_for_storage::serialize(&token, &mut serde_json::Serializer::new(&mut json))
-            .unwrap();
+        expose_for_storage::serialize(&token, &mut serde_json::Serializer::new(&mut json)).unwrap();
         assert_eq!(json, b"\"rt-1\"");
         let back: RefreshToken =
             expose_for_storage::deserialize(&mut serde_json::Deserializer::from_slice(&json))

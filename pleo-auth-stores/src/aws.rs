@@ -48,12 +48,6 @@
 //! and never removes a version. The last staged version keeps the label (usually it is also
 //! `AWSCURRENT`; after a lost race it is the loser's version, until the next write).
 //!
-//! Earlier releases used a label per writer (`pleo-auth-pending-<random>`) and a third call to
-//! remove it; a writer that stopped before that call left its label behind. Such secrets keep
-//! working: should the labels of a secret reach the service quota (`LimitExceededException`,
-//! once the SDK's own retries, which take it for throttling, gave up), a write removes every
-//! `pleo-auth-pending-<random>` label and tries once more. The shared label itself counts once.
-//!
 //! A create ([`Precondition::Absent`]) is one `CreateSecret` (`ResourceExistsException` is
 //! `Conflict`). An unconditional write ([`Precondition::None`]) reads the current version and
 //! swaps from it as above, again on a conflict; it never puts `AWSCURRENT` directly, because
@@ -160,9 +154,6 @@ const TOMBSTONE: &str = "pleo-auth:tombstone";
 /// The staging label of every staged version (see the module documentation); it is on at most
 /// one version of a secret at a time.
 const PENDING_LABEL: &str = "pleo-auth-pending";
-/// Prefix of the per-writer labels (`pleo-auth-pending-<random>`) of the earlier three-call
-/// protocol, which secrets written by it may still carry.
-const LEGACY_PENDING_LABEL_PREFIX: &str = "pleo-auth-pending-";
 /// Longest secret name Secrets Manager accepts.
 const MAX_NAME_LEN: usize = 512;
 /// Length of the readable head of a hashed name: the rest is `=` and 64 hex digits.
@@ -678,32 +669,25 @@ impl AwsStore {
     /// whichever version had it and leaves `AWSCURRENT` where it is. Returns the new version id.
     async fn stage(&self, name: &Name, key: &StoreKey, payload: &Payload<'_>) -> Result<String> {
         let token = new_token();
-        let mut cleared = false;
-        loop {
-            let request = self
-                .client
-                .put_secret_value()
-                .secret_id(name.as_str())
-                .client_request_token(&token)
-                .version_stages(PENDING_LABEL);
-            let request = match self.payload(name, key, payload)? {
-                Body::Binary(blob) => request.secret_binary(blob),
-                Body::Tombstone => request.secret_string(TOMBSTONE),
-            };
-            match request.send().await {
-                Ok(_) => return Ok(token),
-                Err(e) => {
-                    let e = AwsError::from_sdk(e);
-                    match e.code() {
-                        Some("ResourceNotFoundException" | "InvalidRequestException") => {
-                            return Err(mismatch());
-                        }
-                        Some("LimitExceededException") if !cleared => {
-                            cleared = true;
-                            self.clear_legacy_labels(name).await?;
-                        }
-                        _ => return Err(e.into_error("write", BACKEND)),
+        let request = self
+            .client
+            .put_secret_value()
+            .secret_id(name.as_str())
+            .client_request_token(&token)
+            .version_stages(PENDING_LABEL);
+        let request = match self.payload(name, key, payload)? {
+            Body::Binary(blob) => request.secret_binary(blob),
+            Body::Tombstone => request.secret_string(TOMBSTONE),
+        };
+        match request.send().await {
+            Ok(_) => Ok(token),
+            Err(e) => {
+                let e = AwsError::from_sdk(e);
+                match e.code() {
+                    Some("ResourceNotFoundException" | "InvalidRequestException") => {
+                        Err(mismatch())
                     }
+                    _ => Err(e.into_error("write", BACKEND)),
                 }
             }
         }
@@ -768,43 +752,6 @@ impl AwsStore {
                 .find(|(_, labels)| labels.iter().any(|l| l == CURRENT))
                 .map(|(id, _)| id.clone())
         }))
-    }
-
-    /// Removes every per-writer label of the earlier protocol (`pleo-auth-pending-<random>`)
-    /// from the secret: those of writers that stopped between their calls, and those of earlier
-    /// writers still in flight, whose moves name versions by id and do not need them. A label
-    /// that cannot be removed is only logged.
-    async fn clear_legacy_labels(&self, name: &Name) -> Result<()> {
-        let out = self
-            .client
-            .describe_secret()
-            .secret_id(name.as_str())
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(e).into_error("describe", BACKEND))?;
-        let Some(stages) = out.version_ids_to_stages() else {
-            return Ok(());
-        };
-        for (version, labels) in stages {
-            for label in labels
-                .iter()
-                .filter(|l| l.starts_with(LEGACY_PENDING_LABEL_PREFIX))
-            {
-                if let Err(e) = self
-                    .client
-                    .update_secret_version_stage()
-                    .secret_id(name.as_str())
-                    .version_stage(label)
-                    .remove_from_version_id(version)
-                    .send()
-                    .await
-                {
-                    let e = AwsError::from_sdk(e);
-                    tracing::debug!(backend = BACKEND, error = %e.cause, "a legacy label stays behind");
-                }
-            }
-        }
-        Ok(())
     }
 
     async fn create(&self, name: &Name, key: &StoreKey, value: &SecretBytes) -> Result<String> {
@@ -1240,28 +1187,21 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
-    /// What a [`Calls`] interceptor saw, and whether it answers `PutSecretValue` with
-    /// `LimitExceededException`.
+    /// What a [`Calls`] interceptor saw, and whether it loses the answer to the next move.
     #[derive(Debug, Default)]
     struct Seen {
         operations: Vec<String>,
-        fail_puts: bool,
         lose_next_move: bool,
     }
 
     /// Records the operation (`X-Amz-Target`) of every request the client transmits, retries
-    /// included. It can also play a secret at the label quota: `PutSecretValue` is answered with
-    /// `LimitExceededException` (after moto ran it) until a call of another kind is sent.
+    /// included.
     #[derive(Debug, Clone, Default)]
     struct Calls(Arc<Mutex<Seen>>);
 
     impl Calls {
         fn take(&self) -> Vec<String> {
             std::mem::take(&mut self.0.lock().unwrap().operations)
-        }
-
-        fn fail_puts(&self) {
-            self.0.lock().unwrap().fail_puts = true;
         }
 
         /// The answer to the next `UpdateSecretVersionStage` (which moto has carried out) is
@@ -1285,7 +1225,6 @@ mod tests {
             let target = context.request().headers().get("x-amz-target");
             let operation = target.map_or("?", |t| t.trim_start_matches("secretsmanager."));
             let mut seen = self.0.lock().unwrap();
-            seen.fail_puts &= operation == "PutSecretValue";
             seen.operations.push(operation.to_owned());
             Ok(())
         }
@@ -1305,14 +1244,6 @@ mod tests {
                 response.headers_mut().remove("content-length");
                 *response.body_mut() =
                     r#"{"__type":"InternalServiceError","Message":"lost"}"#.into();
-                return Ok(());
-            }
-            if seen.fail_puts {
-                let response = context.response_mut();
-                *response.status_mut() = 400.try_into()?;
-                response.headers_mut().remove("content-length");
-                *response.body_mut() =
-                    r#"{"__type":"LimitExceededException","Message":"quota"}"#.into();
             }
             Ok(())
         }
@@ -1542,71 +1473,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Conflict);
         assert_eq!(read(&store, &key).await, (b"v1".to_vec(), v1));
-    }
-
-    #[tokio::test]
-    async fn secrets_with_labels_of_the_three_call_protocol_keep_working() {
-        let calls = Calls::default();
-        let store = moto_store(&calls).await;
-        let key = StoreKey::from_parts(["legacy"]).unwrap();
-        let v0 = store
-            .put(&key, bytes("v0"), Precondition::Absent)
-            .await
-            .unwrap();
-        // Two writers of the earlier protocol that stopped after their put.
-        for label in ["pleo-auth-pending-0badc0de", "pleo-auth-pending-deadbeef"] {
-            store
-                .client
-                .put_secret_value()
-                .secret_id(store.secret_name(&key))
-                .client_request_token(new_token())
-                .version_stages(label)
-                .secret_binary(Blob::new(b"stale".to_vec()))
-                .send()
-                .await
-                .unwrap();
-        }
-        let v1 = store
-            .put(&key, bytes("v1"), Precondition::Version(v0))
-            .await
-            .unwrap();
-        assert_eq!(read(&store, &key).await, (b"v1".to_vec(), v1.clone()));
-        let legacy = |labels: &HashMap<String, Vec<String>>| {
-            labels
-                .values()
-                .flatten()
-                .filter(|l| l.starts_with(LEGACY_PENDING_LABEL_PREFIX))
-                .count()
-        };
-        assert_eq!(legacy(&labels(&store, &key).await), 2);
-
-        // Should the labels reach the quota (moto has none, so the interceptor answers for it),
-        // the write removes the legacy labels and tries once more. The SDK retries
-        // `LimitExceededException` as throttling first, so the put may be sent more than once.
-        calls.take();
-        calls.fail_puts();
-        let v2 = store
-            .put(&key, bytes("v2"), Precondition::Version(v1))
-            .await
-            .unwrap();
-        let mut sent = calls.take();
-        let refused = sent.iter().take_while(|op| *op == "PutSecretValue").count();
-        assert!(refused >= 1, "{sent:?}");
-        sent.drain(..refused);
-        assert_eq!(
-            sent,
-            [
-                "DescribeSecret",
-                "UpdateSecretVersionStage",
-                "UpdateSecretVersionStage",
-                "PutSecretValue",
-                "UpdateSecretVersionStage"
-            ]
-        );
-        assert_eq!(read(&store, &key).await, (b"v2".to_vec(), v2.clone()));
-        let labels = labels(&store, &key).await;
-        assert_eq!(legacy(&labels), 0, "{labels:?}");
-        assert_eq!(labels[v2.as_str()], [PENDING_LABEL, CURRENT]);
     }
 
     #[test]

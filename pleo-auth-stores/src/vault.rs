@@ -5,17 +5,17 @@
 //!
 //! Each [`StoreKey`] `k` is the KV v2 secret `<mount>/data/<path prefix>/<k>` (the prefix is
 //! optional). Key segments are `A-Z a-z 0-9 _ - % +`, so they need no escaping in a Vault path.
-//! The secret's data holds the value in base64 and a random nonce:
+//! The secret's data holds the value in base64:
 //!
 //! ```json
-//! { "value": "<base64 of the bytes>", "nonce": "<random>" }
+//! { "value": "<base64 of the bytes>" }
 //! ```
 //!
 //! A delete writes a tombstone, which reads as absent (see [Deletes](#deletes)).
 //!
 //! # Versions
 //!
-//! A [`Version`] is `<kv version>:<nonce>`, for example `7:Xw2s_c1eA9kq0b3M`. Compare-and-swap
+//! A [`Version`] is the KV version number, for example `7`. Compare-and-swap
 //! is KV v2 check-and-set (`cas`), in one request: `cas: 0` creates only, `cas: n` writes only
 //! if version `n` is current; Vault answers a mismatch with HTTP 400 "check-and-set parameter did
 //! not match", which is [`ErrorKind::Conflict`].
@@ -24,13 +24,11 @@
 //! metadata, where KV v2 keeps the count: deleting the metadata would restart the numbers at 1,
 //! and a writer holding version `n` of the old secret could then overwrite a new secret that
 //! reached `n` again. So delete secrets through the store, not with `kv metadata delete`, while
-//! replicas that may hold versions of them run. (The nonce is new on every write; it keeps
-//! versions distinct in logs and for stores written by earlier releases, which did delete
-//! metadata and read the nonce back before every conditional write.)
+//! replicas that may hold versions of them run.
 //!
 //! # Deletes
 //!
-//! A delete is a tombstone, `{ "nonce": "...", "deleted_at_ms": <unix ms> }`, written with
+//! A delete is a tombstone, `{ "deleted_at_ms": <unix ms> }`, written with
 //! check-and-set (for [`Precondition::Version`], against the expected version, so the check is
 //! atomic; for [`Precondition::None`], against the current version, retried on a conflict). From
 //! then on the key reads as absent and is not listed. Then the data of every earlier version is
@@ -131,7 +129,7 @@ use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt as _;
 use pleo_auth_core::{
     DynClock, Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey,
-    SystemClock, Timestamp, Version, Versioned, check_transport_security, random_urlsafe,
+    SystemClock, Timestamp, Version, Versioned, check_transport_security,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -924,7 +922,7 @@ impl VaultStore {
         for _ in 0..WRITE_ATTEMPTS {
             let data = KvData::live(value);
             match self.write(path, &data, Some(0)).await {
-                Ok(n) => return Ok(data.version(n)),
+                Ok(n) => return Ok(Version::from_u64(n)),
                 Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
                 Err(_) => {}
             }
@@ -949,7 +947,7 @@ impl VaultStore {
                             );
                         }
                     }
-                    return Ok(data.version(n));
+                    return Ok(Version::from_u64(n));
                 }
                 Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
                 Err(_) => {}
@@ -961,7 +959,7 @@ impl VaultStore {
     async fn put_unconditional(&self, path: &str, value: &SecretBytes) -> Result<Version> {
         let data = KvData::live(value);
         match self.write(path, &data, None).await {
-            Ok(n) => return Ok(data.version(n)),
+            Ok(n) => return Ok(Version::from_u64(n)),
             Err(e) if !is_cas_required(&e) => return Err(e),
             Err(_) => {}
         }
@@ -969,7 +967,7 @@ impl VaultStore {
             let cas = self.current_number(path).await?;
             let data = KvData::live(value);
             match self.write(path, &data, Some(cas)).await {
-                Ok(n) => return Ok(data.version(n)),
+                Ok(n) => return Ok(Version::from_u64(n)),
                 Err(e) if e.kind() != ErrorKind::Conflict => return Err(e),
                 Err(_) => {}
             }
@@ -980,8 +978,8 @@ impl VaultStore {
 
 /// The KV version number of `want`: a version this store did not hand out matches nothing.
 fn expected_number(want: &Version) -> Result<u64> {
-    match parse_version(want) {
-        Some((number, _)) if number > 0 => Ok(number),
+    match want.as_str().parse::<u64>() {
+        Ok(number) if number > 0 && Version::from_u64(number) == *want => Ok(number),
         _ => Err(mismatch()),
     }
 }
@@ -1008,13 +1006,9 @@ impl SecretStore for VaultStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
         match self.read(&self.path(key)).await? {
-            Current::Live {
-                number,
-                nonce,
+            Current::Live { number, value } => Ok(Some(Versioned {
                 value,
-            } => Ok(Some(Versioned {
-                value,
-                version: make_version(number, &nonce),
+                version: Version::from_u64(number),
             })),
             Current::Tombstone { .. } | Current::Missing => Ok(None),
         }
@@ -1036,7 +1030,7 @@ impl SecretStore for VaultStore {
                 let n = self
                     .write(&path, &data, Some(expected_number(&want)?))
                     .await?;
-                Ok(data.version(n))
+                Ok(Version::from_u64(n))
             }
         }
     }
@@ -1121,7 +1115,6 @@ impl SecretStore for VaultStore {
 struct KvData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value: Option<String>,
-    nonce: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deleted_at_ms: Option<u64>,
 }
@@ -1130,7 +1123,6 @@ impl KvData {
     fn live(value: &SecretBytes) -> Self {
         Self {
             value: Some(STANDARD.encode(value.expose_secret())),
-            nonce: random_urlsafe(12),
             deleted_at_ms: None,
         }
     }
@@ -1138,13 +1130,8 @@ impl KvData {
     fn tombstone(now: Timestamp) -> Self {
         Self {
             value: None,
-            nonce: random_urlsafe(12),
             deleted_at_ms: Some(now.as_millis()),
         }
-    }
-
-    fn version(&self, number: u64) -> Version {
-        make_version(number, &self.nonce)
     }
 }
 
@@ -1158,14 +1145,8 @@ impl Drop for KvData {
 
 /// What a key's latest version holds.
 enum Current {
-    Live {
-        number: u64,
-        nonce: String,
-        value: SecretBytes,
-    },
-    Tombstone {
-        number: u64,
-    },
+    Live { number: u64, value: SecretBytes },
+    Tombstone { number: u64 },
     Missing,
 }
 
@@ -1189,7 +1170,6 @@ impl Current {
                 })?;
                 Ok(Current::Live {
                     number,
-                    nonce: std::mem::take(&mut data.nonce),
                     value: SecretBytes::new(bytes),
                 })
             }
@@ -1219,15 +1199,6 @@ fn is_deleted(deletion_time: &str, now: Timestamp) -> Result<bool> {
     })?;
     let at_ms = at.unix_timestamp_nanos() / 1_000_000;
     Ok(at_ms <= i128::from(now.as_millis()))
-}
-
-fn make_version(number: u64, nonce: &str) -> Version {
-    Version::new(format!("{number}:{nonce}"))
-}
-
-fn parse_version(version: &Version) -> Option<(u64, &str)> {
-    let (number, nonce) = version.as_str().split_once(':')?;
-    Some((number.parse().ok()?, nonce))
 }
 
 fn is_cas_required(e: &Error) -> bool {
@@ -1409,12 +1380,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_round_trip_and_reject_foreign_strings() {
-        let v = make_version(7, "abc_-9");
-        assert_eq!(v.as_str(), "7:abc_-9");
-        assert_eq!(parse_version(&v), Some((7, "abc_-9")));
-        assert_eq!(parse_version(&Version::from_u64(7)), None);
-        assert_eq!(parse_version(&Version::new("x:abc")), None);
+    fn versions_are_kv_numbers_and_foreign_strings_match_nothing() {
+        assert_eq!(expected_number(&Version::from_u64(7)).unwrap(), 7);
+        for foreign in ["0", "x", "7:abc", "-1", "+7", "07", ""] {
+            let err = expected_number(&Version::new(foreign)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Conflict, "{foreign}");
+        }
     }
 
     #[test]

@@ -162,7 +162,7 @@ async fn a_delete_destroys_every_value_and_keeps_the_version_count() {
         .put(&k, bytes("new life"), Precondition::Absent)
         .await
         .unwrap();
-    assert!(v4.as_str().starts_with("4:"), "{v4:?}");
+    assert_eq!(v4.as_str(), "4", "{v4:?}");
     for old in [v1, v2] {
         let err = store
             .put(&k, bytes("stale"), Precondition::Version(old.clone()))
@@ -196,7 +196,7 @@ async fn a_tombstone_of_an_interrupted_delete_reads_as_absent_and_is_cleaned_up_
         &root_client(),
         "secret",
         &path,
-        &serde_json::json!({ "nonce": "tomb", "deleted_at_ms": 1_000 }),
+        &serde_json::json!({ "deleted_at_ms": 1_000 }),
         vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: number },
     )
     .await
