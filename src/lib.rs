@@ -1,27 +1,26 @@
 //! Authenticate integrations to the **Pleo External API**, for many customer companies at once.
 //!
-//! `pleo-auth` is a facade over the crates of the toolkit, each behind a feature:
+//! `pleo-auth` is a facade over the crates of the toolkit, each behind a feature (see
+//! [Features](#features)):
 //!
-//! | module | what it holds | feature |
-//! |---|---|---|
-//! | crate root | environments, subjects, scopes, secret newtypes, records, the `SecretStore`, `Lease` and `CredentialProvider` traits, tenant links (from `pleo-auth-core`), and [`PleoAuth`] | always |
-//! | [`oauth`] | OAuth 2.0 with PKCE: authorization URL, callback, code exchange, refresh manager | `oauth` (default) |
-//! | [`apikey`] | Integrated and Standalone API keys | `apikey` (default) |
-//! | [`http`] | the authenticated client with company and environment guards, middleware, the loopback callback listener | `http` (default) |
-//! | [`connect_router`](crate::http) | `/connect` and `/callback` routes for axum, behind your app's authorization; the operator view (`admin_router`) | `axum` |
-//! | [`stores::file`] | the embedded file store | `file` (default) |
-//! | [`stores::vault`] | HashiCorp Vault / OpenBao KV v2 | `vault` |
-//! | [`stores::aws`] | AWS Secrets Manager | `aws` |
-//! | [`stores::redis`] | Redis store and lease | `redis` |
-//! | [`stores::postgres`] | PostgreSQL store and lease | `postgres` |
-//! | [`stores::encrypted`] | envelope encryption for any store, with local keys | `encryption` |
-//! | [`stores::kms`] | data keys from AWS KMS for the encryption wrapper | `kms` |
-//! | [`stores::transit`] | data keys from Vault/OpenBao Transit for the encryption wrapper | `transit` |
-//! | [`sandbox`] | a local emulator of Pleo's authorization server and External API | `sandbox` |
-//! | [`testing`] | the store and lease conformance suites, for a store of your own | `testing` |
+//! | module | what it holds |
+//! |---|---|
+//! | crate root | environments, subjects, scopes, secret newtypes, records, the `SecretStore`, `Lease` and `CredentialProvider` traits, tenant links (from `pleo-auth-core`), and [`PleoAuth`] |
+//! | [`oauth`] | OAuth 2.0 with PKCE: authorization URL, callback, code exchange, refresh manager |
+//! | [`apikey`] | Integrated and Standalone API keys |
+//! | [`http`] | the authenticated client with company and environment guards, middleware, the loopback callback listener; with `axum`, the `/connect` and `/callback` routes and the operator view |
+//! | [`stores`] | the file, Vault / OpenBao, AWS Secrets Manager, Redis and PostgreSQL stores, and envelope encryption (local keys, AWS KMS, Vault Transit) |
+//! | [`sandbox`] | a local emulator of Pleo's authorization server and External API |
+//! | [`testing`] | the store and lease conformance suites, for a store of your own |
 //!
-//! The `cli` feature builds the `pleo-auth` command-line tool. A feature that is off builds
-//! nothing of its crate: without `aws`, the AWS SDK is never compiled.
+//! A feature that is off builds nothing of its crate: without `aws`, the AWS SDK is never
+//! compiled.
+//!
+//! # Features
+//!
+//! From the `[features]` of this package's `Cargo.toml`, the one place they are described:
+//!
+#![doc = document_features::document_features!()]
 //!
 //! # One builder for everything
 //!
@@ -83,8 +82,23 @@ mod connections;
 mod error;
 mod provider;
 
+// The core's items, each named once (its `Error` and `Result` are `CoreError` and
+// `CoreResult` here, next to the facade's own).
 #[doc(inline)]
-pub use pleo_auth_core::*;
+pub use pleo_auth_core::{
+    AccessToken, ApiKey, ApiKeyCredential, ApiKeyKind, AuthorizationCode, AuthorizationHeader,
+    BrowserBinding, ClientId, ClientSecret, Clock, CompanyId, Credential, CredentialId,
+    CredentialKey, CredentialKind, CredentialProvider, CredentialStatus, DanglingGrant,
+    DanglingReason, DynClock, DynCredentialProvider, DynLease, DynSecretStore, Environment,
+    EnvironmentName, ErrorKind, InProcessLease, Lease, LeaseGuard, LeaseRelease, LinkError,
+    LinkOutcome, LinkRequest, LinkStatus, ListPage, MAX_PAGE_SIZE, MAX_SCOPE_LEN, MAX_SCOPES,
+    MAX_SEGMENT_LEN, MAX_STORE_KEY_LEN, ManualClock, MemoryStore, OAuthGrant, OrganisationId,
+    PENDING_LINK_TIMEOUT, PendingAuthorization, PkceVerifier, Precondition, Record, RecordStoreExt,
+    RefreshToken, RevocationState, Scope, ScopeSet, SecretBytes, SecretStore, Sharing, StoreKey,
+    StoreLease, Subject, SystemClock, TenantId, TenantLink, TenantLinks, Timestamp, Version,
+    Versioned, check_page_limit, check_precondition, check_transport_security, expose_for_storage,
+    is_conflict, is_loopback, layout, lease_for, parse_base_url, random_urlsafe,
+};
 
 pub use builder::{PleoAuth, PleoAuthBuilder};
 #[cfg(all(feature = "oauth", feature = "http"))]

@@ -11,9 +11,9 @@ use pleo_auth_core::ApiKey;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The shortest key accepted, in bytes.
-pub const MIN_KEY_LEN: usize = 16;
+pub const MIN_API_KEY_LEN: usize = 16;
 /// The longest key accepted, in bytes.
-pub const MAX_KEY_LEN: usize = 512;
+pub const MAX_API_KEY_LEN: usize = 512;
 /// Keys shorter than this many characters are masked completely by [`masked`].
 pub const MIN_LEN_TO_SHOW_SUFFIX: usize = 12;
 /// How many trailing characters [`masked`] shows at most.
@@ -22,7 +22,7 @@ pub const SHOWN_SUFFIX_LEN: usize = 4;
 /// Checks the shape of a key without sending it anywhere.
 ///
 /// Refuses, with a reason that never quotes the key: an empty key, leading or trailing
-/// whitespace, more than [`MAX_KEY_LEN`] or fewer than [`MIN_KEY_LEN`] bytes, control
+/// whitespace, more than [`MAX_API_KEY_LEN`] or fewer than [`MIN_API_KEY_LEN`] bytes, control
 /// characters, non-ASCII characters and spaces.
 ///
 /// ```
@@ -41,7 +41,7 @@ pub fn validate_key_format(key: &ApiKey) -> Result<()> {
         Some("is empty")
     } else if raw.starts_with(char::is_whitespace) || raw.ends_with(char::is_whitespace) {
         Some("has leading or trailing whitespace")
-    } else if raw.len() > MAX_KEY_LEN {
+    } else if raw.len() > MAX_API_KEY_LEN {
         Some("is longer than 512 bytes")
     } else if raw.chars().any(char::is_control) {
         Some("contains control characters")
@@ -49,7 +49,7 @@ pub fn validate_key_format(key: &ApiKey) -> Result<()> {
         Some("contains non-ascii characters")
     } else if raw.bytes().any(|b| b == b' ') {
         Some("contains spaces")
-    } else if raw.len() < MIN_KEY_LEN {
+    } else if raw.len() < MIN_API_KEY_LEN {
         Some("is shorter than 16 characters")
     } else {
         None
@@ -103,8 +103,8 @@ mod tests {
     #[test]
     fn accepts_printable_ascii_of_sane_length() {
         for good in [
-            "a".repeat(16),
-            "b".repeat(512),
+            "a".repeat(MIN_API_KEY_LEN),
+            "b".repeat(MAX_API_KEY_LEN),
             "CANARY-ik_staging_0123456789-_.~!#$%&'()*+,/:;<=>?@[]^`{|}".to_owned(),
         ] {
             assert_eq!(reason(&good), None, "{good}");
@@ -113,7 +113,9 @@ mod tests {
 
     #[test]
     fn refuses_each_bad_shape_with_its_own_reason() {
-        let long = "c".repeat(513);
+        let long = "c".repeat(MAX_API_KEY_LEN + 1);
+        let too_long = format!("is longer than {MAX_API_KEY_LEN} bytes");
+        let too_short = format!("is shorter than {MIN_API_KEY_LEN} characters");
         let cases: [(&str, &str); 11] = [
             ("", "is empty"),
             (
@@ -128,7 +130,7 @@ mod tests {
                 "CANARY-0123456789abcdef\u{a0}",
                 "has leading or trailing whitespace",
             ),
-            (&long, "is longer than 512 bytes"),
+            (&long, &too_long),
             (
                 "CANARY-0123\u{0}456789abcdef",
                 "contains control characters",
@@ -143,7 +145,7 @@ mod tests {
             ),
             ("CANARY-0123ü456789abcdef", "contains non-ascii characters"),
             ("CANARY-0123 456789abcdef", "contains spaces"),
-            ("CANARY-short", "is shorter than 16 characters"),
+            ("CANARY-short", &too_short),
         ];
         for (raw, expected) in cases {
             assert_eq!(reason(raw), Some(expected), "{raw:?}");

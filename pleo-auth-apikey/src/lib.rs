@@ -16,7 +16,8 @@ pub use config::ApiKeyConfig;
 pub use error::{CoreError, Error, ErrorKind, Result};
 pub use event::{ApiKeyEvent, ApiKeyEventSink};
 pub use format::{
-    MAX_KEY_LEN, MIN_KEY_LEN, MIN_LEN_TO_SHOW_SUFFIX, SHOWN_SUFFIX_LEN, masked, validate_key_format,
+    MAX_API_KEY_LEN, MIN_API_KEY_LEN, MIN_LEN_TO_SHOW_SUFFIX, SHOWN_SUFFIX_LEN, masked,
+    validate_key_format,
 };
 pub use info::KeyInfo;
 pub use integrated::{

@@ -18,7 +18,7 @@ use crate::subject::Subject;
 /// Longest segment of a [`StoreKey`]; file systems allow 255 bytes per name.
 pub const MAX_SEGMENT_LEN: usize = 200;
 /// Longest [`StoreKey`].
-pub const MAX_KEY_LEN: usize = 16 * 1024;
+pub const MAX_STORE_KEY_LEN: usize = 16 * 1024;
 
 /// Bytes that stay literal in an encoded part (`a-z 0-9 - _`); everything else, upper-case
 /// letters included, is percent-encoded (see [`StoreKey`] on case).
@@ -93,7 +93,7 @@ impl StoreKey {
     ///
     /// [`SecretStore::list`]: crate::SecretStore::list
     pub fn parse(raw: &str) -> Result<Self> {
-        if raw.is_empty() || raw.len() > MAX_KEY_LEN {
+        if raw.is_empty() || raw.len() > MAX_STORE_KEY_LEN {
             return Err(Error::invalid_input("store key is empty or too long"));
         }
         for segment in raw.split('/') {
@@ -127,7 +127,7 @@ impl StoreKey {
         if key.is_empty() {
             return Err(Error::invalid_input("store key needs at least one part"));
         }
-        if key.len() > MAX_KEY_LEN {
+        if key.len() > MAX_STORE_KEY_LEN {
             return Err(Error::invalid_input("store key is too long"));
         }
         Ok(Self(key))
@@ -138,7 +138,7 @@ impl StoreKey {
         let mut key = self.0.clone();
         key.push('/');
         encode_part(part, &mut key)?;
-        if key.len() > MAX_KEY_LEN {
+        if key.len() > MAX_STORE_KEY_LEN {
             return Err(Error::invalid_input("store key is too long"));
         }
         Ok(Self(key))

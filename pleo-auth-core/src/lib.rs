@@ -26,7 +26,9 @@ pub use environment::{
     Environment, EnvironmentName, check_transport_security, is_loopback, parse_base_url,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use key::{ClientId, CredentialKey, MAX_KEY_LEN, MAX_SEGMENT_LEN, StoreKey, TenantId, layout};
+pub use key::{
+    ClientId, CredentialKey, MAX_SEGMENT_LEN, MAX_STORE_KEY_LEN, StoreKey, TenantId, layout,
+};
 pub use lease::{DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease, lease_for};
 pub use memory::MemoryStore;
 pub use provider::{Credential, CredentialId, CredentialProvider, DynCredentialProvider};
