@@ -42,8 +42,9 @@ pub use secret::{
     PkceVerifier, RefreshToken, SecretBytes, expose_for_storage, random_urlsafe,
 };
 pub use store::{
-    DynSecretStore, ListPage, MAX_PAGE_SIZE, Precondition, RecordStoreExt, SecretStore, Sharing,
-    Version, Versioned, check_page_limit, check_precondition, is_conflict,
+    Change, DynSecretStore, ListPage, MAX_PAGE_SIZE, MAX_UPDATE_ROUNDS, Precondition,
+    RecordStoreExt, SecretStore, Sharing, UpdateError, Updated, Version, Versioned,
+    check_page_limit, check_precondition, is_conflict,
 };
 pub use subject::{CompanyId, OrganisationId, Subject};
 pub use tenant::{LinkError, LinkOutcome, LinkRequest, PENDING_LINK_TIMEOUT, TenantLinks};

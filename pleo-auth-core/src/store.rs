@@ -302,9 +302,110 @@ pub trait RecordStoreExt: SecretStore {
         let bytes = record.encode()?;
         self.put(key, bytes, precondition).await
     }
+
+    /// The one read-modify-compare-and-swap loop over a record: reads the record at `key`,
+    /// asks `decide` what to do with it (write a record, delete it or keep the store as it
+    /// is), and writes that with the version read as the precondition. When another writer
+    /// got in between (a `Conflict`), it reads again and asks again, up to
+    /// [`MAX_UPDATE_ROUNDS`] rounds. Returns what was done and the value `decide` returned
+    /// with its last decision.
+    ///
+    /// `decide` sees `None` when the key is absent; it may be called several times and should
+    /// have no effect other than its answer. Its error ends the update with nothing written.
+    ///
+    async fn update<R, T, E, F>(
+        &self,
+        key: &StoreKey,
+        mut decide: F,
+    ) -> std::result::Result<(Updated<R>, T), UpdateError<E>>
+    where
+        R: Record,
+        T: Send,
+        E: Send,
+        F: FnMut(Option<(R, Version)>) -> std::result::Result<(Change<R>, T), E> + Send,
+    {
+        for _ in 0..MAX_UPDATE_ROUNDS {
+            let read = self.get_record::<R>(key).await.map_err(UpdateError::Read)?;
+            let precondition = match &read {
+                Some((_, version)) => Precondition::Version(version.clone()),
+                None => Precondition::Absent,
+            };
+            let (change, value) = decide(read).map_err(UpdateError::Rejected)?;
+            let done = match change {
+                Change::Keep => Ok(Updated::Kept),
+                Change::Put(record) => self
+                    .put_record(key, &record, precondition)
+                    .await
+                    .map(|version| Updated::Written(record, version)),
+                Change::Delete if precondition == Precondition::Absent => Ok(Updated::Kept),
+                Change::Delete => self
+                    .delete(key, precondition)
+                    .await
+                    .map(|()| Updated::Deleted),
+            };
+            match done {
+                Ok(done) => return Ok((done, value)),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(UpdateError::Write(e)),
+            }
+        }
+        Err(UpdateError::Contended)
+    }
 }
 
 impl<S: SecretStore + ?Sized> RecordStoreExt for S {}
+
+/// Rounds of [`RecordStoreExt::update`] (read, decide, compare-and-swap) before it gives up on
+/// a record that keeps changing.
+pub const MAX_UPDATE_ROUNDS: usize = 8;
+
+/// What the closure of [`RecordStoreExt::update`] decided for the record it was shown.
+#[derive(Debug)]
+pub enum Change<R> {
+    /// Write this record: create it if the key was absent, else replace the version read.
+    Put(R),
+    /// Delete the record read (nothing is done if the key was absent).
+    Delete,
+    /// Leave the store as it is.
+    Keep,
+}
+
+/// What [`RecordStoreExt::update`] did.
+#[derive(Debug)]
+pub enum Updated<R> {
+    /// The record was written; the version is the new one.
+    Written(R, Version),
+    /// The record was deleted.
+    Deleted,
+    /// Nothing was written.
+    Kept,
+}
+
+/// Why [`RecordStoreExt::update`] failed. Nothing was written by the failing round.
+#[derive(Debug)]
+pub enum UpdateError<E> {
+    /// The closure refused, with its own error.
+    Rejected(E),
+    /// Reading (or decoding) the record failed.
+    Read(Error),
+    /// Writing or deleting failed for another reason than a concurrent change.
+    Write(Error),
+    /// Another writer changed the record in every one of [`MAX_UPDATE_ROUNDS`] rounds.
+    Contended,
+}
+
+impl UpdateError<Error> {
+    /// One core error for every cause: the closure's, the store's, or a `Conflict` when the
+    /// record kept changing.
+    pub fn into_error(self) -> Error {
+        match self {
+            UpdateError::Rejected(e) | UpdateError::Read(e) | UpdateError::Write(e) => e,
+            UpdateError::Contended => {
+                Error::conflict("the record kept changing while it was updated")
+            }
+        }
+    }
+}
 
 /// Checks `precondition` against the current version of a key (`None` when absent), returning
 /// the `Conflict` error a backend should report. For backends that compare versions themselves.
@@ -329,4 +430,156 @@ pub fn check_precondition(
 /// Whether an error means a precondition failed.
 pub fn is_conflict(err: &Error) -> bool {
     err.kind() == ErrorKind::Conflict
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{
+        ClientId, CredentialKind, EnvironmentName, LinkStatus, MemoryStore, Subject, TenantId,
+        TenantLink, Timestamp,
+    };
+
+    fn link(at: u64) -> TenantLink {
+        TenantLink {
+            environment: EnvironmentName::new("sandbox").unwrap(),
+            tenant: TenantId::new("t-1").unwrap(),
+            subject: "urn:pleo:company:0c000000-0000-4000-8000-000000000001"
+                .parse::<Subject>()
+                .unwrap(),
+            credential_kind: CredentialKind::OAuth,
+            client_id: ClientId::new("c").unwrap(),
+            status: LinkStatus::Active,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(at),
+        }
+    }
+
+    fn key() -> StoreKey {
+        let l = link(0);
+        crate::layout::tenant_link(&l.environment, &l.tenant)
+    }
+
+    /// A memory store on which a rival writer lands just before each of the first `rivals`
+    /// conditional writes.
+    #[derive(Debug)]
+    struct Contested {
+        inner: MemoryStore,
+        rivals: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SecretStore for Contested {
+        async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
+            self.inner.get(key).await
+        }
+        async fn put(
+            &self,
+            key: &StoreKey,
+            value: SecretBytes,
+            precondition: Precondition,
+        ) -> Result<Version> {
+            let rival = self
+                .rivals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if rival {
+                let bytes = link(999).encode()?;
+                self.inner.put(key, bytes, Precondition::None).await?;
+            }
+            self.inner.put(key, value, precondition).await
+        }
+        async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()> {
+            self.inner.delete(key, precondition).await
+        }
+        async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
+            self.inner.list(prefix).await
+        }
+    }
+
+    fn contested(rivals: usize) -> Contested {
+        Contested {
+            inner: MemoryStore::new(),
+            rivals: AtomicUsize::new(rivals),
+        }
+    }
+
+    #[tokio::test]
+    async fn update_reads_again_after_a_conflict_and_returns_the_last_decision() {
+        let store = contested(2);
+        let mut seen = Vec::new();
+        let (outcome, value) = store
+            .update::<TenantLink, _, (), _>(&key(), |read| {
+                seen.push(read.as_ref().map(|(l, _)| l.updated_at.as_millis()));
+                Ok((Change::Put(link(1)), seen.len()))
+            })
+            .await
+            .unwrap();
+        // Absent, then the rival's record twice: three rounds, the third one landed.
+        assert_eq!(seen, [None, Some(999), Some(999)]);
+        assert_eq!(value, 3);
+        let Updated::Written(written, version) = outcome else {
+            panic!("{outcome:?}");
+        };
+        let (stored, stored_version) = store
+            .get_record::<TenantLink>(&key())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.updated_at, written.updated_at);
+        assert_eq!(stored_version, version);
+    }
+
+    #[tokio::test]
+    async fn update_keeps_deletes_and_passes_the_closures_error_through() {
+        let store = contested(0);
+        let (outcome, ()) = store
+            .update::<TenantLink, _, (), _>(&key(), |_| Ok((Change::Delete, ())))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Updated::Kept), "deleting nothing keeps");
+        store
+            .put_record(&key(), &link(5), Precondition::Absent)
+            .await
+            .unwrap();
+        let (outcome, ()) = store
+            .update::<TenantLink, _, (), _>(&key(), |_| Ok((Change::Keep, ())))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Updated::Kept));
+        let err = store
+            .update::<TenantLink, (), _, _>(&key(), |_| Err("refused"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpdateError::Rejected("refused")), "{err:?}");
+        assert!(
+            store.get(&key()).await.unwrap().is_some(),
+            "nothing written"
+        );
+        let (outcome, ()) = store
+            .update::<TenantLink, _, (), _>(&key(), |_| Ok((Change::Delete, ())))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Updated::Deleted));
+        assert!(store.get(&key()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn update_gives_up_on_a_record_that_keeps_changing() {
+        let store = contested(MAX_UPDATE_ROUNDS);
+        let mut rounds = 0;
+        let err = store
+            .update::<TenantLink, _, (), _>(&key(), |_| {
+                rounds += 1;
+                Ok((Change::Put(link(1)), ()))
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpdateError::Contended), "{err:?}");
+        assert_eq!(rounds, MAX_UPDATE_ROUNDS);
+        let err = UpdateError::<Error>::Contended.into_error();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+    }
 }

@@ -2,15 +2,16 @@
 //! the grant to the company Pleo names.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 
 use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
 use pleo_auth_core::{
-    BrowserBinding, CredentialKind, CredentialStatus, DanglingReason, ErrorKind as CoreKind,
-    LinkError, LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization, PkceVerifier,
-    Precondition, RecordStoreExt, RevocationState, ScopeSet, Subject, TenantId, Version,
-    is_conflict, layout, random_urlsafe,
+    BrowserBinding, Change, CredentialKind, CredentialStatus, DanglingReason,
+    ErrorKind as CoreKind, LinkError, LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization,
+    PkceVerifier, Precondition, RecordStoreExt, RevocationState, ScopeSet, Subject, TenantId,
+    UpdateError, Updated, Version, is_conflict, layout, random_urlsafe,
 };
 use sha2::{Digest as _, Sha256};
 use url::Url;
@@ -632,37 +633,37 @@ struct Written {
 /// creation time and tenant.
 async fn write_grant(inner: &Inner, fresh: OAuthGrant) -> Result<Written> {
     let key = layout::oauth_grant(&inner.credential_key(fresh.subject));
-    for _ in 0..8 {
-        let existing = inner
-            .store
-            .get_record::<OAuthGrant>(&key)
-            .await
-            .map_err(|e| Error::store("reading the existing grant failed", e))?;
-        let (record, precondition, replaced) = match existing {
-            None => (fresh.clone(), Precondition::Absent, None),
-            Some((old, version)) => {
-                let mut record = fresh.clone();
-                record.settings = old.settings.clone();
-                record.created_at = old.created_at;
-                record.tenant = fresh.tenant.clone().or(old.tenant.clone());
-                record.generation = old.generation + 1;
-                (record, Precondition::Version(version), Some(old))
-            }
-        };
-        match inner.store.put_record(&key, &record, precondition).await {
-            Ok(version) => {
-                return Ok(Written {
-                    record,
-                    version,
-                    replaced,
-                });
-            }
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) => return Err(Error::store("storing the grant failed", e)),
-        }
+    let updated = inner
+        .store
+        .update::<OAuthGrant, _, Infallible, _>(&key, |existing| {
+            Ok(match existing {
+                None => (Change::Put(fresh.clone()), None),
+                Some((old, _)) => {
+                    let mut record = fresh.clone();
+                    record.settings = old.settings.clone();
+                    record.created_at = old.created_at;
+                    record.tenant = fresh.tenant.clone().or(old.tenant.clone());
+                    record.generation = old.generation + 1;
+                    (Change::Put(record), Some(old))
+                }
+            })
+        })
+        .await;
+    match updated {
+        Ok((Updated::Written(record, version), replaced)) => Ok(Written {
+            record,
+            version,
+            replaced,
+        }),
+        Ok((Updated::Deleted | Updated::Kept, _)) => Err(Error::unexpected(
+            "the grant was not written, though every decision writes it",
+        )),
+        Err(UpdateError::Read(e)) => Err(Error::store("reading the existing grant failed", e)),
+        Err(UpdateError::Write(e)) => Err(Error::store("storing the grant failed", e)),
+        Err(UpdateError::Contended) => Err(Error::new(
+            ErrorKind::Store(CoreKind::Conflict),
+            "the grant kept changing while it was stored",
+        )),
+        Err(UpdateError::Rejected(never)) => match never {},
     }
-    Err(Error::new(
-        ErrorKind::Store(CoreKind::Conflict),
-        "the grant kept changing while it was stored",
-    ))
 }

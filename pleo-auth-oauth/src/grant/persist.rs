@@ -5,8 +5,8 @@
 use std::sync::{Arc, Weak};
 
 use pleo_auth_core::{
-    CredentialStatus, ErrorKind as CoreKind, OAuthGrant, Precondition, RecordStoreExt,
-    RefreshToken, is_conflict,
+    Change, CredentialStatus, ErrorKind as CoreKind, OAuthGrant, Precondition, RecordStoreExt,
+    RefreshToken, UpdateError, Updated,
 };
 use tracing::Instrument;
 
@@ -19,9 +19,6 @@ use crate::grant::phase::{
 };
 use crate::inner::Inner;
 use crate::token::{Access, Answer};
-
-/// How many times a compare-and-swap loop re-reads after a conflict before giving up.
-pub(crate) const MAX_CAS_ROUNDS: usize = 8;
 
 /// Install before judging: makes the answer's new refresh token (with its access token, if
 /// the answer has a usable one) the pending phase and writes it, and only then sends events and
@@ -111,79 +108,118 @@ pub(crate) async fn install(
 /// Writes the pending phase with compare-and-swap. On a store failure the phase stays pending,
 /// a `PersistPending` event is emitted once, and a background task retries.
 pub(crate) async fn persist(inner: &Arc<Inner>, cell: &Arc<GrantCell>) -> Result<()> {
+    /// What the phase's write plan leaves to do once the store has answered.
+    enum After {
+        Nothing,
+        Deleted,
+        Landed(Box<OAuthGrant>, pleo_auth_core::Version),
+        Adopt(Box<OAuthGrant>, pleo_auth_core::Version),
+        Written,
+    }
     let _writer = cell.writer.lock().await;
-    for _ in 0..MAX_CAS_ROUNDS {
-        if !cell.pending() {
-            return Ok(());
-        }
-        let read = match inner.store.get_record::<OAuthGrant>(&cell.key).await {
-            Ok(read) => read,
-            Err(e) => return Err(persist_failed(inner, cell, e)),
-        };
-        let plan = cell.lock().phase.write_plan(read);
-        let (record, precondition) = match plan {
-            WritePlan::Nothing => return Ok(()),
-            WritePlan::Deleted => {
-                // Deleted while we held tokens: someone removed the grant on purpose.
-                tracing::warn!("the grant was deleted while its rotated tokens were pending");
-                let mut st = cell.lock();
-                inner.set_token(cell, None);
-                st.set_phase(Phase::Unloaded);
-                return Ok(());
+    if !cell.pending() {
+        return Ok(());
+    }
+    let updated = inner
+        .store
+        .update::<OAuthGrant, _, pleo_auth_core::Error, _>(&cell.key, |read| {
+            if !cell.pending() {
+                return Ok((Change::Keep, After::Nothing));
             }
-            WritePlan::Landed { record, version } => {
-                mark_stored(inner, cell, &record, version);
-                return Ok(());
-            }
-            WritePlan::Adopt { record, version } => {
-                // Another writer won: its record is the truth.
-                let event = {
-                    let mut st = cell.lock();
-                    inner.adopt(cell, &mut st, record, version)
-                };
-                if let Some(event) = event {
-                    inner.emit(event);
+            let read_at = version_of(&read);
+            let plan = cell.lock().phase.write_plan(read);
+            Ok(match plan {
+                WritePlan::Nothing => (Change::Keep, After::Nothing),
+                WritePlan::Deleted => (Change::Keep, After::Deleted),
+                WritePlan::Landed { record, version } => {
+                    (Change::Keep, After::Landed(Box::new(record), version))
                 }
-                return Ok(());
+                WritePlan::Adopt { record, version } => {
+                    (Change::Keep, After::Adopt(Box::new(record), version))
+                }
+                WritePlan::Write {
+                    record,
+                    precondition,
+                } => {
+                    if precondition != read_at {
+                        return Err(plan_mismatch());
+                    }
+                    // Failpoint (feature `failpoints`, tests only): the store write fails
+                    // before it is sent.
+                    #[cfg(feature = "failpoints")]
+                    fail::fail_point!("pleo_auth_oauth::persist::before_write", |_| Err(
+                        failpoint_store_error("before the store write")
+                    ));
+                    (Change::Put(record), After::Written)
+                }
+            })
+        })
+        .await;
+    let after = match updated {
+        Ok((Updated::Written(record, written), _)) => {
+            // Failpoint (feature `failpoints`, tests only): the write landed, its answer is lost.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("pleo_auth_oauth::persist::after_write", |_| Err(
+                persist_failed(inner, cell, failpoint_store_error("after the store write"))
+            ));
+            After::Landed(Box::new(record), written)
+        }
+        Ok((Updated::Deleted | Updated::Kept, after)) => after,
+        Err(UpdateError::Rejected(e) | UpdateError::Read(e) | UpdateError::Write(e)) => {
+            return Err(persist_failed(inner, cell, e));
+        }
+        Err(UpdateError::Contended) => {
+            return Err(Error::new(
+                ErrorKind::Store(CoreKind::Conflict),
+                "the grant kept changing while its tokens were written",
+            ));
+        }
+    };
+    match after {
+        After::Nothing | After::Written => {}
+        After::Deleted => {
+            // Deleted while we held tokens: someone removed the grant on purpose.
+            tracing::warn!("the grant was deleted while its rotated tokens were pending");
+            let mut st = cell.lock();
+            inner.set_token(cell, None);
+            st.set_phase(Phase::Unloaded);
+        }
+        After::Landed(record, version) => mark_stored(inner, cell, &record, version),
+        After::Adopt(record, version) => {
+            // Another writer won: its record is the truth.
+            let event = {
+                let mut st = cell.lock();
+                inner.adopt(cell, &mut st, *record, version)
+            };
+            if let Some(event) = event {
+                inner.emit(event);
             }
-            WritePlan::Write {
-                record,
-                precondition,
-            } => (record, precondition),
-        };
-        // Failpoint (feature `failpoints`, tests only): the store write fails before it is sent.
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("pleo_auth_oauth::persist::before_write", |_| Err(
-            persist_failed(inner, cell, failpoint_store_error("before the store write"))
-        ));
-        match inner
-            .store
-            .put_record(&cell.key, &record, precondition)
-            .await
-        {
-            Ok(written) => {
-                // Failpoint (feature `failpoints`, tests only): the write landed, its answer is lost.
-                #[cfg(feature = "failpoints")]
-                fail::fail_point!("pleo_auth_oauth::persist::after_write", |_| Err(
-                    persist_failed(inner, cell, failpoint_store_error("after the store write"))
-                ));
-                mark_stored(inner, cell, &record, written);
-                return Ok(());
-            }
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) => return Err(persist_failed(inner, cell, e)),
         }
     }
-    Err(Error::new(
-        ErrorKind::Store(CoreKind::Conflict),
-        "the grant kept changing while its tokens were written",
-    ))
+    Ok(())
 }
 
 /// The store error a failpoint injects (feature `failpoints`, tests only).
 #[cfg(feature = "failpoints")]
 fn failpoint_store_error(at: &'static str) -> pleo_auth_core::Error {
     pleo_auth_core::Error::unavailable(format!("failpoint: {at}")).with_backend("failpoint")
+}
+
+/// The precondition `update` writes against after reading `read`.
+fn version_of(read: &Option<(OAuthGrant, pleo_auth_core::Version)>) -> Precondition {
+    match read {
+        Some((_, version)) => Precondition::Version(version.clone()),
+        None => Precondition::Absent,
+    }
+}
+
+/// A phase plan that asks for another precondition than the version read: refused, never
+/// written under another condition than the one planned.
+fn plan_mismatch() -> pleo_auth_core::Error {
+    pleo_auth_core::Error::new(
+        CoreKind::Unexpected,
+        "the planned write is conditioned on another version than the one read",
+    )
 }
 
 /// Records that `written` is stored at `version`, if it is still the pending record.
@@ -289,140 +325,155 @@ pub(crate) async fn mark_needs_reauthorization(
     trigger: &Trigger,
     presented: &RefreshToken,
 ) -> FlightResult {
+    /// What the refusal plan leaves to do once the store has answered.
+    enum After {
+        Current,
+        Deleted,
+        Adopt(Box<OAuthGrant>, pleo_auth_core::Version),
+        Marked,
+    }
     let writer = cell.writer.lock().await;
-    for _ in 0..MAX_CAS_ROUNDS {
-        if !cell.lock().phase.holds(presented) {
-            // Rotated, reconnected or disconnected meanwhile: what the phase holds stands.
-            return inner.current(cell, trigger);
-        }
-        let now = inner.clock.timestamp();
-        let read = inner.store.get_record::<OAuthGrant>(&cell.key).await;
-        let read = match read {
-            Ok(read) => read,
-            Err(e) => {
-                // Mark it in memory and let the write be retried; other replicas learn the same
-                // from the server.
-                {
-                    let mut st = cell.lock();
-                    if st.phase.record().is_none() {
-                        return Err(not_connected());
-                    }
-                    st.phase.refused_unwritten(presented, now);
-                    st.touched();
-                    inner.set_token(cell, None);
-                }
-                inner.emit(OAuthEvent::ReauthorizationRequired {
-                    subject: cell.subject,
-                });
-                drop(writer);
-                persist_failed(inner, cell, e);
-                return Err(needs_reauthorization());
+    if !cell.lock().phase.holds(presented) {
+        // Rotated, reconnected or disconnected meanwhile: what the phase holds stands.
+        return inner.current(cell, trigger);
+    }
+    let mut now = inner.clock.timestamp();
+    let updated = inner
+        .store
+        .update::<OAuthGrant, _, pleo_auth_core::Error, _>(&cell.key, |read| {
+            if !cell.lock().phase.holds(presented) {
+                // Rotated, reconnected or disconnected meanwhile: what the phase holds stands.
+                return Ok((Change::Keep, After::Current));
             }
-        };
-        let plan = cell.lock().phase.refusal_plan(presented, read, now);
-        let (record, precondition) = match plan {
-            RefusalPlan::NotOurs => return inner.current(cell, trigger),
-            RefusalPlan::Deleted => {
+            now = inner.clock.timestamp();
+            let read_at = version_of(&read);
+            let plan = cell.lock().phase.refusal_plan(presented, read, now);
+            Ok(match plan {
+                RefusalPlan::NotOurs => (Change::Keep, After::Current),
+                RefusalPlan::Deleted => (Change::Keep, After::Deleted),
+                RefusalPlan::Adopt { record, version } => {
+                    (Change::Keep, After::Adopt(Box::new(record), version))
+                }
+                RefusalPlan::Mark {
+                    record,
+                    precondition,
+                } => {
+                    if precondition != read_at {
+                        return Err(plan_mismatch());
+                    }
+                    (Change::Put(record), After::Marked)
+                }
+            })
+        })
+        .await;
+    let (failed, read_failed) = match updated {
+        Ok((Updated::Written(record, written), _)) => {
+            {
                 let mut st = cell.lock();
                 inner.set_token(cell, None);
-                st.set_phase(Phase::Unloaded);
-                return Err(not_connected());
-            }
-            RefusalPlan::Adopt { record, version } => {
-                let event = {
-                    let mut st = cell.lock();
-                    inner.adopt(cell, &mut st, record, version)
-                };
-                if let Some(event) = event {
-                    inner.emit(event);
-                }
-                return inner.current(cell, trigger);
-            }
-            RefusalPlan::Mark {
-                record,
-                precondition,
-            } => (record, precondition),
-        };
-        match inner
-            .store
-            .put_record(&cell.key, &record, precondition)
-            .await
-        {
-            Ok(written) => {
-                {
-                    let mut st = cell.lock();
-                    inner.set_token(cell, None);
-                    st.set_phase(Phase::Stored {
-                        record,
-                        version: written,
-                    });
-                }
-                inner.emit(OAuthEvent::ReauthorizationRequired {
-                    subject: cell.subject,
+                st.set_phase(Phase::Stored {
+                    record,
+                    version: written,
                 });
-                return Err(needs_reauthorization());
             }
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) => {
-                {
-                    let mut st = cell.lock();
-                    st.phase.refused_unwritten(presented, now);
-                    st.touched();
-                    inner.set_token(cell, None);
-                }
-                inner.emit(OAuthEvent::ReauthorizationRequired {
-                    subject: cell.subject,
-                });
-                drop(writer);
-                persist_failed(inner, cell, e);
-                return Err(needs_reauthorization());
-            }
+            inner.emit(OAuthEvent::ReauthorizationRequired {
+                subject: cell.subject,
+            });
+            return Err(needs_reauthorization());
         }
+        Ok((Updated::Deleted | Updated::Kept, after)) => {
+            return match after {
+                After::Current | After::Marked => inner.current(cell, trigger),
+                After::Deleted => {
+                    let mut st = cell.lock();
+                    inner.set_token(cell, None);
+                    st.set_phase(Phase::Unloaded);
+                    Err(not_connected())
+                }
+                After::Adopt(record, version) => {
+                    let event = {
+                        let mut st = cell.lock();
+                        inner.adopt(cell, &mut st, *record, version)
+                    };
+                    if let Some(event) = event {
+                        inner.emit(event);
+                    }
+                    inner.current(cell, trigger)
+                }
+            };
+        }
+        Err(UpdateError::Read(e)) => (e, true),
+        Err(UpdateError::Write(e) | UpdateError::Rejected(e)) => (e, false),
+        Err(UpdateError::Contended) => {
+            return Err(Error::new(
+                ErrorKind::Store(CoreKind::Conflict),
+                "the grant kept changing while it was marked as needing reauthorization",
+            ));
+        }
+    };
+    // Mark it in memory and let the write be retried; other replicas learn the same from the
+    // server.
+    {
+        let mut st = cell.lock();
+        if !st.phase.holds(presented) {
+            drop(st);
+            return inner.current(cell, trigger);
+        }
+        if read_failed && st.phase.record().is_none() {
+            return Err(not_connected());
+        }
+        st.phase.refused_unwritten(presented, now);
+        st.touched();
+        inner.set_token(cell, None);
     }
-    Err(Error::new(
-        ErrorKind::Store(CoreKind::Conflict),
-        "the grant kept changing while it was marked as needing reauthorization",
-    ))
+    inner.emit(OAuthEvent::ReauthorizationRequired {
+        subject: cell.subject,
+    });
+    drop(writer);
+    persist_failed(inner, cell, failed);
+    Err(needs_reauthorization())
 }
 
 /// Writes a status change with compare-and-swap and makes it the phase.
 pub(crate) async fn write_status(
     inner: &Arc<Inner>,
     cell: &Arc<GrantCell>,
-    change: impl Fn(&mut OAuthGrant),
+    change: impl Fn(&mut OAuthGrant) + Send + Sync,
 ) -> Result<OAuthGrant> {
     let _writer = cell.writer.lock().await;
-    for _ in 0..MAX_CAS_ROUNDS {
-        let (mut record, version) = inner
-            .store
-            .get_record::<OAuthGrant>(&cell.key)
-            .await
-            .map_err(|e| Error::store("reading the grant failed", e))?
-            .ok_or_else(not_connected)?;
-        change(&mut record);
-        record.updated_at = inner.clock.timestamp();
-        match inner
-            .store
-            .put_record(&cell.key, &record, Precondition::Version(version))
-            .await
-        {
-            Ok(written) => {
-                let mut st = cell.lock();
-                st.set_phase(Phase::Stored {
-                    record: record.clone(),
-                    version: written,
-                });
-                inner.serve(cell, &st.phase);
-                st.terminal_checked =
-                    (record.status != CredentialStatus::Active).then(|| inner.clock.instant());
-                return Ok(record);
-            }
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) => return Err(Error::store("writing the grant failed", e)),
+    let updated = inner
+        .store
+        .update::<OAuthGrant, _, Error, _>(&cell.key, |read| {
+            let (mut record, _) = read.ok_or_else(not_connected)?;
+            change(&mut record);
+            record.updated_at = inner.clock.timestamp();
+            Ok((Change::Put(record), ()))
+        })
+        .await;
+    let (record, written) = match updated {
+        Ok((Updated::Written(record, written), ())) => (record, written),
+        Ok((Updated::Deleted | Updated::Kept, ())) => {
+            return Err(Error::unexpected(
+                "the grant was not written, though every decision writes it",
+            ));
         }
-    }
-    Err(Error::new(
-        ErrorKind::Store(CoreKind::Conflict),
-        "the grant kept changing while it was being updated",
-    ))
+        Err(UpdateError::Rejected(e)) => return Err(e),
+        Err(UpdateError::Read(e)) => return Err(Error::store("reading the grant failed", e)),
+        Err(UpdateError::Write(e)) => return Err(Error::store("writing the grant failed", e)),
+        Err(UpdateError::Contended) => {
+            return Err(Error::new(
+                ErrorKind::Store(CoreKind::Conflict),
+                "the grant kept changing while it was being updated",
+            ));
+        }
+    };
+    let mut st = cell.lock();
+    st.set_phase(Phase::Stored {
+        record: record.clone(),
+        version: written,
+    });
+    inner.serve(cell, &st.phase);
+    st.terminal_checked =
+        (record.status != CredentialStatus::Active).then(|| inner.clock.instant());
+    Ok(record)
 }
