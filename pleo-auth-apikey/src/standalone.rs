@@ -2,6 +2,7 @@
 //! exploration; one environment, one company or organisation.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +10,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use pleo_auth_core::{
-    ApiKey, ApiKeyCredential, ApiKeyKind, AuthorizationHeader, ClientId, Credential, CredentialId,
-    CredentialKey, CredentialKind, CredentialProvider, CredentialStatus, DynClock, DynSecretStore,
-    Environment, EnvironmentName, Precondition, RecordStoreExt, ScopeSet, StoreKey, Subject,
-    SystemClock, Version, is_conflict, layout,
+    ApiKey, ApiKeyCredential, ApiKeyKind, AuthorizationHeader, Change, ClientId, Credential,
+    CredentialId, CredentialKey, CredentialKind, CredentialProvider, CredentialStatus, DynClock,
+    DynSecretStore, Environment, EnvironmentName, Precondition, RecordStoreExt, ScopeSet, StoreKey,
+    Subject, SystemClock, UpdateError, Updated, Version, layout,
 };
 use tokio::sync::OnceCell;
 
@@ -374,36 +375,37 @@ impl StandaloneKey {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let Some((mut record, version)) = binding
+        let now = self.clock.timestamp();
+        let updated = binding
             .store
-            .get_record::<ApiKeyCredential>(&binding.key)
-            .await
-            .map_err(Error::store)?
-        else {
-            return Ok(());
-        };
-        if version != expected {
-            // Saved again since this value was loaded: that record is not ours to mark.
-            return Ok(());
-        }
-        record.status = CredentialStatus::NeedsReplacement;
-        record.status_reason = Some("pleo answered 401 to the api key".to_owned());
-        record.updated_at = self.clock.timestamp();
-        match binding
-            .store
-            .put_record(&binding.key, &record, Precondition::Version(version))
-            .await
-        {
-            Ok(new_version) => {
+            .update::<ApiKeyCredential, _, Infallible, _>(&binding.key, |read| {
+                Ok(match read {
+                    Some((mut record, version)) if version == expected => {
+                        record.status = CredentialStatus::NeedsReplacement;
+                        record.status_reason = Some("pleo answered 401 to the api key".to_owned());
+                        record.updated_at = now;
+                        (Change::Put(record), ())
+                    }
+                    // Absent, or saved again since this value was loaded (also by whoever
+                    // changed it meanwhile): not ours to mark.
+                    _ => (Change::Keep, ()),
+                })
+            })
+            .await;
+        match updated {
+            Ok((Updated::Written(_, new_version), ())) => {
                 *binding
                     .version
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = new_version;
                 Ok(())
             }
-            // Changed meanwhile: whoever changed it decided its state.
-            Err(source) if is_conflict(&source) => Ok(()),
-            Err(source) => Err(Error::store(source)),
+            Ok((Updated::Deleted | Updated::Kept, ())) => Ok(()),
+            Err(UpdateError::Read(source) | UpdateError::Write(source)) => {
+                Err(Error::store(source))
+            }
+            Err(UpdateError::Contended) => Ok(()),
+            Err(UpdateError::Rejected(never)) => match never {},
         }
     }
 

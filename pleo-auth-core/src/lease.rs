@@ -23,7 +23,8 @@ use crate::key::StoreKey;
 use crate::record::{Record, Timestamp};
 use crate::secret::random_urlsafe;
 use crate::store::{
-    DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, is_conflict,
+    Change, DynSecretStore, Precondition, RecordStoreExt, SecretStore, Sharing, UpdateError,
+    is_conflict,
 };
 
 /// Grants a time-limited, exclusive hold on a key.
@@ -300,8 +301,7 @@ impl<S: SecretStore + ?Sized> StoreLease<S> {
 /// The stored state of a [`StoreLease`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LeaseRecord {
-    /// The key the lease is stored under (empty in records written before it was kept).
-    #[serde(default)]
+    /// The key the lease is stored under.
     key: String,
     holder: String,
     fencing: u64,
@@ -313,7 +313,7 @@ impl Record for LeaseRecord {
     const SCHEMA: u32 = 1;
 
     fn belongs_at(&self, key: &StoreKey) -> bool {
-        self.key.is_empty() || self.key == key.as_str()
+        self.key == key.as_str()
     }
 }
 
@@ -360,54 +360,50 @@ struct StoreRelease<S: ?Sized> {
 
 #[async_trait]
 impl<S: SecretStore + ?Sized> LeaseRelease for StoreRelease<S> {
+    /// A lease that another holder took (or that is gone) is left alone.
     async fn release(&self) -> Result<()> {
-        let Some((rec, version)) = self.store.get_record::<LeaseRecord>(&self.key).await? else {
-            return Ok(());
-        };
-        if rec.holder != self.holder {
-            return Ok(());
-        }
-        let released = LeaseRecord {
-            key: self.key.as_str().to_owned(),
-            holder: String::new(),
-            fencing: rec.fencing,
-            expires_at: Timestamp::from_millis(0),
-        };
-        match self
-            .store
-            .put_record(&self.key, &released, Precondition::Version(version))
+        self.store
+            .update::<LeaseRecord, _, Error, _>(&self.key, |current| {
+                Ok(match current {
+                    Some((rec, _)) if rec.holder == self.holder => {
+                        let released = LeaseRecord {
+                            key: self.key.as_str().to_owned(),
+                            holder: String::new(),
+                            fencing: rec.fencing,
+                            expires_at: Timestamp::from_millis(0),
+                        };
+                        (Change::Put(released), ())
+                    }
+                    _ => (Change::Keep, ()),
+                })
+            })
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_conflict(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .map(|_| ())
+            .map_err(UpdateError::into_error)
     }
 
     /// Compare-and-swap on the lease record, only while it still names this holder and has
     /// not expired.
     async fn renew(&self, ttl: Duration) -> Result<()> {
         let now = self.clock.timestamp();
-        let Some((rec, version)) = self.store.get_record::<LeaseRecord>(&self.key).await? else {
-            return Err(not_held());
-        };
-        if rec.holder != self.holder || rec.expires_at <= now {
-            return Err(not_held());
-        }
-        let renewed = LeaseRecord {
-            key: self.key.as_str().to_owned(),
-            holder: rec.holder,
-            fencing: rec.fencing,
-            expires_at: now.saturating_add(ttl),
-        };
-        match self
-            .store
-            .put_record(&self.key, &renewed, Precondition::Version(version))
+        self.store
+            .update::<LeaseRecord, _, Error, _>(&self.key, |current| match current {
+                Some((rec, _)) if rec.holder == self.holder && rec.expires_at > now => {
+                    let renewed = LeaseRecord {
+                        key: self.key.as_str().to_owned(),
+                        holder: rec.holder,
+                        fencing: rec.fencing,
+                        expires_at: now.saturating_add(ttl),
+                    };
+                    Ok((Change::Put(renewed), ()))
+                }
+                _ => Err(not_held()),
+            })
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_conflict(&e) => Err(not_held().with_source(e)),
-            Err(e) => Err(e),
-        }
+            .map(|_| ())
+            .map_err(|e| match e {
+                UpdateError::Contended => not_held(),
+                other => other.into_error(),
+            })
     }
 }

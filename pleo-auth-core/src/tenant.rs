@@ -9,7 +9,7 @@ use crate::environment::EnvironmentName;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{ClientId, StoreKey, TenantId, layout};
 use crate::record::{CredentialKind, LinkStatus, TenantLink, Timestamp};
-use crate::store::{DynSecretStore, Precondition, RecordStoreExt, Version, is_conflict};
+use crate::store::{Change, DynSecretStore, Precondition, RecordStoreExt, Version, is_conflict};
 use crate::subject::Subject;
 
 /// How long a `Pending` link (claimed by a writer that then crashed) blocks others.
@@ -219,24 +219,20 @@ impl TenantLinks {
             } else {
                 layout::subject_link(env, &old.subject)
             };
-            if let Some((far_link, version)) = self
-                .store
-                .get_record::<TenantLink>(&far)
+            // Only while it still names the replaced link; whoever changed it decided.
+            self.store
+                .update::<TenantLink, _, Error, _>(&far, |current| {
+                    Ok(match current {
+                        Some((far_link, _))
+                            if far_link.tenant == old.tenant && far_link.subject == old.subject =>
+                        {
+                            (Change::Delete, ())
+                        }
+                        _ => (Change::Keep, ()),
+                    })
+                })
                 .await
-                .map_err(LinkError::Link)?
-                && far_link.tenant == old.tenant
-                && far_link.subject == old.subject
-            {
-                match self
-                    .store
-                    .delete(&far, Precondition::Version(version))
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if is_conflict(&e) => {}
-                    Err(e) => return Err(LinkError::Link(e)),
-                }
-            }
+                .map_err(|e| LinkError::Link(e.into_error()))?;
         }
         tracing::info!(
             environment = %env,
