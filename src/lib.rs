@@ -87,18 +87,18 @@ mod provider;
 #[doc(inline)]
 pub use pleo_auth_core::{
     AccessToken, ApiKey, ApiKeyCredential, ApiKeyKind, AuthorizationCode, AuthorizationHeader,
-    BrowserBinding, Change, ClientId, ClientSecret, Clock, CompanyId, Credential, CredentialId,
-    CredentialKey, CredentialKind, CredentialProvider, CredentialStatus, DanglingGrant,
-    DanglingReason, DynClock, DynCredentialProvider, DynLease, DynSecretStore, Environment,
-    EnvironmentName, ErrorKind, InProcessLease, Lease, LeaseGuard, LeaseRelease, LinkError,
-    LinkOutcome, LinkRequest, LinkStatus, ListPage, MAX_PAGE_SIZE, MAX_SCOPE_LEN, MAX_SCOPES,
-    MAX_SEGMENT_LEN, MAX_STORE_KEY_LEN, MAX_UPDATE_ROUNDS, ManualClock, MemoryStore, OAuthGrant,
-    OrganisationId, PENDING_LINK_TIMEOUT, PendingAuthorization, PkceVerifier, Precondition, Record,
-    RecordStoreExt, RefreshToken, RevocationState, Scope, ScopeSet, SecretBytes, SecretStore,
-    Sharing, StoreKey, StoreLease, Subject, SystemClock, TenantId, TenantLink, TenantLinks,
-    Timestamp, Version, Versioned, check_page_limit, check_precondition, check_transport_security,
-    expose_for_storage, is_conflict, is_loopback, layout, lease_for, parse_base_url,
-    random_urlsafe,
+    Backoff, BrowserBinding, Change, ClientId, ClientSecret, Clock, CompanyId, Credential,
+    CredentialId, CredentialKey, CredentialKind, CredentialProvider, CredentialStatus,
+    DanglingGrant, DanglingReason, DynClock, DynCredentialProvider, DynLease, DynSecretStore,
+    Environment, EnvironmentName, ErrorKind, InProcessLease, Lease, LeaseGuard, LeaseRelease,
+    LinkError, LinkOutcome, LinkRequest, LinkStatus, ListPage, MAX_PAGE_SIZE, MAX_SCOPE_LEN,
+    MAX_SCOPES, MAX_SEGMENT_LEN, MAX_STORE_KEY_LEN, MAX_UPDATE_ROUNDS, ManualClock, MemoryStore,
+    OAuthGrant, OrganisationId, PENDING_LINK_TIMEOUT, PendingAuthorization, PkceVerifier,
+    Precondition, Record, RecordStoreExt, RefreshToken, RevocationState, Scope, ScopeSet,
+    SecretBytes, SecretStore, Sharing, StoreKey, StoreLease, Subject, SystemClock, TenantId,
+    TenantLink, TenantLinks, Timestamp, Version, Versioned, check_page_limit, check_precondition,
+    check_transport_security, expose_for_storage, is_conflict, is_loopback, layout, lease_for,
+    parse_base_url, random_urlsafe,
 };
 
 pub use builder::{PleoAuth, PleoAuthBuilder};

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backoff;
 mod clock;
 mod environment;
 mod error;
@@ -21,6 +22,7 @@ mod tenant;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub use backoff::Backoff;
 pub use clock::{Clock, DynClock, ManualClock, SystemClock};
 pub use environment::{
     Environment, EnvironmentName, check_transport_security, is_loopback, parse_base_url,

@@ -5,6 +5,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use pleo_auth_core::Backoff;
 use reqwest::Method;
 
 /// How transient failures (HTTP 429, 502, 503, 504 and connection errors) are retried.
@@ -113,16 +114,9 @@ impl RetryPolicy {
     /// The wait before retry number `retry` (1 for the first retry), or `None` if the server's
     /// `Retry-After` is longer than [`Self::with_max_retry_after`].
     pub(crate) fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Option<Duration> {
-        let exponent = retry.saturating_sub(1).min(20);
-        let backoff = self
-            .base_backoff
-            .saturating_mul(1u32 << exponent)
-            .min(self.max_backoff);
-        let backoff = if self.jitter {
-            backoff / 2 + backoff.mul_f64(random_fraction() / 2.0)
-        } else {
-            backoff
-        };
+        let backoff = Backoff::new(self.base_backoff, self.max_backoff)
+            .with_jitter(self.jitter)
+            .delay(retry);
         match retry_after {
             Some(wait) if wait > self.max_retry_after => None,
             Some(wait) => {

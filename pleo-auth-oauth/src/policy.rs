@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use pleo_auth_core::Backoff;
+
 use crate::error::{Error, Result};
 
 /// Timing of the refresh manager. [`RefreshPolicy::default`] suits production; tests shorten the
@@ -135,31 +137,13 @@ impl RefreshPolicy {
     /// The delay before retry number `attempt` (1 for the first retry): exponential, capped,
     /// with "equal jitter" (between half and all of the step).
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        jittered(exponential(self.initial_backoff, self.max_backoff, attempt))
+        Backoff::new(self.initial_backoff, self.max_backoff).delay(attempt)
     }
 
     /// The delay before store write retry number `attempt`.
     pub(crate) fn persist_backoff(&self, attempt: u32) -> Duration {
-        jittered(exponential(
-            self.persist_initial_backoff,
-            self.persist_max_backoff,
-            attempt,
-        ))
+        Backoff::new(self.persist_initial_backoff, self.persist_max_backoff).delay(attempt)
     }
-}
-
-fn exponential(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    initial.saturating_mul(factor).min(max)
-}
-
-fn jittered(step: Duration) -> Duration {
-    step / 2 + (step / 2).mul_f64(random_fraction())
-}
-
-/// A uniformly distributed number in `[0, 1)` from the operating system's random source.
-pub(crate) fn random_fraction() -> f64 {
-    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A random number from the operating system's random source (the time, if it has none).
@@ -182,8 +166,8 @@ mod tests {
     #[test]
     fn margin_is_capped_at_half_the_lifetime() {
         let policy = RefreshPolicy::default();
-        for _ in 0..100 {
-            let share = random_fraction();
+        for step in 0..100 {
+            let share = f64::from(step) / 100.0;
             let m = policy.margin_for(Duration::from_secs(900), share);
             assert!(
                 m >= Duration::from_secs(60) && m <= Duration::from_secs(90),

@@ -139,8 +139,8 @@ use aws_sdk_secretsmanager::config::{Credentials, Region};
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 use pleo_auth_core::{
-    Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey, Version, Versioned,
-    check_transport_security, layout,
+    Backoff, Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey, Version,
+    Versioned, check_transport_security, layout,
 };
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -1066,8 +1066,11 @@ fn new_token() -> String {
     )
 }
 
+/// Waits before write retry `attempt` (0 for the first): 50 ms doubling up to 1.6 s.
 async fn backoff(attempt: u32) {
-    tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+    const BACKOFF: Backoff =
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(1600)).without_jitter();
+    tokio::time::sleep(BACKOFF.delay(attempt.saturating_add(1))).await;
 }
 
 fn mismatch() -> Error {

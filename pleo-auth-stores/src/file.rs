@@ -86,8 +86,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pleo_auth_core::{
-    Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey, Version, Versioned,
-    check_precondition, random_urlsafe,
+    Backoff, Error, ErrorKind, Precondition, Result, SecretBytes, SecretStore, StoreKey, Version,
+    Versioned, check_precondition, random_urlsafe,
 };
 use zeroize::Zeroizing;
 
@@ -439,14 +439,16 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Holds the store lock until dropped.
 fn lock_store(root: &Path, timeout: Duration) -> Result<File> {
     let file = lock_file(root).map_err(|e| io_error(e, "cannot open the store lock"))?;
+    const PAUSE: Backoff =
+        Backoff::new(Duration::from_micros(50), Duration::from_millis(5)).without_jitter();
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(50);
+    let mut attempt = 0u32;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(file),
             Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(5));
+                attempt = attempt.saturating_add(1);
+                std::thread::sleep(PAUSE.delay(attempt));
             }
             Err(fs::TryLockError::WouldBlock) => {
                 return Err(Error::unavailable("timed out waiting for the store lock")

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use pleo_auth_core::{ErrorKind as CoreKind, LeaseGuard, RefreshToken, Subject};
+use pleo_auth_core::{Backoff, ErrorKind as CoreKind, LeaseGuard, RefreshToken, Subject};
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -19,6 +19,11 @@ use crate::grant::persist::{ensure_persist_loop, install, mark_needs_reauthoriza
 use crate::grant::phase::{Trigger, not_connected};
 use crate::inner::Inner;
 use crate::token::{self, Answer};
+
+/// How long a replica waits between looks at a refresh another replica holds the lease for:
+/// 20 ms doubling up to 1 s.
+const LEASE_FOLLOW_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(10), Duration::from_secs(1)).without_jitter();
 
 /// Gets a token of `subject` that satisfies `trigger`, refreshing at most once per grant.
 pub(crate) async fn obtain(
@@ -267,10 +272,7 @@ async fn acquire_or_follow(
             ));
         }
         attempt += 1;
-        let delay = Duration::from_millis(10)
-            .saturating_mul(1 << attempt.min(7))
-            .min(Duration::from_secs(1));
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(LEASE_FOLLOW_BACKOFF.delay(attempt.saturating_add(1))).await;
     }
 }
 
