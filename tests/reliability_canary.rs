@@ -137,7 +137,7 @@ async fn the_canary_appears_nowhere() {
 }
 
 async fn oauth_flows(shown: &mut Shown) {
-    let flaky = Arc::new(FlakyStore::new(MemoryStore::new()));
+    let flaky = Arc::new(FaultyStore::new(MemoryStore::new()));
     let h = Harness::new(SandboxSpec::default(), flaky.clone()).await;
     let client = h.replica();
     shown.debug(&client);

@@ -42,10 +42,10 @@ const BEFORE_TOKEN_REQUEST: &str = "pleo_auth_oauth::before_token_request";
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-type Flaky = FlakyStore<MemoryStore>;
+type Flaky = FaultyStore<MemoryStore>;
 
 async fn harness() -> (Harness, Arc<Flaky>) {
-    let flaky = Arc::new(FlakyStore::new(MemoryStore::new()));
+    let flaky = Arc::new(FaultyStore::new(MemoryStore::new()));
     let h = Harness::new(SandboxSpec::default(), flaky.clone()).await;
     (h, flaky)
 }
@@ -378,7 +378,7 @@ fn one_refresh_without_reuse(h: &Harness, old: &RefreshToken, name: &str) {
 
 /// Fencing: a holder that lost its lease while it was held up between reading the store and
 /// presenting the refresh token never presents it. Replica A takes the refresh lease (a store
-/// lease whose store A reaches through a [`FlakyStore`]), reads the grant, and is held up for
+/// lease whose store A reaches through a [`FaultyStore`]), reads the grant, and is held up for
 /// 1.5 lease TTLs before the token request while its lease store hangs, so it cannot renew.
 /// Replica B takes the lease over after the TTL and refreshes. When A goes on, confirming its
 /// lease fails and A presents nothing: the old refresh token reached Pleo once, no reuse, no
@@ -390,7 +390,7 @@ async fn a_holder_that_lost_its_lease_never_presents_the_refresh_token() {
     let shared = Arc::new(MemoryStore::new());
     let clock = ManualClock::new();
     let leases = Arc::new(MemoryStore::new());
-    let a_leases = Arc::new(FlakyStore::new(leases.clone()));
+    let a_leases = Arc::new(FaultyStore::new(leases.clone()));
     let b_lease: DynLease = Arc::new(StoreLease::new(leases.clone()));
     let h = Harness::with_lease(
         SandboxSpec::default(),
@@ -483,11 +483,11 @@ fn shared_leases() -> [(&'static str, DynLease); 2] {
 }
 
 /// Two replicas of one connected grant on a shared store and `lease` (1 s TTL, 1 s wait):
-/// A reaches the store through a [`FlakyStore`], B directly; B has read generation 1.
+/// A reaches the store through a [`FaultyStore`], B directly; B has read generation 1.
 struct TwoReplicas {
     h: Harness,
     policy: RefreshPolicy,
-    a_store: Arc<FlakyStore<Arc<MemoryStore>>>,
+    a_store: Arc<FaultyStore<Arc<MemoryStore>>>,
     a: TokenManager,
     b: TokenManager,
     /// The refresh token of generation 1, which A's refresh will supersede.
@@ -524,7 +524,7 @@ impl TwoReplicas {
                 .build()
                 .expect("the client builds")
         };
-        let a_store = Arc::new(FlakyStore::new(shared.clone()));
+        let a_store = Arc::new(FaultyStore::new(shared.clone()));
         let a = replica(a_store.clone());
         h.connect(&a, acme()).await;
         let a = a.token_manager();

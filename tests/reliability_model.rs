@@ -191,7 +191,7 @@ impl ReferenceStateMachine for GrantModel {
 struct Grant {
     runtime: tokio::runtime::Runtime,
     h: Harness,
-    flaky: Arc<FlakyStore<MemoryStore>>,
+    flaky: Arc<FaultyStore<MemoryStore>>,
     client: OAuthClient,
     manager: TokenManager,
 }
@@ -235,7 +235,7 @@ impl StateMachineTest for Grant {
             .enable_all()
             .build()
             .unwrap();
-        let flaky = Arc::new(FlakyStore::new(MemoryStore::new()));
+        let flaky = Arc::new(FaultyStore::new(MemoryStore::new()));
         let (h, client) = runtime.block_on(async {
             let h = Harness::new(SandboxSpec::default(), flaky.clone()).await;
             let client = h.replica();

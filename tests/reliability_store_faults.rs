@@ -20,7 +20,7 @@ use pleo_auth_http::{PleoClient, RetryPolicy};
 use pleo_auth_oauth::{ErrorKind, TokenManager};
 use support::*;
 
-type Flaky = FlakyStore<MemoryStore>;
+type Flaky = FaultyStore<MemoryStore>;
 
 struct Setup {
     h: Harness,
@@ -31,7 +31,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let flaky = Arc::new(FlakyStore::new(MemoryStore::new()));
+    let flaky = Arc::new(FaultyStore::new(MemoryStore::new()));
     let h = Harness::new(SandboxSpec::default(), flaky.clone()).await;
     let client = h.replica();
     h.connect(&client, acme()).await;

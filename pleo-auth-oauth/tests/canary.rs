@@ -88,13 +88,13 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
 
     // Store failure while persisting, then recovery.
     h.flaky
-        .fail_grant_writes
+        .fail_writes
         .store(true, std::sync::atomic::Ordering::SeqCst);
     h.advance(ACCESS_TTL);
     h.manager.access_token(&dk()).await.unwrap();
     errors.push(h.manager.flush().await.unwrap_err());
     h.flaky
-        .fail_grant_writes
+        .fail_writes
         .store(false, std::sync::atomic::Ordering::SeqCst);
     h.manager.flush().await.unwrap();
     shown.push(format!("{:?}", h.manager.status(&dk()).await.unwrap()));

@@ -150,7 +150,7 @@ async fn a_failed_store_write_loses_nothing_and_never_reuses_a_token() {
     let first = refresh_token_of(&h).await;
 
     // The store refuses every grant write from now on.
-    h.flaky.fail_grant_writes.store(true, Ordering::SeqCst);
+    h.flaky.fail_writes.store(true, Ordering::SeqCst);
     h.advance(ACCESS_TTL);
     let token = h.manager.access_token(&dk()).await.unwrap();
     assert_eq!(token.generation(), 2);
@@ -169,7 +169,7 @@ async fn a_failed_store_write_loses_nothing_and_never_reuses_a_token() {
         1,
         "store still old"
     );
-    assert!(h.flaky.failed_writes.load(Ordering::SeqCst) >= 1);
+    assert!(h.flaky.refused_writes.load(Ordering::SeqCst) >= 1);
 
     // Next expiry while still pending: the in-memory refresh token is used, never the stored one.
     h.advance(ACCESS_TTL);
@@ -183,7 +183,7 @@ async fn a_failed_store_write_loses_nothing_and_never_reuses_a_token() {
     assert_eq!(stats.total_revocations(), 0);
 
     // The store recovers; the background retry writes the newest pair.
-    h.flaky.fail_grant_writes.store(false, Ordering::SeqCst);
+    h.flaky.fail_writes.store(false, Ordering::SeqCst);
     eventually("the pending pair is written", || {
         h.events
             .count(|e| matches!(e, OAuthEvent::PersistRecovered { generation: 3, .. }))
@@ -226,12 +226,12 @@ async fn flush_writes_pending_pairs_now() {
     })
     .await;
     h.connect(AuthorizeOptions::new()).await;
-    h.flaky.fail_grant_writes.store(true, Ordering::SeqCst);
+    h.flaky.fail_writes.store(true, Ordering::SeqCst);
     h.advance(ACCESS_TTL);
     h.manager.access_token(&dk()).await.unwrap();
     let err = h.manager.flush().await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::Store(CoreKind::Unavailable));
-    h.flaky.fail_grant_writes.store(false, Ordering::SeqCst);
+    h.flaky.fail_writes.store(false, Ordering::SeqCst);
     h.manager.flush().await.unwrap();
     assert_eq!(h.stored_grant(&dk()).await.unwrap().generation, 2);
 }
@@ -664,7 +664,7 @@ async fn a_store_outage_is_survived_from_cache_and_fails_typed_at_expiry() {
     h.connect(AuthorizeOptions::new()).await;
     let cached = h.manager.access_token(&dk()).await.unwrap();
     h.flaky.fail_reads.store(true, Ordering::SeqCst);
-    h.flaky.fail_grant_writes.store(true, Ordering::SeqCst);
+    h.flaky.fail_writes.store(true, Ordering::SeqCst);
 
     // While the token is fresh, calls are served from the cache.
     h.advance(Duration::from_secs(5 * 60));
@@ -683,7 +683,7 @@ async fn a_store_outage_is_survived_from_cache_and_fails_typed_at_expiry() {
 
     // Once the store is back, the refresh happens.
     h.flaky.fail_reads.store(false, Ordering::SeqCst);
-    h.flaky.fail_grant_writes.store(false, Ordering::SeqCst);
+    h.flaky.fail_writes.store(false, Ordering::SeqCst);
     assert_eq!(h.manager.access_token(&dk()).await.unwrap().generation(), 2);
     assert_eq!(h.stored_grant(&dk()).await.unwrap().generation, 2);
 }

@@ -11,15 +11,13 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use pleo_auth_core::{
     ClientSecret, CompanyId, CredentialKey, DynClock, DynLease, DynSecretStore, Environment,
-    Error as CoreError, InProcessLease, ManualClock, OAuthGrant, Precondition, RecordStoreExt,
-    SecretBytes, SecretStore, Sharing, StoreKey, Subject, Version, Versioned, layout,
+    InProcessLease, ManualClock, OAuthGrant, RecordStoreExt, Sharing, StoreKey, Subject, Version,
+    layout,
 };
 use pleo_auth_oauth::{
     AuthorizeOptions, Connection, EventSink, OAuthClient, OAuthConfig, OAuthEvent, RefreshPolicy,
@@ -27,6 +25,10 @@ use pleo_auth_oauth::{
 };
 use pleo_auth_sandbox::{ClientRegistration, Company, Sandbox, SandboxHandle};
 use uuid::Uuid;
+
+/// The one fault-injecting store of the tests (not every test binary uses it).
+#[allow(unused_imports)]
+pub use pleo_auth_core::testing::FaultyStore;
 
 /// Every secret in the reliability tests contains this marker.
 pub const CANARY: &str = "CANARY";
@@ -322,118 +324,6 @@ impl Recorder {
     /// How many events match.
     pub fn count(&self, f: impl Fn(&OAuthEvent) -> bool) -> usize {
         self.events().iter().filter(|e| f(e)).count()
-    }
-}
-
-/// A store that wraps another and fails on command: a unit-test double at the trait boundary,
-/// in front of a real store.
-#[derive(Debug)]
-pub struct FlakyStore<S> {
-    pub inner: S,
-    /// Fail every read.
-    pub fail_reads: AtomicBool,
-    /// Answer no call until cleared (a store that hangs).
-    pub stall: AtomicBool,
-    /// Fail every write (and delete).
-    pub fail_writes: AtomicBool,
-    /// Fail this many more writes, then succeed.
-    pub fail_next_writes: AtomicU64,
-    /// Writes refused so far.
-    pub refused_writes: AtomicU64,
-    /// Reads refused so far.
-    pub refused_reads: AtomicU64,
-    /// Writes that reached the inner store.
-    pub writes: AtomicU64,
-}
-
-impl<S> FlakyStore<S> {
-    /// Wraps `inner`; nothing fails until told.
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            fail_reads: AtomicBool::new(false),
-            stall: AtomicBool::new(false),
-            fail_writes: AtomicBool::new(false),
-            fail_next_writes: AtomicU64::new(0),
-            refused_writes: AtomicU64::new(0),
-            refused_reads: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
-        }
-    }
-
-    /// Fails reads and writes (the store is down) or lets them through.
-    pub fn set_down(&self, down: bool) {
-        self.fail_reads.store(down, Ordering::SeqCst);
-        self.fail_writes.store(down, Ordering::SeqCst);
-    }
-
-    /// Hangs while [`FlakyStore::stall`] is set.
-    async fn maybe_stall(&self) {
-        while self.stall.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn refuse_write(&self) -> bool {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            return true;
-        }
-        self.fail_next_writes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    }
-}
-
-fn injected(what: &str) -> CoreError {
-    CoreError::unavailable(format!("injected {what} failure")).with_backend("flaky")
-}
-
-#[async_trait]
-impl<S: SecretStore> SecretStore for FlakyStore<S> {
-    async fn get(&self, key: &StoreKey) -> pleo_auth_core::Result<Option<Versioned>> {
-        self.maybe_stall().await;
-        if self.fail_reads.load(Ordering::SeqCst) {
-            self.refused_reads.fetch_add(1, Ordering::SeqCst);
-            return Err(injected("read"));
-        }
-        self.inner.get(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<Version> {
-        self.maybe_stall().await;
-        if self.refuse_write() {
-            self.refused_writes.fetch_add(1, Ordering::SeqCst);
-            return Err(injected("write"));
-        }
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.put(key, value, precondition).await
-    }
-
-    async fn delete(
-        &self,
-        key: &StoreKey,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<()> {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            return Err(injected("delete"));
-        }
-        self.inner.delete(key, precondition).await
-    }
-
-    async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
-        if self.fail_reads.load(Ordering::SeqCst) {
-            return Err(injected("list"));
-        }
-        self.inner.list(prefix).await
-    }
-
-    fn sharing(&self) -> Sharing {
-        self.inner.sharing()
     }
 }
 

@@ -2,12 +2,10 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use async_trait::async_trait;
 use pleo_auth_apikey::{ApiKeyEvent, ApiKeyEventSink, Error};
 use pleo_auth_core::testing::{TraceCapture, assert_no_leak, error_chain};
 use pleo_auth_core::{
-    CompanyId, Credential, DynSecretStore, Environment, MemoryStore, Precondition, SecretBytes,
-    SecretStore, StoreKey, Version, Versioned,
+    CompanyId, Credential, DynSecretStore, Environment, MemoryStore, SecretStore, StoreKey,
 };
 use pleo_auth_sandbox::{Sandbox, SandboxHandle, seed};
 use reqwest::header::{AUTHORIZATION, LOCATION};
@@ -194,44 +192,5 @@ pub async fn oauth_access_token(pleo: &Pleo, company: Uuid) -> String {
             "no access token: {} {}",
             token["error"], token["error_description"]
         ),
-    }
-}
-
-/// A store whose writes of API key records fail (a backend outage at the worst moment);
-/// everything else goes to memory.
-#[derive(Debug, Default)]
-pub struct FailingKeyWrites {
-    inner: MemoryStore,
-}
-
-#[async_trait]
-impl SecretStore for FailingKeyWrites {
-    async fn get(&self, key: &StoreKey) -> pleo_auth_core::Result<Option<Versioned>> {
-        self.inner.get(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<Version> {
-        if key.as_str().starts_with("pleo-auth/v1/apikey/") {
-            return Err(pleo_auth_core::Error::unavailable("injected write failure")
-                .with_backend("failing"));
-        }
-        self.inner.put(key, value, precondition).await
-    }
-
-    async fn delete(
-        &self,
-        key: &StoreKey,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<()> {
-        self.inner.delete(key, precondition).await
-    }
-
-    async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
-        self.inner.list(prefix).await
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use pleo_auth_apikey::{
     ApiKeyConfig, ApiKeyEvent, ConnectOptions, ErrorKind as KeyKind, IntegratedKeys, masked,
 };
+use pleo_auth_core::testing::FaultyStore;
 use pleo_auth_core::{
     ApiKey, ApiKeyCredential, ClientId, CredentialKey, CredentialProvider, CredentialStatus,
     DynSecretStore, Environment, ErrorKind, ManualClock, RecordStoreExt, ScopeSet, Subject,
@@ -706,7 +707,13 @@ async fn an_explicit_relink_moves_the_tenant() {
 #[tokio::test]
 async fn a_failed_key_write_leaves_no_tenant_link_behind() {
     let pleo = sandbox().await;
-    let store: DynSecretStore = Arc::new(FailingKeyWrites::default());
+    // A backend outage at the worst moment: writes of API key records fail, the rest goes to
+    // memory.
+    let failing = FaultyStore::default().writes_failing_only_under("pleo-auth/v1/apikey/");
+    failing
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let store: DynSecretStore = Arc::new(failing);
     let clock = ManualClock::new();
     let keys = keys_on(&pleo.env, &store, &clock, &Events::default(), required());
     let key = ApiKey::new(

@@ -15,12 +15,14 @@
 
 mod api_url;
 mod fault_proxy;
+mod faulty_store;
 mod leak_scan;
 mod tenant;
 mod trace_capture;
 
 pub use api_url::check_api_url;
 pub use fault_proxy::{FaultProxy, ProxyFault};
+pub use faulty_store::FaultyStore;
 pub use leak_scan::{Leak, LeakEncoding, MIN_SECRET_LEN, assert_no_leak, find_leak};
 pub use tenant::tenant_links_conformance;
 pub use trace_capture::{TraceCapture, assert_marker_absent, error_chain};

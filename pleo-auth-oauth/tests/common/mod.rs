@@ -3,15 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use pleo_auth_core::testing::FaultyStore;
 use pleo_auth_core::{
-    AuthorizationHeader, ClientSecret, DynLease, DynSecretStore, Environment, Error as CoreError,
-    InProcessLease, ManualClock, MemoryStore, OAuthGrant, Precondition, RecordStoreExt,
-    SecretBytes, SecretStore, Sharing, StoreKey, Subject, Version, Versioned, layout,
+    AuthorizationHeader, ClientSecret, DynLease, DynSecretStore, Environment, InProcessLease,
+    ManualClock, OAuthGrant, RecordStoreExt, Subject, layout,
 };
 use pleo_auth_oauth::{
     AuthorizeOptions, Connection, EventSink, OAuthClient, OAuthConfig, OAuthEvent, RefreshPolicy,
@@ -67,61 +65,6 @@ impl Recorder {
     }
 }
 
-/// A memory store whose writes of OAuth grants can be made to fail.
-#[derive(Debug, Default)]
-pub struct FlakyStore {
-    inner: MemoryStore,
-    pub fail_grant_writes: AtomicBool,
-    pub fail_reads: AtomicBool,
-    pub failed_writes: AtomicU64,
-}
-
-impl FlakyStore {
-    fn is_grant(key: &StoreKey) -> bool {
-        key.as_str().starts_with("pleo-auth/v1/oauth/")
-    }
-}
-
-#[async_trait]
-impl SecretStore for FlakyStore {
-    async fn get(&self, key: &StoreKey) -> pleo_auth_core::Result<Option<Versioned>> {
-        if self.fail_reads.load(Ordering::SeqCst) {
-            return Err(CoreError::unavailable("injected read failure").with_backend("flaky"));
-        }
-        self.inner.get(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<Version> {
-        if Self::is_grant(key) && self.fail_grant_writes.load(Ordering::SeqCst) {
-            self.failed_writes.fetch_add(1, Ordering::SeqCst);
-            return Err(CoreError::unavailable("injected write failure").with_backend("flaky"));
-        }
-        self.inner.put(key, value, precondition).await
-    }
-
-    async fn delete(
-        &self,
-        key: &StoreKey,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<()> {
-        self.inner.delete(key, precondition).await
-    }
-
-    async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
-        self.inner.list(prefix).await
-    }
-
-    /// In memory: the test's replicas live in this process and share one in-process lease.
-    fn sharing(&self) -> Sharing {
-        self.inner.sharing()
-    }
-}
-
 /// Short backoffs so tests do not wait; no jitter so refresh times are predictable.
 pub fn test_policy() -> RefreshPolicy {
     RefreshPolicy {
@@ -137,7 +80,8 @@ pub fn test_policy() -> RefreshPolicy {
 pub struct Harness {
     pub sandbox: SandboxHandle,
     pub clock: ManualClock,
-    pub flaky: Arc<FlakyStore>,
+    /// The store of every replica; its OAuth grant writes fail on command.
+    pub flaky: Arc<FaultyStore>,
     pub store: DynSecretStore,
     pub lease: DynLease,
     pub environment: Environment,
@@ -206,7 +150,8 @@ impl Harness {
         let base = sandbox.base_url();
         let environment = Environment::custom("sandbox", base.as_str(), base.as_str()).unwrap();
         let clock = ManualClock::new();
-        let flaky = Arc::new(FlakyStore::default());
+        let flaky =
+            Arc::new(FaultyStore::default().writes_failing_only_under("pleo-auth/v1/oauth/"));
         let store: DynSecretStore = flaky.clone();
         let lease: DynLease = Arc::new(InProcessLease::with_clock(Arc::new(clock.clone())));
         let events = Arc::new(Recorder::default());
