@@ -30,7 +30,7 @@ async fn start_sandbox() -> (SandboxHandle, Environment) {
         .await
         .unwrap();
     let base = sandbox.base_url();
-    let environment = Environment::custom("sandbox", base.as_str(), base.as_str()).unwrap();
+    let environment = pleo_auth_core::testing::environment_at("sandbox", &base);
     (sandbox, environment)
 }
 

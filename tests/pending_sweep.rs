@@ -23,10 +23,10 @@ use pleo_auth::stores::file::FileStore;
 use pleo_auth::stores::postgres::PostgresStore;
 use pleo_auth::stores::redis::RedisStore;
 use pleo_auth::stores::vault::VaultStore;
-use pleo_auth::testing::service_env;
+use pleo_auth::testing::{environment_at, service_env};
 use pleo_auth::{
-    BrowserBinding, ClientSecret, DynSecretStore, Environment, ManualClock, MemoryStore,
-    SecretStore, TenantId, layout, random_urlsafe,
+    BrowserBinding, ClientSecret, DynSecretStore, ManualClock, MemoryStore, SecretStore, TenantId,
+    layout, random_urlsafe,
 };
 
 /// Abandoned flows per backend.
@@ -94,7 +94,7 @@ async fn abandoned_flows_are_swept_from_every_backend() {
         .await
         .unwrap();
     let base = sandbox.base_url();
-    let environment = Environment::custom("sandbox", base.as_str(), base.as_str()).unwrap();
+    let environment = environment_at("sandbox", &base);
     let config = OAuthConfig::builder()
         .environment(environment.clone())
         .client_id(seed::DEMO_CLIENT_ID)

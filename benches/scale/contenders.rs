@@ -34,7 +34,7 @@ impl Fixture {
             )
             .expect("sandbox starts");
         let base = sandbox.base_url().to_string();
-        let environment = Environment::custom("sandbox", &base, &base).unwrap();
+        let environment = pleo_auth_core::testing::environment_at("sandbox", &base);
         Self {
             _sandbox_runtime: sandbox_runtime,
             sandbox,

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
+use pleo_auth_core::testing::environment_at;
 use pleo_auth_core::{
     ClientId, CredentialKind, EnvironmentName, ErrorKind, LinkRequest, MemoryStore, Scope, Subject,
     SystemClock, TenantId, TenantLinks,
@@ -661,8 +662,7 @@ async fn no_retries_with_the_none_policy() {
     // A connection failure reaches outer layers as the transport error it is, without its URL.
     let (addr, connections) = slammer().await;
     let base = format!("http://{addr}/");
-    let env =
-        pleo_auth_core::Environment::custom(sandbox.environment_name(), &base, &base).unwrap();
+    let env = environment_at(sandbox.environment_name(), &base);
     let key = sandbox.mint_integrated_key(seed::DEMO_CLIENT_ID, seed::ACME_DK);
     let provider = Arc::new(KeyProvider::new(env_name(&sandbox)).with_key(dk(), key));
     let middleware = PleoClient::builder(env.clone(), provider)
@@ -722,8 +722,7 @@ async fn redirects_are_never_followed() {
     for (status, method) in [(302, Method::GET), (307, Method::POST), (308, Method::PUT)] {
         let host = redirector(trap.addr, status).await;
         let base = format!("http://{host}/");
-        let env =
-            pleo_auth_core::Environment::custom(sandbox.environment_name(), &base, &base).unwrap();
+        let env = environment_at(sandbox.environment_name(), &base);
         for variant in VARIANTS {
             let provider =
                 Arc::new(KeyProvider::new(env_name(&sandbox)).with_key(dk(), key.clone()));
@@ -757,8 +756,7 @@ async fn middleware_refuses_a_client_that_follows_redirects() {
     let trap_target = redirector_target().await;
     let host = redirector(trap_target, 302).await;
     let base = format!("http://{host}/");
-    let env =
-        pleo_auth_core::Environment::custom(sandbox.environment_name(), &base, &base).unwrap();
+    let env = environment_at(sandbox.environment_name(), &base);
     let provider = Arc::new(KeyProvider::new(env_name(&sandbox)).with_key(dk(), key));
     let middleware = pleo_auth_http::PleoAuthMiddleware::new(env.clone(), provider).unwrap();
     // A client with reqwest's default policy (it follows redirects): the response is refused.
@@ -969,8 +967,7 @@ async fn client_request_builder_details() {
     // version; company_id is added; the credential is in the Authorization header.
     let (addr, heads) = capture_server().await;
     let base = format!("http://{addr}/");
-    let env =
-        pleo_auth_core::Environment::custom(sandbox.environment_name(), &base, &base).unwrap();
+    let env = environment_at(sandbox.environment_name(), &base);
     let provider = Arc::new(KeyProvider::new(env_name(&sandbox)).with_key(dk(), "CANARY-k".into()));
     let client = PleoClient::builder(env, provider)
         .user_agent_prefix("my-app/1.0")
@@ -1019,8 +1016,7 @@ async fn connection_failures_are_retried_for_idempotent_methods_only() {
     for variant in VARIANTS {
         let (addr, connections) = slammer().await;
         let base = format!("http://{addr}/");
-        let env =
-            pleo_auth_core::Environment::custom(sandbox.environment_name(), &base, &base).unwrap();
+        let env = environment_at(sandbox.environment_name(), &base);
         let provider = Arc::new(KeyProvider::new(env_name(&sandbox)).with_key(dk(), key.clone()));
         let client = PleoClient::builder(env, provider)
             .retry_policy(RetryPolicy::default().with_base_backoff(Duration::from_millis(10)))

@@ -107,7 +107,7 @@ pub async fn start_sandbox(spec: &SandboxSpec) -> SandboxHandle {
 
 /// The environment of a sandbox reached at `base` (the sandbox itself or a proxy before it).
 pub fn environment_at(base: &str) -> Environment {
-    Environment::custom("sandbox", base, base).expect("a loopback environment")
+    pleo_auth_core::testing::environment_at("sandbox", base)
 }
 
 /// The base URL of a listener address.

@@ -31,7 +31,7 @@ pub async fn sandbox(auto_approve: Option<uuid::Uuid>) -> (SandboxHandle, Enviro
         .await
         .expect("the sandbox starts");
     let base = sandbox.base_url();
-    let environment = Environment::custom("sandbox", base.as_str(), base.as_str()).unwrap();
+    let environment = pleo_auth_core::testing::environment_at("sandbox", &base);
     (sandbox, environment)
 }
 

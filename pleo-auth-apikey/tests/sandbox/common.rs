@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pleo_auth_apikey::{ApiKeyEvent, ApiKeyEventSink, Error};
-use pleo_auth_core::testing::{TraceCapture, assert_no_leak, error_chain};
+use pleo_auth_core::testing::{TraceCapture, assert_no_leak, environment_at, error_chain};
 use pleo_auth_core::{
     CompanyId, Credential, DynSecretStore, Environment, MemoryStore, SecretStore, StoreKey,
 };
@@ -46,8 +46,7 @@ pub async fn sandbox_named(name: &str) -> Pleo {
         .start()
         .await
         .expect("sandbox starts");
-    let base = sandbox.base_url().to_string();
-    let env = Environment::custom(name, &base, &base).expect("loopback environment");
+    let env = environment_at(name, sandbox.base_url());
     Pleo { sandbox, env }
 }
 

@@ -590,6 +590,18 @@ async fn lease_renewal(lease: &DynLease, root: &StoreKey) {
     again.release().await.expect("release");
 }
 
+/// The environment named `name` whose authorization server and API are both the server at
+/// `base` (a sandbox on loopback, or a proxy in front of one): the setup every test against
+/// the sandbox starts with.
+///
+/// # Panics
+///
+/// When `base` is not a usable loopback base URL.
+pub fn environment_at(name: &str, base: impl AsRef<str>) -> crate::Environment {
+    let base = base.as_ref();
+    crate::Environment::custom(name, base, base).expect("a loopback environment")
+}
+
 /// The value of a live-service setting such as `PLEO_AUTH_TEST_REDIS_URL`, from the environment
 /// or from the `.services/env` file that `cargo xtask services up` writes at the workspace root.
 ///

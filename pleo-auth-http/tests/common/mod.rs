@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use pleo_auth_core::testing::assert_no_leak;
+use pleo_auth_core::testing::{assert_no_leak, environment_at};
 use pleo_auth_core::{
     AccessToken, ApiKey, AuthorizationHeader, CompanyId, Credential, CredentialId, CredentialKind,
     CredentialProvider, DynCredentialProvider, Environment, EnvironmentName, ErrorKind,
@@ -51,9 +51,7 @@ pub async fn sandbox() -> SandboxHandle {
 }
 
 pub fn environment(sandbox: &SandboxHandle) -> Environment {
-    let base = sandbox.base_url();
-    Environment::custom(sandbox.environment_name(), base.as_str(), base.as_str())
-        .expect("sandbox environment")
+    environment_at(sandbox.environment_name(), sandbox.base_url())
 }
 
 pub fn env_name(sandbox: &SandboxHandle) -> EnvironmentName {

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pleo_auth_core::testing::FaultyStore;
+use pleo_auth_core::testing::{FaultyStore, environment_at};
 use pleo_auth_core::{
     AuthorizationHeader, ClientSecret, DynLease, DynSecretStore, Environment, InProcessLease,
     ManualClock, OAuthGrant, RecordStoreExt, Subject, layout,
@@ -148,7 +148,7 @@ impl Harness {
             .await
             .expect("sandbox starts");
         let base = sandbox.base_url();
-        let environment = Environment::custom("sandbox", base.as_str(), base.as_str()).unwrap();
+        let environment = environment_at("sandbox", &base);
         let clock = ManualClock::new();
         let flaky =
             Arc::new(FaultyStore::default().writes_failing_only_under("pleo-auth/v1/oauth/"));
