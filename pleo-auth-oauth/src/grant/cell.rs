@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::future::{BoxFuture, Shared};
-use pleo_auth_core::{AccessToken, Credential, LeaseGuard, StoreKey, Subject, layout};
+use pleo_auth_core::{AccessToken, Credential, LeaseGuard, Subject};
 
 use crate::error::{Error, Result};
 use crate::grant::phase::Phase;
@@ -127,7 +127,6 @@ pub(crate) struct KeptLease {
 /// One grant in the cache.
 pub(crate) struct GrantCell {
     pub(crate) subject: Subject,
-    pub(crate) key: StoreKey,
     /// The token served, changed only by `Inner::set_token` (which copies it into the cache).
     pub(crate) token: ArcSwapOption<ActiveToken>,
     state: Mutex<CellState>,
@@ -140,10 +139,9 @@ pub(crate) struct GrantCell {
 }
 
 impl GrantCell {
-    pub(crate) fn new(subject: Subject, key: StoreKey) -> Self {
+    pub(crate) fn new(subject: Subject) -> Self {
         Self {
             subject,
-            key,
             token: ArcSwapOption::empty(),
             state: Mutex::new(CellState::default()),
             writer: tokio::sync::Mutex::new(()),
@@ -158,11 +156,6 @@ impl GrantCell {
     /// Whether a pair (or mark) is not yet written to the store.
     pub(crate) fn pending(&self) -> bool {
         self.lock().phase.is_pending()
-    }
-
-    /// The key of the refresh lease of this grant (built when a refresh needs it, not kept).
-    pub(crate) fn lease_key(&self) -> StoreKey {
-        layout::lease(&self.key)
     }
 }
 
