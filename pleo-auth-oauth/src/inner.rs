@@ -133,7 +133,7 @@ impl Inner {
         let expires_at = record.access_token_expires_at?;
         if let Some(existing) = existing
             && existing.generation == record.generation
-            && existing.access_token.expose_secret() == access.expose_secret()
+            && existing.holds(access)
         {
             return Some(existing);
         }
@@ -170,7 +170,6 @@ impl Inner {
                 scopes: record.scopes.clone(),
                 kind: CredentialKind::OAuth,
             }),
-            access_token,
             expires_at,
             refresh_at,
             generation: record.generation,

@@ -13,12 +13,14 @@ use pleo_auth_core::{AccessToken, Credential, LeaseGuard, Subject};
 use crate::error::{Error, Result};
 use crate::grant::phase::Phase;
 
+/// How [`AuthorizationHeader::bearer`](pleo_auth_core::AuthorizationHeader::bearer) begins.
+const BEARER: &str = "Bearer ";
+
 /// A usable access token of one grant, with the credential built from it.
 ///
 /// `Debug` shows ids and times only.
 pub struct ActiveToken {
     pub(crate) credential: Arc<Credential>,
-    pub(crate) access_token: AccessToken,
     pub(crate) expires_at: Instant,
     pub(crate) refresh_at: Instant,
     pub(crate) generation: u64,
@@ -30,9 +32,20 @@ impl ActiveToken {
         &self.credential
     }
 
-    /// The access token.
-    pub fn access_token(&self) -> &AccessToken {
-        &self.access_token
+    /// The access token (a copy taken from the credential's `Bearer` header, which is the one
+    /// place a cached token keeps it).
+    pub fn access_token(&self) -> AccessToken {
+        AccessToken::new(self.exposed_token())
+    }
+
+    /// Whether this is `token`.
+    pub(crate) fn holds(&self, token: &AccessToken) -> bool {
+        self.exposed_token() == token.expose_secret()
+    }
+
+    fn exposed_token(&self) -> &str {
+        let header = self.credential.header.expose_secret();
+        header.strip_prefix(BEARER).unwrap_or(header)
     }
 
     /// The company or organisation the token acts for.
@@ -92,7 +105,8 @@ pub(crate) struct CellState {
     /// Bumped on every change of `phase`, so a store read that raced with a change is not
     /// merged over newer knowledge.
     pub(crate) epoch: u64,
-    pub(crate) flight: Option<Flight>,
+    /// Boxed: a cell is between flights nearly all of its life.
+    pub(crate) flight: Option<Box<Flight>>,
     pub(crate) next_flight: u64,
     /// Boxed: most cells never cool down.
     pub(crate) cooldown: Option<Box<Cooldown>>,

@@ -111,10 +111,10 @@ fn start_flight(
     }
     .boxed()
     .shared();
-    st.flight = Some(Flight {
+    st.flight = Some(Box::new(Flight {
         id,
         future: future.clone(),
-    });
+    }));
     future
 }
 
