@@ -23,9 +23,12 @@ impl fmt::Debug for PleoAuthAdmin {
     }
 }
 
-impl PleoAuthAdmin {
-    pub(crate) fn new(auth: PleoAuth) -> Self {
-        Self { auth }
+impl PleoAuth {
+    /// The operator view's data for `pleo_auth::http::admin_router` (feature `axum`): every
+    /// connection with its dangling grants, and every flow waiting for consent.
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn admin_view(&self) -> pleo_auth_http::DynAdminView {
+        std::sync::Arc::new(PleoAuthAdmin { auth: self.clone() })
     }
 }
 

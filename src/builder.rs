@@ -517,14 +517,6 @@ impl PleoAuth {
         )))
     }
 
-    /// The operator view's data for `pleo_auth::http::admin_router` (feature `axum`): every
-    /// connection with its dangling grants, and every flow waiting for consent.
-    #[cfg(feature = "axum")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub fn admin_view(&self) -> pleo_auth_http::DynAdminView {
-        Arc::new(crate::admin::PleoAuthAdmin::new(self.clone()))
-    }
-
     /// Every stored connection of this environment: the OAuth grants of the configured client
     /// and the Integrated keys of the configured integration, each with its tenant (from the
     /// tenant links), state and scopes, sorted by tenant and subject. Holds no secret.

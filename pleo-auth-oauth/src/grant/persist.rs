@@ -122,7 +122,7 @@ pub(crate) async fn persist(inner: &Arc<Inner>, cell: &Arc<GrantCell>) -> Result
     }
     let updated = inner
         .store
-        .update::<OAuthGrant, _, pleo_auth_core::Error, _>(&cell.key, |read| {
+        .update::<OAuthGrant, _, pleo_auth_core::Error, _>(&inner.grant_key(cell.subject), |read| {
             if !cell.pending() {
                 return Ok((Change::Keep, After::Nothing));
             }
@@ -340,7 +340,7 @@ pub(crate) async fn mark_needs_reauthorization(
     let mut now = inner.clock.timestamp();
     let updated = inner
         .store
-        .update::<OAuthGrant, _, pleo_auth_core::Error, _>(&cell.key, |read| {
+        .update::<OAuthGrant, _, pleo_auth_core::Error, _>(&inner.grant_key(cell.subject), |read| {
             if !cell.lock().phase.holds(presented) {
                 // Rotated, reconnected or disconnected meanwhile: what the phase holds stands.
                 return Ok((Change::Keep, After::Current));
@@ -443,7 +443,7 @@ pub(crate) async fn write_status(
     let _writer = cell.writer.lock().await;
     let updated = inner
         .store
-        .update::<OAuthGrant, _, Error, _>(&cell.key, |read| {
+        .update::<OAuthGrant, _, Error, _>(&inner.grant_key(cell.subject), |read| {
             let (mut record, _) = read.ok_or_else(not_connected)?;
             change(&mut record);
             record.updated_at = inner.clock.timestamp();
