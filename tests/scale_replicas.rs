@@ -348,13 +348,9 @@ async fn stored_grant(store: &DynSecretStore, subject: Subject) -> (OAuthGrant, 
         .expect("the grant is stored")
 }
 
-/// The KV v2 version number of an OpenBao store version (`<kv version>:<nonce>`).
+/// The KV v2 version number of an OpenBao store version (the number itself).
 fn kv_version(version: &Version) -> u64 {
-    version
-        .as_str()
-        .split_once(':')
-        .and_then(|(n, _)| n.parse().ok())
-        .expect("a vault version")
+    version.as_str().parse().expect("a vault version")
 }
 
 fn now_millis() -> u64 {
