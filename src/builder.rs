@@ -220,6 +220,10 @@ impl PleoAuthBuilder {
             .map_err(|e| Error::core("opening the store failed", e))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let tenant_links = TenantLinks::new(store.clone(), clock.clone());
+        let lease = self
+            .lease
+            .clone()
+            .unwrap_or_else(|| pleo_auth_core::lease_for(&store, clock.clone()));
         #[cfg_attr(
             not(any(feature = "oauth", feature = "apikey")),
             expect(unused_mut, reason = "no method is compiled in to add a provider")
@@ -312,6 +316,7 @@ impl PleoAuthBuilder {
             inner: Arc::new(Inner {
                 environment,
                 store,
+                lease,
                 clock,
                 tenant_links,
                 provider,
@@ -387,6 +392,7 @@ pub struct PleoAuth {
 struct Inner {
     environment: Environment,
     store: DynSecretStore,
+    lease: DynLease,
     clock: DynClock,
     tenant_links: TenantLinks,
     provider: CompositeProvider,
@@ -429,6 +435,13 @@ impl PleoAuth {
     /// The secret store.
     pub fn store(&self) -> &DynSecretStore {
         &self.inner.store
+    }
+
+    /// The lease that coordinates replicas: the one given to
+    /// [`PleoAuthBuilder::lease`], else the store's default ([`lease_for`](crate::lease_for)).
+    /// Keep-alive takes its sweep lease here.
+    pub fn lease(&self) -> &DynLease {
+        &self.inner.lease
     }
 
     /// The clock.

@@ -81,6 +81,9 @@ mod builder;
 mod connect;
 mod connections;
 mod error;
+mod health;
+#[cfg(feature = "oauth")]
+mod keep_alive;
 mod provider;
 
 #[doc(inline)]
@@ -92,6 +95,12 @@ pub use builder::{PleoAuth, PleoAuthBuilder};
 pub use connect::OAuthConnectFlow;
 pub use connections::{ConnectionInfo, ConnectionState};
 pub use error::{Error, Result};
+pub use health::{Health, Probe};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+pub use keep_alive::{
+    DEFAULT_KEEP_ALIVE_EVERY, KeepAliveConfig, KeepAliveHandle, KeepAliveRun, ONCE_LEASE_TTL,
+};
 /// The `/connect` and `/callback` routes of a web integration, over
 /// [`PleoAuth::connect_flow`] and your app's authorization, and the operator view over
 /// [`PleoAuth::admin_view`] (also at `pleo_auth::http`).
