@@ -19,14 +19,13 @@ use super::terminal;
 
 /// `keep-alive` options.
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false, id = "schedule")]
 pub struct KeepAliveArgs {
     /// Sweep once and exit: non-zero when any record failed (for cron)
-    #[arg(long, group = "schedule")]
+    #[arg(long, required_unless_present = "every", conflicts_with = "every")]
     once: bool,
     /// Sweep now and then every DURATION (such as 6h or 30m) until SIGTERM or Ctrl-C (for a
     /// systemd service); with --json, one JSON object per line per sweep
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, group = "schedule")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     every: Option<Duration>,
     /// Refresh grants whose refresh token is older than DURATION (default 30d)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
