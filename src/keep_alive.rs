@@ -201,6 +201,8 @@ impl PleoAuth {
             .keep_alive_with(&config.options())
             .await
             .map_err(|e| Error::oauth("the keep-alive sweep failed", e))?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::sweep(&report);
         Ok((KeepAliveRun::Swept(report), Some(guard)))
     }
 

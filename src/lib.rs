@@ -81,7 +81,16 @@ mod builder;
 mod connect;
 mod connections;
 mod error;
+#[cfg_attr(
+    not(any(feature = "oauth", feature = "apikey")),
+    expect(dead_code, reason = "no method crate is compiled in to emit events")
+)]
+mod events;
 mod health;
+mod inventory;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "oauth")]
 mod keep_alive;
 mod provider;
@@ -95,6 +104,7 @@ pub use builder::{PleoAuth, PleoAuthBuilder};
 pub use connect::OAuthConnectFlow;
 pub use connections::{ConnectionInfo, ConnectionState};
 pub use error::{Error, Result};
+pub use events::{DEFAULT_EVENT_CAPACITY, DynPleoEventSink, EventKind, PleoEvent, PleoEventSink};
 pub use health::{Health, Probe};
 #[cfg(feature = "oauth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]

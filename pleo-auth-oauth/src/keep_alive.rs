@@ -3,6 +3,7 @@
 //! expired pending authorizations. A record that cannot be read or a grant that cannot be
 //! refreshed is reported (and an [`OAuthEvent`] emitted) without stopping the sweep.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::grant::disconnect::{DisconnectOutcome, retry_revocation};
 use crate::grant::flight::obtain;
 use crate::grant::phase::{Life, Phase, Trigger};
 use crate::inner::Inner;
-use crate::manager::TokenManager;
+use crate::manager::{GrantState, TokenManager};
 
 /// How long after its pending authorization expired a connection's held tokens are left to
 /// the connection before keep-alive treats them as refused.
@@ -98,6 +99,9 @@ pub struct KeepAliveReport {
     pub pending_removed: usize,
     /// Pages of grant records read.
     pub pages: usize,
+    /// How many grant records are in each state ([`GrantState::as_str`], plus `unreadable`),
+    /// as read by this sweep (before its refreshes).
+    pub states: BTreeMap<&'static str, usize>,
 }
 
 impl KeepAliveReport {
@@ -184,6 +188,11 @@ async fn read_page(
             Ok(Some(v)) => OAuthGrant::decode_at(v.value.expose_secret(), key),
             Err(e) => Err(e),
         };
+        let state = match &record {
+            Ok(r) => GrantState::of_record(r).as_str(),
+            Err(_) => "unreadable",
+        };
+        *report.states.entry(state).or_default() += 1;
         match record {
             Ok(r) => match Phase::life_of(&r) {
                 Life::Active if r.refresh_token_issued_at.is_none_or(|t| t < threshold) => {
