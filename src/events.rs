@@ -44,10 +44,19 @@ pub struct PleoEvent {
     pub subject: Option<Subject>,
     /// The environment.
     pub environment: EnvironmentName,
-    /// OAuth, Integrated or Standalone API key.
+    /// OAuth, Integrated or Standalone API key (`oauth`, `integrated_api_key`,
+    /// `standalone_api_key` in JSON).
+    #[serde(serialize_with = "method_name")]
     pub method: CredentialKind,
     /// When it happened (the builder's clock).
     pub at: Timestamp,
+}
+
+fn method_name<S: serde::Serializer>(
+    method: &CredentialKind,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(method.as_str())
 }
 
 impl PleoEvent {
