@@ -588,12 +588,4 @@ impl PleoAuth {
             self.oauth()?.clone(),
         )))
     }
-
-    /// The operator view's data for `pleo_auth::http::admin_router` (feature `axum`): every
-    /// connection with its dangling grants, and every flow waiting for consent.
-    #[cfg(feature = "axum")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub fn admin_view(&self) -> pleo_auth_http::DynAdminView {
-        Arc::new(crate::admin::PleoAuthAdmin::new(self.clone()))
-    }
 }
