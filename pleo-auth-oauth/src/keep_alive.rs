@@ -27,7 +27,7 @@ use crate::manager::{GrantState, TokenManager};
 const CONNECT_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// The default number of grant records [`TokenManager::keep_alive`] reads per page.
-pub const KEEP_ALIVE_PAGE: usize = 500;
+pub const KEEP_ALIVE_PAGE: usize = 1000;
 
 /// How one [`TokenManager::keep_alive_with`] sweep runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,8 @@ pub struct KeepAliveOptions {
     /// Refresh every active grant whose refresh token is older than this. `None` takes
     /// [`RefreshPolicy::keep_alive_after`](crate::RefreshPolicy::keep_alive_after).
     pub older_than: Option<Duration>,
-    /// Grant records read per page (1 to [`MAX_PAGE_SIZE`](pleo_auth_core::MAX_PAGE_SIZE)).
+    /// Grant records read per page, with one batch read
+    /// ([`get_many`](pleo_auth_core::SecretStore::get_many)) each.
     pub page_size: usize,
     /// Refreshes and revocations run at once.
     pub concurrency: usize,
@@ -128,7 +129,8 @@ impl TokenManager {
         self.keep_alive_with(&KeepAliveOptions::default()).await
     }
 
-    /// [`keep_alive`](Self::keep_alive) with `options`. Reads the grants page by page; a
+    /// [`keep_alive`](Self::keep_alive) with `options`. Lists the grants once and reads them
+    /// page by page (one batch read each), refreshing each page's grants before the next; a
     /// record that cannot be read or a grant that cannot be refreshed is reported in the
     /// answer (and emitted as [`OAuthEvent::RecordUnreadable`] or
     /// [`OAuthEvent::RefreshFailed`]) and the sweep goes on. Fails only when the store cannot
@@ -145,21 +147,18 @@ impl TokenManager {
         );
         let prefix = layout::oauth_grants(inner.config.environment().name(), inner.config.client_id());
         let mut report = KeepAliveReport::default();
-        let mut after: Option<StoreKey> = None;
-        loop {
-            let page = inner
-                .store
-                .list_page(&prefix, after.as_ref(), options.page_size)
-                .await
-                .map_err(|e| Error::store("listing grants failed", e))?;
+        // One listing (most backends list everything per call anyway: paging the listing would
+        // repeat it per page), then the records page by page: one batch read per page.
+        let keys = inner
+            .store
+            .list(&prefix)
+            .await
+            .map_err(|e| Error::store("listing grants failed", e))?;
+        report.checked = keys.len();
+        for page in keys.chunks(options.page_size.max(1)) {
             report.pages += 1;
-            report.checked += page.keys.len();
-            let jobs = read_page(inner, &page.keys, threshold, &mut report).await?;
+            let jobs = read_page(inner, page, threshold, &mut report).await?;
             run_jobs(inner, jobs, threshold, options.concurrency, &mut report).await;
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
         }
         sweep_dangling(inner, &mut report).await;
         match crate::pending::sweep(inner).await {

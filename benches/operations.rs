@@ -1,0 +1,271 @@
+//! Running for months: what the metrics cost on the hit path, and what a keep-alive sweep of
+//! 100,000 grants costs in store round trips and wall time.
+//!
+//! 1. Hit path, metrics on vs off, in one run: `PleoAuth::credentials().credential_for()` of a
+//!    cached grant (the `metrics` feature is compiled in), timed with no recorder and with a
+//!    Prometheus recorder installed for the timed thread, in alternating rounds; the ratio of
+//!    the medians is reported (goal <= 1.1). The same for the metrics one API request records
+//!    (a counter and a histogram by status class), against an empty loop.
+//! 2. Sweep: `PleoAuth::keep_alive_once` over a `MemoryStore` holding 100,000 grant records
+//!    (none old enough to refresh), behind a store wrapper that counts round trips, for three
+//!    page sizes.
+//!
+//! `cargo bench -p pleo-auth --features oauth,metrics --bench operations`
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use pleo_auth::oauth::OAuthConfig;
+use pleo_auth::{
+    AccessToken, ClientSecret, CoreResult, CredentialKey, CredentialProvider, CredentialStatus,
+    Environment, EnvironmentName, KeepAliveConfig, ListPage, MemoryStore, OAuthGrant, PleoAuth,
+    Precondition, RecordStoreExt, RefreshToken, SecretBytes, SecretStore, Sharing, StoreKey,
+    Subject, Timestamp, Version, Versioned, layout, random_urlsafe,
+};
+
+const SWEEP_GRANTS: usize = 100_000;
+const HIT_GRANTS: usize = 1_000;
+const ROUNDS: usize = 15;
+const CALLS_PER_ROUND: usize = 200_000;
+
+/// Counts every call that reaches the store (a round trip on a networked backend).
+struct Counting {
+    inner: MemoryStore,
+    calls: AtomicU64,
+    by_op: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counting {
+    fn count(&self, op: &'static str) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        *self.by_op.lock().unwrap().entry(op).or_default() += 1;
+    }
+
+    fn reset(&self) -> (u64, BTreeMap<&'static str, u64>) {
+        let calls = self.calls.swap(0, Ordering::Relaxed);
+        (calls, std::mem::take(&mut *self.by_op.lock().unwrap()))
+    }
+}
+
+impl fmt::Debug for Counting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait]
+impl SecretStore for Counting {
+    async fn get(&self, key: &StoreKey) -> CoreResult<Option<Versioned>> {
+        self.count("get");
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &StoreKey,
+        value: SecretBytes,
+        precondition: Precondition,
+    ) -> CoreResult<Version> {
+        self.count("put");
+        self.inner.put(key, value, precondition).await
+    }
+    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> CoreResult<()> {
+        self.count("delete");
+        self.inner.delete(key, precondition).await
+    }
+    async fn list(&self, prefix: &StoreKey) -> CoreResult<Vec<StoreKey>> {
+        self.count("list");
+        self.inner.list(prefix).await
+    }
+    async fn get_many(&self, keys: &[StoreKey]) -> CoreResult<Vec<Option<Versioned>>> {
+        self.count("get_many");
+        self.inner.get_many(keys).await
+    }
+    async fn list_page(
+        &self,
+        prefix: &StoreKey,
+        after: Option<&StoreKey>,
+        limit: usize,
+    ) -> CoreResult<ListPage> {
+        self.count("list_page");
+        self.inner.list_page(prefix, after, limit).await
+    }
+    fn sharing(&self) -> Sharing {
+        Sharing::ProcessLocal
+    }
+}
+
+fn company(i: usize) -> Subject {
+    format!("urn:pleo:company:0e000000-0000-4000-8000-{:012}", i + 1)
+        .parse()
+        .unwrap()
+}
+
+fn environment() -> Environment {
+    Environment::custom("sandbox", "http://127.0.0.1:9/", "http://127.0.0.1:9/").unwrap()
+}
+
+/// `n` active grants whose tokens were issued now (nothing to refresh for a day).
+async fn seed(store: &dyn SecretStore, n: usize) {
+    let now = Timestamp::from_system_time(SystemTime::now());
+    let name = EnvironmentName::new("sandbox").unwrap();
+    for i in 0..n {
+        let subject = company(i);
+        let record = OAuthGrant {
+            environment: name.clone(),
+            client_id: "bench".parse().unwrap(),
+            subject,
+            tenant: None,
+            status: CredentialStatus::Active,
+            status_reason: None,
+            access_token: Some(AccessToken::new(format!("CANARY-at_{}", random_urlsafe(32)))),
+            access_token_expires_at: Some(now.saturating_add(Duration::from_secs(24 * 3600))),
+            refresh_token: Some(RefreshToken::new(format!("CANARY-rt_{}", random_urlsafe(32)))),
+            refresh_token_issued_at: Some(now),
+            scopes: "users:read".parse().unwrap(),
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+            settings: BTreeMap::new(),
+        };
+        let key = layout::oauth_grant(&CredentialKey::new(
+            name.clone(),
+            "bench".parse().unwrap(),
+            subject,
+        ));
+        store
+            .put_record(&key, &record, Precondition::Absent)
+            .await
+            .unwrap();
+    }
+}
+
+fn auth(store: Arc<Counting>) -> PleoAuth {
+    let config = OAuthConfig::builder()
+        .environment(environment())
+        .client_id("bench")
+        .client_secret(ClientSecret::new("bench-client-secret"))
+        .redirect_uri("http://127.0.0.1/callback")
+        .scopes("users:read")
+        .build()
+        .unwrap();
+    PleoAuth::builder()
+        .environment(environment())
+        .store(store)
+        .oauth(config)
+        .build()
+        .unwrap()
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Nanoseconds per call of `f`, over one round.
+fn per_call(mut f: impl FnMut(usize)) -> f64 {
+    let started = Instant::now();
+    for i in 0..CALLS_PER_ROUND {
+        f(i);
+    }
+    started.elapsed().as_nanos() as f64 / CALLS_PER_ROUND as f64
+}
+
+fn hit_path(auth: &PleoAuth) {
+    let provider = auth.credentials().clone();
+    let subjects: Vec<Subject> = (0..HIT_GRANTS).map(company).collect();
+    let hit = |i: usize| {
+        let credential =
+            futures::executor::block_on(provider.credential_for(&subjects[i % HIT_GRANTS]));
+        black_box(credential.unwrap());
+    };
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut bare, mut recorded) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        off.push(per_call(hit));
+        on.push(metrics::with_local_recorder(&recorder, || per_call(hit)));
+        bare.push(per_call(|i| {
+            black_box(i);
+        }));
+        recorded.push(metrics::with_local_recorder(&recorder, || {
+            per_call(|i| {
+                metrics::counter!("pleo_auth_requests_total", "status_class" => "2xx").increment(1);
+                metrics::histogram!("pleo_auth_request_duration_seconds", "status_class" => "2xx")
+                    .record(black_box(i as f64) * 1e-9);
+            })
+        }));
+    }
+    let (off, on) = (median(off), median(on));
+    println!(
+        "hit path (credential_for, cached): metrics off {off:.1} ns, on {on:.1} ns, on/off {:.3}",
+        on / off
+    );
+    let (bare, recorded) = (median(bare), median(recorded));
+    println!(
+        "per API request, the metrics recorded (counter + histogram, Prometheus recorder): {:.1} ns",
+        recorded - bare
+    );
+}
+
+async fn sweeps() {
+    let store = Arc::new(Counting {
+        inner: MemoryStore::new(),
+        calls: AtomicU64::new(0),
+        by_op: std::sync::Mutex::default(),
+    });
+    seed(store.as_ref(), SWEEP_GRANTS).await;
+    let auth = auth(store.clone());
+    for page in [100, 500, 1000] {
+        store.reset();
+        let started = Instant::now();
+        let run = auth
+            .keep_alive_once(&KeepAliveConfig::default().page_size(page))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let (calls, by_op) = store.reset();
+        let report = run.report().expect("this process sweeps");
+        assert_eq!(report.checked, SWEEP_GRANTS);
+        assert_eq!(report.failures(), 0);
+        println!(
+            "sweep of {SWEEP_GRANTS} grants, pages of {page}: {:.0} ms, {calls} store round trips {by_op:?}",
+            took.as_secs_f64() * 1000.0
+        );
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    if wanted("hit_path") {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(),
+            calls: AtomicU64::new(0),
+            by_op: std::sync::Mutex::default(),
+        });
+        runtime.block_on(seed(store.as_ref(), HIT_GRANTS));
+        let auth = runtime.block_on(async {
+            let auth = auth(store.clone());
+            let manager = auth.token_manager().unwrap();
+            for i in 0..HIT_GRANTS {
+                manager.access_token(&company(i)).await.unwrap();
+            }
+            auth
+        });
+        let _guard = runtime.enter();
+        hit_path(&auth);
+    }
+    if wanted("sweep") {
+        runtime.block_on(sweeps());
+    }
+}
