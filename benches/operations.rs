@@ -123,9 +123,15 @@ async fn seed(store: &dyn SecretStore, n: usize) {
             tenant: None,
             status: CredentialStatus::Active,
             status_reason: None,
-            access_token: Some(AccessToken::new(format!("CANARY-at_{}", random_urlsafe(32)))),
+            access_token: Some(AccessToken::new(format!(
+                "CANARY-at_{}",
+                random_urlsafe(32)
+            ))),
             access_token_expires_at: Some(now.saturating_add(Duration::from_secs(24 * 3600))),
-            refresh_token: Some(RefreshToken::new(format!("CANARY-rt_{}", random_urlsafe(32)))),
+            refresh_token: Some(RefreshToken::new(format!(
+                "CANARY-rt_{}",
+                random_urlsafe(32)
+            ))),
             refresh_token_issued_at: Some(now),
             scopes: "users:read".parse().unwrap(),
             generation: 1,

@@ -59,7 +59,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..3 {
         clock.advance(Duration::from_secs(16 * 60));
         sandbox.advance_clock(Duration::from_secs(16 * 60));
-        auth.token_manager()?.access_token(&connection.subject).await?;
+        auth.token_manager()?
+            .access_token(&connection.subject)
+            .await?;
     }
 
     let Some(address) = std::env::args().nth(1) else {

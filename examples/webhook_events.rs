@@ -132,7 +132,10 @@ async fn deliver(
                 eprintln!("webhook refused delivery {id}: {}", response.status());
                 return;
             }
-            Ok(response) => eprintln!("webhook delivery {id} attempt {attempt}: {}", response.status()),
+            Ok(response) => eprintln!(
+                "webhook delivery {id} attempt {attempt}: {}",
+                response.status()
+            ),
             Err(e) => eprintln!("webhook delivery {id} attempt {attempt}: {e}"),
         }
         if attempt < ATTEMPTS {
@@ -183,7 +186,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let expiry = Duration::from_secs(16 * 60);
     clock.advance(expiry);
     sandbox.advance_clock(expiry);
-    auth.token_manager()?.access_token(&connection.subject).await?;
+    auth.token_manager()?
+        .access_token(&connection.subject)
+        .await?;
 
     // Let the delivery task post what is queued, then stop.
     drop(auth);

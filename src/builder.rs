@@ -8,8 +8,8 @@ use pleo_auth_core::{
     SystemClock, TenantLinks,
 };
 
-use crate::events::{DEFAULT_EVENT_CAPACITY, DynPleoEventSink, EventHub, PleoEvent};
 use crate::error::{Error, Result};
+use crate::events::{DEFAULT_EVENT_CAPACITY, DynPleoEventSink, EventHub, PleoEvent};
 use crate::provider::CompositeProvider;
 
 /// A customisation of the HTTP client, applied by [`PleoAuthBuilder::build`].

@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex};
 #[cfg(feature = "apikey")]
 use pleo_auth_apikey::ApiKeyEvent;
 use pleo_auth_core::{
-    CompanyId, CredentialKind, DynClock, EnvironmentName, Subject, TenantId, TenantLinks,
-    Timestamp,
+    CompanyId, CredentialKind, DynClock, EnvironmentName, Subject, TenantId, TenantLinks, Timestamp,
 };
 #[cfg(feature = "oauth")]
 use pleo_auth_oauth::OAuthEvent;
@@ -281,9 +280,9 @@ impl EventHub {
                 attention.insert(key);
                 false
             }
-            EventKind::Connected { .. } | EventKind::Refreshed { .. } | EventKind::KeyReplaced { .. } => {
-                attention.remove(&key)
-            }
+            EventKind::Connected { .. }
+            | EventKind::Refreshed { .. }
+            | EventKind::KeyReplaced { .. } => attention.remove(&key),
             EventKind::Disconnected { .. } => {
                 attention.remove(&key);
                 false

@@ -113,7 +113,11 @@ impl PleoAuth {
             self.environment().name().as_str(),
         ])?;
         // Another replica holding the probe lease right now answers too: the backend is up.
-        if let Some(guard) = self.lease().acquire(&layout::lease(&key), PROBE_LEASE_TTL).await? {
+        if let Some(guard) = self
+            .lease()
+            .acquire(&layout::lease(&key), PROBE_LEASE_TTL)
+            .await?
+        {
             guard.release().await?;
         }
         Ok(())

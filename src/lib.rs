@@ -19,6 +19,7 @@
 //! | [`stores::transit`] | data keys from Vault/OpenBao Transit for the encryption wrapper | `transit` |
 //! | [`sandbox`] | a local emulator of Pleo's authorization server and External API | `sandbox` |
 //! | [`testing`] | the store and lease conformance suites, for a store of your own | `testing` |
+//! | [`metrics`] | metric names, units and labels; counters, histograms and gauges through the `metrics` facade | `metrics` |
 //!
 //! The `cli` feature builds the `pleo-auth` command-line tool. A feature that is off builds
 //! nothing of its crate: without `aws`, the AWS SDK is never compiled.
@@ -67,6 +68,13 @@
 //! # }
 //! ```
 //!
+//! # Running for months without a person
+//!
+//! [`PleoAuth::spawn_keep_alive`] sweeps on a schedule (one replica per interval, by a lease),
+//! [`PleoAuth::health`] says whether the store and the lease backend answer and who needs a
+//! person, and every credential's events arrive as one [`PleoEvent`] stream
+//! ([`PleoAuthBuilder::on_event`], [`PleoAuth::subscribe`]).
+//!
 //! Per subject, the client uses the OAuth grant if one exists, else the Integrated key, else the
 //! Standalone key ([`CompositeProvider`]). A request for one company is never sent with another
 //! company's credential, nor with a credential of another environment.
@@ -88,11 +96,11 @@ mod error;
 mod events;
 mod health;
 mod inventory;
+#[cfg(feature = "oauth")]
+mod keep_alive;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-#[cfg(feature = "oauth")]
-mod keep_alive;
 mod provider;
 
 #[doc(inline)]

@@ -69,18 +69,42 @@ pub const KEEP_ALIVE_FAILURES: &str = "pleo_auth_keep_alive_failures_total";
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(REFRESHES, Unit::Count, "OAuth refreshes by outcome");
-    describe_histogram!(REFRESH_DURATION, Unit::Seconds, "token-endpoint request latency");
+    describe_histogram!(
+        REFRESH_DURATION,
+        Unit::Seconds,
+        "token-endpoint request latency"
+    );
     describe_counter!(REAUTHORIZATIONS_NEEDED, Unit::Count, "grants Pleo refused");
-    describe_counter!(KEYS_NEEDING_REPLACEMENT, Unit::Count, "API keys Pleo rejected");
+    describe_counter!(
+        KEYS_NEEDING_REPLACEMENT,
+        Unit::Count,
+        "API keys Pleo rejected"
+    );
     describe_counter!(EVENTS, Unit::Count, "credential events by kind and method");
-    describe_counter!(EVENTS_LAGGED, Unit::Count, "events dropped: delivery fell behind");
+    describe_counter!(
+        EVENTS_LAGGED,
+        Unit::Count,
+        "events dropped: delivery fell behind"
+    );
     describe_counter!(STORE_OPERATIONS, Unit::Count, "secret store operations");
-    describe_histogram!(STORE_DURATION, Unit::Seconds, "secret store operation latency");
+    describe_histogram!(
+        STORE_DURATION,
+        Unit::Seconds,
+        "secret store operation latency"
+    );
     describe_counter!(LEASES, Unit::Count, "lease acquisitions and renewals");
     describe_counter!(REQUESTS, Unit::Count, "Pleo API requests by status class");
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Pleo API request latency");
-    describe_gauge!(GRANTS, Unit::Count, "OAuth grants by state at the last sweep");
-    describe_counter!(KEEP_ALIVE_FAILURES, Unit::Count, "records that failed in keep-alive");
+    describe_gauge!(
+        GRANTS,
+        Unit::Count,
+        "OAuth grants by state at the last sweep"
+    );
+    describe_counter!(
+        KEEP_ALIVE_FAILURES,
+        Unit::Count,
+        "records that failed in keep-alive"
+    );
 }
 
 /// Counts one event (called by the event hub, inline).
@@ -125,7 +149,10 @@ fn backend_label(store: &dyn SecretStore) -> &'static str {
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
         .take(32)
         .collect();
-    let name = name.strip_suffix("Store").unwrap_or(&name).to_ascii_lowercase();
+    let name = name
+        .strip_suffix("Store")
+        .unwrap_or(&name)
+        .to_ascii_lowercase();
     match name.as_str() {
         "file" => "file",
         "vault" => "vault",

@@ -23,10 +23,10 @@ use pleo_auth::apikey::{ApiKeyConfig, ConnectOptions};
 use pleo_auth::oauth::AuthorizeOptions;
 use pleo_auth::sandbox::{Endpoint, Fault, seed};
 use pleo_auth::{
-    ApiKey, ClientId, CompanyId, CoreResult, CredentialKey, CredentialKind,
-    DynSecretStore, EventKind, KeepAliveConfig, ListPage, ManualClock, MemoryStore,
-    PleoAuth, PleoEvent, Precondition, SecretBytes, SecretStore, Sharing, StoreKey,
-    TenantId, Version, Versioned, layout,
+    ApiKey, ClientId, CompanyId, CoreResult, CredentialKey, CredentialKind, DynSecretStore,
+    EventKind, KeepAliveConfig, ListPage, ManualClock, MemoryStore, PleoAuth, PleoEvent,
+    Precondition, SecretBytes, SecretStore, Sharing, StoreKey, TenantId, Version, Versioned,
+    layout,
 };
 
 mod events_support;
@@ -67,7 +67,9 @@ impl SecretStore for FlakyStore {
         precondition: Precondition,
     ) -> CoreResult<Version> {
         if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(pleo_auth::CoreError::unavailable("the test store refuses writes"));
+            return Err(pleo_auth::CoreError::unavailable(
+                "the test store refuses writes",
+            ));
         }
         self.inner.put(key, value, precondition).await
     }
@@ -117,7 +119,9 @@ fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
 async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    recorder.install().expect("the only recorder of this test binary");
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
     pleo_auth::metrics::describe();
 
     let (sandbox, environment) = start_sandbox().await;
@@ -237,7 +241,11 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
         sweden,
     ));
     store
-        .put(&sweden_key, SecretBytes::new(b"garbage".to_vec()), Precondition::None)
+        .put(
+            &sweden_key,
+            SecretBytes::new(b"garbage".to_vec()),
+            Precondition::None,
+        )
         .await
         .unwrap();
     let run = auth
@@ -268,9 +276,14 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
         expected
             .iter()
             .all(|kind| seen.iter().any(|e| e.kind.as_str() == *kind))
-            && seen
-                .iter()
-                .any(|e| matches!(e.kind, EventKind::Disconnected { revoked_at_pleo: true }))
+            && seen.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Disconnected {
+                        revoked_at_pleo: true
+                    }
+                )
+            })
     })
     .await;
     let events = seen.lock().unwrap().clone();
@@ -291,7 +304,10 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     for event in &refreshed {
         assert_eq!(event.subject, Some(acme));
         assert_eq!(event.method, CredentialKind::OAuth);
-        assert_eq!(event.tenant.as_ref().map(TenantId::as_str), Some("erp-acme"));
+        assert_eq!(
+            event.tenant.as_ref().map(TenantId::as_str),
+            Some("erp-acme")
+        );
     }
     let failed = of("refresh_failed");
     assert_eq!(failed.len(), 1);
@@ -319,7 +335,10 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     assert_eq!(reauth.len(), 1);
     assert_eq!(reauth[0].subject, Some(sweden));
     assert_eq!(reauth[0].tenant, None);
-    assert_eq!(of("key_needs_replacement")[0].method, CredentialKind::IntegratedApiKey);
+    assert_eq!(
+        of("key_needs_replacement")[0].method,
+        CredentialKind::IntegratedApiKey
+    );
     assert_eq!(
         of("revocation_dangling")[0].kind,
         EventKind::RevocationDangling {
@@ -352,10 +371,7 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     assert_eq!(auth.events_lagged(), 0);
 
     // No secret in any event, in its Debug or its JSON.
-    let text = format!(
-        "{events:?}{}",
-        serde_json::to_string(&events).unwrap()
-    );
+    let text = format!("{events:?}{}", serde_json::to_string(&events).unwrap());
     assert!(!text.contains(CANARY), "an event carries a secret");
     let json = serde_json::to_value(&refreshed[0]).unwrap();
     assert_eq!(json["event"], "refreshed");
@@ -372,12 +388,24 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(
-        counter(&snapshot, "pleo_auth_refreshes_total", &[("outcome", "success")]),
+        counter(
+            &snapshot,
+            "pleo_auth_refreshes_total",
+            &[("outcome", "success")]
+        ),
         stats.refreshes
     );
     assert_eq!(
-        counter(&snapshot, "pleo_auth_refreshes_total", &[("outcome", "failed")]),
-        stats.faults_injected.get(&Endpoint::Token).copied().unwrap_or(0)
+        counter(
+            &snapshot,
+            "pleo_auth_refreshes_total",
+            &[("outcome", "failed")]
+        ),
+        stats
+            .faults_injected
+            .get(&Endpoint::Token)
+            .copied()
+            .unwrap_or(0)
     );
     assert_eq!(
         counter(
@@ -393,7 +421,12 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     );
     assert_eq!(
         counter(&snapshot, "pleo_auth_refresh_duration_seconds", &[]),
-        refresh_requests.total + stats.faults_injected.get(&Endpoint::Token).copied().unwrap_or(0),
+        refresh_requests.total
+            + stats
+                .faults_injected
+                .get(&Endpoint::Token)
+                .copied()
+                .unwrap_or(0),
         "one latency sample per token-endpoint request"
     );
     assert_eq!(
@@ -415,11 +448,19 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     assert_eq!(employees, vec![401, 200]);
     assert_eq!(counter(&snapshot, "pleo_auth_requests_total", &[]), 2);
     assert_eq!(
-        counter(&snapshot, "pleo_auth_requests_total", &[("status_class", "4xx")]),
+        counter(
+            &snapshot,
+            "pleo_auth_requests_total",
+            &[("status_class", "4xx")]
+        ),
         1
     );
     assert_eq!(
-        counter(&snapshot, "pleo_auth_request_duration_seconds", &[("status_class", "2xx")]),
+        counter(
+            &snapshot,
+            "pleo_auth_request_duration_seconds",
+            &[("status_class", "2xx")]
+        ),
         1
     );
     assert!(
@@ -430,8 +471,20 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
         ) >= 1,
         "the refused writes are counted"
     );
-    assert!(counter(&snapshot, "pleo_auth_store_duration_seconds", &[("backend", "memory")]) > 0);
-    assert!(counter(&snapshot, "pleo_auth_leases_total", &[("outcome", "acquired")]) >= 12);
+    assert!(
+        counter(
+            &snapshot,
+            "pleo_auth_store_duration_seconds",
+            &[("backend", "memory")]
+        ) > 0
+    );
+    assert!(
+        counter(
+            &snapshot,
+            "pleo_auth_leases_total",
+            &[("outcome", "acquired")]
+        ) >= 12
+    );
     assert_eq!(
         counter(&snapshot, "pleo_auth_grants", &[("state", "unreadable")]),
         1
@@ -446,18 +499,38 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     );
 
     // No label names a company, tenant, token or key; every label is one of a few names.
-    let allowed = ["outcome", "event", "method", "backend", "op", "status_class", "state", "reason"];
+    let allowed = [
+        "outcome",
+        "event",
+        "method",
+        "backend",
+        "op",
+        "status_class",
+        "state",
+        "reason",
+    ];
     let forbidden: Vec<String> = [seed::ACME_DK, seed::ACME_SE, seed::GLOBEX]
         .iter()
         .map(ToString::to_string)
-        .chain(["erp-acme".to_owned(), "erp-globex".to_owned(), CANARY.to_owned()])
+        .chain([
+            "erp-acme".to_owned(),
+            "erp-globex".to_owned(),
+            CANARY.to_owned(),
+        ])
         .collect();
     assert!(snapshot.len() > 10);
     for (key, ..) in &snapshot {
         for label in key.key().labels() {
-            assert!(allowed.contains(&label.key()), "label {} on {}", label.key(), key.key().name());
             assert!(
-                forbidden.iter().all(|f| !label.value().contains(f.as_str())),
+                allowed.contains(&label.key()),
+                "label {} on {}",
+                label.key(),
+                key.key().name()
+            );
+            assert!(
+                forbidden
+                    .iter()
+                    .all(|f| !label.value().contains(f.as_str())),
                 "label {}={} on {}",
                 label.key(),
                 label.value(),

@@ -122,7 +122,10 @@ async fn keep_alive_once_refreshes_999_of_1000_and_reports_the_corrupt_record() 
         .expect("keep-alive finishes")
         .expect("the binary runs");
     let run = common::Run::from(output);
-    eprintln!("keep-alive --once over {GRANTS} grants took {:?}", started.elapsed());
+    eprintln!(
+        "keep-alive --once over {GRANTS} grants took {:?}",
+        started.elapsed()
+    );
     run.expect_code(7).no_secret();
     let report = run.json();
     assert_eq!(report["swept"], true);
@@ -134,7 +137,11 @@ async fn keep_alive_once_refreshes_999_of_1000_and_reports_the_corrupt_record() 
     assert_eq!(failed[0]["company"], company_uuid(417).to_string());
     assert_eq!(failed[0]["exit_code"], 7);
     let stats = sandbox.stats();
-    assert_eq!(stats.refreshes, (GRANTS - 1) as u64, "one rotation per readable grant");
+    assert_eq!(
+        stats.refreshes,
+        (GRANTS - 1) as u64,
+        "one rotation per readable grant"
+    );
     assert_eq!(stats.refresh_token_reuses, 0);
     assert!(stats.grant_revocations.is_empty());
 
@@ -145,8 +152,16 @@ async fn keep_alive_once_refreshes_999_of_1000_and_reports_the_corrupt_record() 
         .await;
     text.expect_code(7).no_secret();
     assert!(text.stdout.contains("CHECKED"), "{}", text.stdout);
-    assert!(text.stdout.contains(&corrupt.to_string()), "{}", text.stdout);
-    assert!(text.stderr.contains("1 record(s) failed"), "{}", text.stderr);
+    assert!(
+        text.stdout.contains(&corrupt.to_string()),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stderr.contains("1 record(s) failed"),
+        "{}",
+        text.stderr
+    );
     assert_eq!(sandbox.stats().refreshes, (GRANTS - 1) as u64);
 
     let health = cli.run(&["health", "--json"]).await;
@@ -158,8 +173,16 @@ async fn keep_alive_once_refreshes_999_of_1000_and_reports_the_corrupt_record() 
     assert!(health["listing_error"].is_string(), "{health:#}");
     let status = cli.run(&["status", "--check", "--json"]).await;
     status.expect_code(7);
-    assert!(status.stderr.contains("store: reachable"), "{}", status.stderr);
-    assert!(status.stderr.contains("lease: reachable"), "{}", status.stderr);
+    assert!(
+        status.stderr.contains("store: reachable"),
+        "{}",
+        status.stderr
+    );
+    assert!(
+        status.stderr.contains("lease: reachable"),
+        "{}",
+        status.stderr
+    );
     sandbox.shutdown().await;
 }
 
@@ -231,14 +254,22 @@ async fn replica(role: Role) {
             KeepAliveRun::Swept(report) => {
                 assert_eq!(report.failures(), 0, "{report:?}");
                 runs.refreshed += report.refreshed.len();
-                runs.swept
-                    .push(std::time::SystemTime::now().duration_since(epoch).unwrap().as_millis() as u64);
+                runs.swept.push(
+                    std::time::SystemTime::now()
+                        .duration_since(epoch)
+                        .unwrap()
+                        .as_millis() as u64,
+                );
             }
             _ => runs.skipped += 1,
         }
     }
     handle.shutdown().await;
-    auth.token_manager().unwrap().flush().await.expect("nothing pending");
+    auth.token_manager()
+        .unwrap()
+        .flush()
+        .await
+        .expect("nothing pending");
     println!("runs={}", serde_json::to_string(&runs).unwrap());
 }
 
@@ -288,7 +319,10 @@ async fn two_replicas_sweep_once_per_interval() {
         let output = child.wait_with_output().await.expect("the replica ends");
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "replica failed:\n{stdout}\n{stderr}");
+        assert!(
+            output.status.success(),
+            "replica failed:\n{stdout}\n{stderr}"
+        );
         let line = stdout
             .lines()
             .find_map(|l| l.split_once("runs=").map(|(_, runs)| runs))
@@ -304,7 +338,10 @@ async fn two_replicas_sweep_once_per_interval() {
         (intervals - 1..=intervals).contains(&swept),
         "one sweep per interval between the replicas: {swept} sweeps in {intervals} intervals"
     );
-    assert!(skipped >= intervals - 1, "the other replica skipped: {skipped}");
+    assert!(
+        skipped >= intervals - 1,
+        "the other replica skipped: {skipped}"
+    );
     let mut times: Vec<u64> = all.iter().flat_map(|r| r.swept.clone()).collect();
     times.sort_unstable();
     assert!(
@@ -312,8 +349,15 @@ async fn two_replicas_sweep_once_per_interval() {
         "no two sweeps in one interval: {times:?}"
     );
     let stats = sandbox.stats();
-    assert_eq!(refreshed, swept * GRANTS, "every sweep refreshed every grant");
-    assert_eq!(stats.refreshes, refreshed as u64, "the sandbox counted the same rotations");
+    assert_eq!(
+        refreshed,
+        swept * GRANTS,
+        "every sweep refreshed every grant"
+    );
+    assert_eq!(
+        stats.refreshes, refreshed as u64,
+        "the sandbox counted the same rotations"
+    );
     assert_eq!(stats.refresh_token_reuses, 0, "no refresh token twice");
     assert!(stats.grant_revocations.is_empty());
     sandbox.shutdown().await;

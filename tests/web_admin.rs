@@ -229,7 +229,10 @@ async fn disconnect_revokes_and_is_refused_from_another_site() {
 async fn health_says_what_needs_attention() {
     let (_sandbox, app) = populated().await;
     assert_eq!(get(&app, "/admin/health", None).await.status(), 401);
-    assert_eq!(get(&app, "/admin/health", Some("erp-1")).await.status(), 403);
+    assert_eq!(
+        get(&app, "/admin/health", Some("erp-1")).await.status(),
+        403
+    );
     let response = get(&app, "/admin/health", Some("ops|admin")).await;
     assert_eq!(response.status(), 503);
     let health: serde_json::Value = response.json().await.unwrap();
@@ -246,10 +249,17 @@ async fn health_says_what_needs_attention() {
     let direct = app.auth.health().await;
     assert_eq!(direct.needing_attention.len(), 1);
     assert_eq!(
-        direct.needing_attention[0].subject.company().map(|c| *c.as_uuid()),
+        direct.needing_attention[0]
+            .subject
+            .company()
+            .map(|c| *c.as_uuid()),
         Some(seed::ACME_SE)
     );
-    let page = get(&app, "/admin", Some("ops|admin")).await.text().await.unwrap();
+    let page = get(&app, "/admin", Some("ops|admin"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         page.contains("id=\"health\"") && page.contains("store reachable, lease backend reachable"),
         "{page}"

@@ -90,16 +90,30 @@ async fn the_webhook_example_delivers_signed_events_and_retries() {
     auth.oauth().unwrap().complete(&back).await.unwrap();
     clock.advance(ACCESS_TTL + Duration::from_secs(1));
     sandbox.advance_clock(ACCESS_TTL + Duration::from_secs(1));
-    auth.token_manager().unwrap().access_token(&acme).await.unwrap();
+    auth.token_manager()
+        .unwrap()
+        .access_token(&acme)
+        .await
+        .unwrap();
 
     eventually("both events delivered", || {
         received.lock().unwrap().requests.len() >= 3
     })
     .await;
     let requests = received.lock().unwrap().requests.clone();
-    assert_eq!(requests.len(), 3, "the first delivery failed once and was retried");
-    assert!(requests.iter().all(|(_, verified, _)| *verified), "every signature verifies");
-    assert_eq!(requests[0].0, requests[1].0, "a retry keeps its delivery id");
+    assert_eq!(
+        requests.len(),
+        3,
+        "the first delivery failed once and was retried"
+    );
+    assert!(
+        requests.iter().all(|(_, verified, _)| *verified),
+        "every signature verifies"
+    );
+    assert_eq!(
+        requests[0].0, requests[1].0,
+        "a retry keeps its delivery id"
+    );
     assert_ne!(requests[1].0, requests[2].0);
     assert_eq!(requests[1].2["event"], "connected");
     assert_eq!(requests[2].2["event"], "refreshed");

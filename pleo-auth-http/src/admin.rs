@@ -120,7 +120,10 @@ impl AdminHealth {
         problem: Option<String>,
     ) -> Self {
         Self {
-            healthy: store_reachable && lease_reachable && needing_attention == 0 && problem.is_none(),
+            healthy: store_reachable
+                && lease_reachable
+                && needing_attention == 0
+                && problem.is_none(),
             store_reachable,
             lease_reachable,
             needing_attention,

@@ -145,7 +145,8 @@ impl TokenManager {
                 .checked_sub(age)
                 .unwrap_or(std::time::UNIX_EPOCH),
         );
-        let prefix = layout::oauth_grants(inner.config.environment().name(), inner.config.client_id());
+        let prefix =
+            layout::oauth_grants(inner.config.environment().name(), inner.config.client_id());
         let mut report = KeepAliveReport::default();
         // One listing (most backends list everything per call anyway: paging the listing would
         // repeat it per page), then the records page by page: one batch read per page.
