@@ -245,9 +245,9 @@ impl PleoAuthBuilder {
             .ok_or_else(|| Error::config("the store is required"))?
             .map_err(|e| Error::core("opening the store failed", e))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let tenant_links = TenantLinks::new(store.clone(), clock.clone());
         #[cfg(feature = "metrics")]
         let store = crate::metrics::MeteredStore::wrap(store);
+        let tenant_links = TenantLinks::new(store.clone(), clock.clone());
         let lease = self
             .lease
             .clone()

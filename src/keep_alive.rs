@@ -26,13 +26,10 @@ pub const ONCE_LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 pub struct KeepAliveConfig {
     /// Time between two sweeps of [`PleoAuth::spawn_keep_alive`] (default six hours).
     pub every: Duration,
-    /// Refresh grants whose refresh token is older than this, so they never go idle (default
-    /// [`RefreshPolicy::keep_alive_after`](crate::oauth::RefreshPolicy::keep_alive_after)).
-    pub older_than: Option<Duration>,
-    /// Grant records read per page.
-    pub page_size: usize,
-    /// Refreshes run at once.
-    pub concurrency: usize,
+    /// What one sweep does: which grants it refreshes (older than
+    /// [`RefreshPolicy::keep_alive_after`](crate::oauth::RefreshPolicy::keep_alive_after) by
+    /// default), its page size and its concurrency.
+    pub sweep: KeepAliveOptions,
     /// How long the sweep lease is held. A scheduled sweep keeps it until it expires, so
     /// replicas whose schedules drift apart still sweep once per interval between them. The
     /// default is nine tenths of [`every`](Self::every) for a schedule and [`ONCE_LEASE_TTL`]
@@ -42,12 +39,9 @@ pub struct KeepAliveConfig {
 
 impl Default for KeepAliveConfig {
     fn default() -> Self {
-        let options = KeepAliveOptions::default();
         Self {
             every: DEFAULT_KEEP_ALIVE_EVERY,
-            older_than: None,
-            page_size: options.page_size,
-            concurrency: options.concurrency,
+            sweep: KeepAliveOptions::default(),
             lease_ttl: None,
         }
     }
@@ -61,17 +55,10 @@ impl KeepAliveConfig {
         self
     }
 
-    /// Refreshes grants whose refresh token is older than `age`.
+    /// What each sweep does, such as `KeepAliveOptions::default().older_than(age)`.
     #[must_use]
-    pub fn older_than(mut self, age: Duration) -> Self {
-        self.older_than = Some(age);
-        self
-    }
-
-    /// Reads `size` grant records per page.
-    #[must_use]
-    pub fn page_size(mut self, size: usize) -> Self {
-        self.page_size = size;
+    pub fn sweep(mut self, options: KeepAliveOptions) -> Self {
+        self.sweep = options;
         self
     }
 
@@ -80,14 +67,6 @@ impl KeepAliveConfig {
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = Some(ttl);
         self
-    }
-
-    fn options(&self) -> KeepAliveOptions {
-        let mut options = KeepAliveOptions::default()
-            .page_size(self.page_size)
-            .concurrency(self.concurrency);
-        options.older_than = self.older_than;
-        options
     }
 
     fn scheduled_lease_ttl(&self) -> Duration {
@@ -198,7 +177,7 @@ impl PleoAuth {
             return Ok((KeepAliveRun::Skipped, None));
         };
         let report = manager
-            .keep_alive_with(&config.options())
+            .keep_alive_with(&config.sweep)
             .await
             .map_err(|e| Error::oauth("the keep-alive sweep failed", e))?;
         #[cfg(feature = "metrics")]
@@ -222,7 +201,9 @@ impl PleoAuth {
     }
 }
 
-/// The task started by [`PleoAuth::spawn_keep_alive`].
+/// The task started by [`PleoAuth::spawn_keep_alive`]. Dropping the handle stops the schedule
+/// too (after the sweep in progress); keep it for as long as keep-alive should run.
+#[must_use = "dropping the handle stops keep-alive"]
 pub struct KeepAliveHandle {
     stop: watch::Sender<bool>,
     runs: mpsc::Receiver<Result<KeepAliveRun>>,

@@ -132,8 +132,16 @@ pub(crate) fn event_lagged() {
 /// Sets the grants-by-state gauges and counts the failed records of one sweep.
 #[cfg(feature = "oauth")]
 pub(crate) fn sweep(report: &pleo_auth_oauth::KeepAliveReport) {
-    for (state, count) in &report.states {
-        gauge!(GRANTS, "state" => *state).set(*count as f64);
+    // Every state a stored grant can be in, so a state that emptied reads 0.
+    for state in [
+        "active",
+        "needs_reauthorization",
+        "revocation_pending",
+        "revoked",
+        "unreadable",
+    ] {
+        let count = report.states.get(state).copied().unwrap_or(0);
+        gauge!(GRANTS, "state" => state).set(count as f64);
     }
     counter!(KEEP_ALIVE_FAILURES, "reason" => "grant").increment(report.failed.len() as u64);
     counter!(KEEP_ALIVE_FAILURES, "reason" => "unreadable")

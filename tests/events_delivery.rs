@@ -6,8 +6,8 @@
 
 mod events_support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use events_support::{
@@ -23,8 +23,7 @@ use pleo_auth::{ManualClock, MemoryStore, PleoAuth, PleoEvent};
 async fn a_stuck_subscriber_never_holds_up_refreshes() {
     let (sandbox, environment) = start_sandbox().await;
     let clock = ManualClock::new();
-    let gate = Arc::new(Mutex::new(()));
-    let held = gate.lock().unwrap();
+    let released = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicUsize::new(0));
     let auth = PleoAuth::builder()
         .environment(environment.clone())
@@ -34,9 +33,13 @@ async fn a_stuck_subscriber_never_holds_up_refreshes() {
         .refresh_policy(fast_policy())
         .event_capacity(4)
         .on_event({
-            let gate = gate.clone();
+            let released = released.clone();
             // Stuck until the test lets go.
-            move |_: &PleoEvent| drop(gate.lock())
+            move |_: &PleoEvent| {
+                while !released.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         })
         .on_event({
             let delivered = delivered.clone();
@@ -61,7 +64,7 @@ async fn a_stuck_subscriber_never_holds_up_refreshes() {
     // other sixteen are dropped and counted.
     assert_eq!(auth.events_lagged(), 16);
     assert_eq!(delivered.load(Ordering::SeqCst), 0);
-    drop(held);
+    released.store(true, Ordering::SeqCst);
     eventually("the queue is delivered", || {
         delivered.load(Ordering::SeqCst) == 5
     })

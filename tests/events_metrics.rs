@@ -11,29 +11,28 @@
     feature = "metrics"
 ))]
 
-use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use pleo_auth::apikey::{ApiKeyConfig, ConnectOptions};
 use pleo_auth::oauth::AuthorizeOptions;
 use pleo_auth::sandbox::{Endpoint, Fault, seed};
 use pleo_auth::{
-    ApiKey, ClientId, CompanyId, CoreResult, CredentialKey, CredentialKind, DynSecretStore,
-    EventKind, KeepAliveConfig, ListPage, ManualClock, MemoryStore, PleoAuth, PleoEvent,
-    Precondition, SecretBytes, SecretStore, Sharing, StoreKey, TenantId, Version, Versioned,
-    layout,
+    ApiKey, ClientId, CompanyId, CredentialKey, CredentialKind, DynSecretStore, EventKind,
+    KeepAliveConfig, ManualClock, MemoryStore, PleoAuth, PleoEvent, Precondition, SecretBytes,
+    SecretStore, TenantId, layout,
 };
 
 mod events_support;
+mod reliability_support;
 
 use events_support::{
     ACCESS_TTL, CANARY, company, consent, eventually, fast_policy, oauth_config, start_sandbox,
 };
+use reliability_support::FlakyStore;
 
 /// One snapshot of the debugging recorder.
 type Snapshot = Vec<(
@@ -42,55 +41,6 @@ type Snapshot = Vec<(
     Option<metrics::SharedString>,
     DebugValue,
 )>;
-
-/// A memory store whose writes can be made to fail, for `persist_pending`.
-struct FlakyStore {
-    inner: MemoryStore,
-    fail_puts: AtomicBool,
-}
-
-impl fmt::Debug for FlakyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-#[async_trait]
-impl SecretStore for FlakyStore {
-    async fn get(&self, key: &StoreKey) -> CoreResult<Option<Versioned>> {
-        self.inner.get(key).await
-    }
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> CoreResult<Version> {
-        if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(pleo_auth::CoreError::unavailable(
-                "the test store refuses writes",
-            ));
-        }
-        self.inner.put(key, value, precondition).await
-    }
-    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> CoreResult<()> {
-        self.inner.delete(key, precondition).await
-    }
-    async fn list(&self, prefix: &StoreKey) -> CoreResult<Vec<StoreKey>> {
-        self.inner.list(prefix).await
-    }
-    async fn list_page(
-        &self,
-        prefix: &StoreKey,
-        after: Option<&StoreKey>,
-        limit: usize,
-    ) -> CoreResult<ListPage> {
-        self.inner.list_page(prefix, after, limit).await
-    }
-    fn sharing(&self) -> Sharing {
-        Sharing::ProcessLocal
-    }
-}
 
 /// The sum of the series of `name` whose labels include `labels` (counters and gauges by
 /// value, histograms by sample count).
@@ -126,10 +76,7 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
 
     let (sandbox, environment) = start_sandbox().await;
     let clock = ManualClock::new();
-    let store = Arc::new(FlakyStore {
-        inner: MemoryStore::new(),
-        fail_puts: AtomicBool::new(false),
-    });
+    let store = Arc::new(FlakyStore::new(MemoryStore::new()));
     let seen: Arc<Mutex<Vec<PleoEvent>>> = Arc::default();
     let auth = PleoAuth::builder()
         .environment(environment.clone())
@@ -183,9 +130,9 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     manager.access_token(&acme).await.unwrap();
     // persist_pending, then persist_recovered: the store refuses the rotated pair for a while.
     advance(ACCESS_TTL + Duration::from_secs(1));
-    store.fail_puts.store(true, Ordering::SeqCst);
+    store.fail_writes.store(true, Ordering::SeqCst);
     manager.access_token(&acme).await.unwrap();
-    store.fail_puts.store(false, Ordering::SeqCst);
+    store.fail_writes.store(false, Ordering::SeqCst);
     manager.flush().await.unwrap();
 
     // needs_reauthorization: Pleo revoked Acme Sweden's grant.
@@ -373,7 +320,7 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     // No secret in any event, in its Debug or its JSON.
     let text = format!("{events:?}{}", serde_json::to_string(&events).unwrap());
     assert!(!text.contains(CANARY), "an event carries a secret");
-    let json = serde_json::to_value(&refreshed[0]).unwrap();
+    let json = serde_json::to_value(refreshed[0]).unwrap();
     assert_eq!(json["event"], "refreshed");
     assert_eq!(json["tenant"], "erp-acme");
     assert_eq!(json["method"], "oauth");
@@ -467,7 +414,7 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
         counter(
             &snapshot,
             "pleo_auth_store_operations_total",
-            &[("backend", "memory"), ("op", "put"), ("outcome", "error")]
+            &[("backend", "custom"), ("op", "put"), ("outcome", "error")]
         ) >= 1,
         "the refused writes are counted"
     );

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cli, answer_consent};
 use futures::stream::{self, StreamExt};
-use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig};
+use pleo_auth::oauth::{AuthorizeOptions, KeepAliveOptions, OAuthConfig};
 use pleo_auth::sandbox::{Company, Sandbox, SandboxHandle, seed};
 use pleo_auth::{
     ClientId, ClientSecret, CompanyId, CredentialKey, Environment, KeepAliveConfig, KeepAliveRun,
@@ -240,7 +240,7 @@ async fn replica(role: Role) {
     let auth = auth(&role.sandbox_url, &role.dir);
     let config = KeepAliveConfig::default()
         .every(Duration::from_millis(role.every_ms))
-        .older_than(Duration::ZERO);
+        .sweep(KeepAliveOptions::default().older_than(Duration::ZERO));
     let mut handle = auth.spawn_keep_alive(config).expect("keep-alive starts");
     let deadline = tokio::time::Instant::now() + Duration::from_millis(role.run_for_ms);
     let mut runs = Runs {

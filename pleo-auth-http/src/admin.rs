@@ -476,9 +476,17 @@ mod tests {
             reauthorization: 0,
             waiting: 0,
             dangling: 0,
+            health: Some(AdminHealth::new(
+                true,
+                false,
+                0,
+                Some("<b>lease down</b>".to_owned()),
+            )),
         };
         let body = page.render().unwrap();
         assert!(!body.contains("<script>"), "{body}");
+        assert!(!body.contains("<b>lease"), "{body}");
+        assert!(body.contains("lease backend unreachable"), "{body}");
         assert!(
             body.contains("&#60;script&#62;") || body.contains("&lt;script&gt;"),
             "{body}"

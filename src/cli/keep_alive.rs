@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use pleo_auth::oauth::KeepAliveReport;
+use pleo_auth::oauth::{KeepAliveOptions, KeepAliveReport};
 use pleo_auth::{KeepAliveConfig, KeepAliveRun, PleoAuth, StoreKey, Subject};
 use serde_json::{Value, json};
 
@@ -51,10 +51,11 @@ struct Failure {
 pub async fn run(settings: &Settings, args: KeepAliveArgs) -> Result<(), CliError> {
     settings.require_oauth()?;
     let auth = settings.pleo_auth(None).await?;
-    let mut config = KeepAliveConfig::default();
+    let mut sweep = KeepAliveOptions::default();
     if let Some(age) = args.older_than {
-        config = config.older_than(age);
+        sweep = sweep.older_than(age);
     }
+    let config = KeepAliveConfig::default().sweep(sweep);
     match args.every {
         None => {
             let run = tokio::select! {
