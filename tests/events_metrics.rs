@@ -422,7 +422,7 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
         counter(
             &snapshot,
             "pleo_auth_store_duration_seconds",
-            &[("backend", "memory")]
+            &[("backend", "custom")]
         ) > 0
     );
     assert!(
