@@ -30,6 +30,7 @@ impl PleoAuth {
     /// The operator view's data for `pleo_auth::http::admin_router` (feature `axum`): every
     /// connection with its dangling grants, every flow waiting for consent, and
     /// [`health`](Self::health) (`GET /health` and the page's health line).
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub fn admin_view(&self) -> DynAdminView {
         std::sync::Arc::new(PleoAuthAdmin { auth: self.clone() })
     }

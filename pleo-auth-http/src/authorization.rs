@@ -179,7 +179,7 @@ pub struct DangerAuthorizedElsewhere;
 #[async_trait]
 impl ConnectAuthorization for DangerAuthorizedElsewhere {
     async fn tenant(&self, request: &Parts) -> std::result::Result<TenantId, Rejection> {
-        crate::connect::router::tenant_param(request.uri.query())
+        tenant_param(request.uri.query())
             .ok()
             .flatten()
             .ok_or(Rejection::Forbidden)
@@ -188,6 +188,18 @@ impl ConnectAuthorization for DangerAuthorizedElsewhere {
     async fn admin(&self, _request: &Parts) -> std::result::Result<(), Rejection> {
         Ok(())
     }
+}
+
+/// The `tenant` parameter: absent, or exactly one valid tenant id; nothing else allowed.
+pub(crate) fn tenant_param(query: Option<&str>) -> std::result::Result<Option<TenantId>, ()> {
+    let mut tenant = None;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name != "tenant" || tenant.is_some() {
+            return Err(());
+        }
+        tenant = Some(TenantId::new(value.into_owned()).map_err(|_| ())?);
+    }
+    Ok(tenant)
 }
 
 #[cfg(test)]

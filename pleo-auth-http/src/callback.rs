@@ -222,7 +222,8 @@ async fn serve(
     }
 }
 
-/// Reads up to the blank line that ends the request head; `None` if it is too long.
+/// Reads the request head up to and including the blank line that ends it; `None` if it is too
+/// long.
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -233,7 +234,7 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            head.truncate(end);
+            head.truncate(end + 4);
             return Ok(Some(head));
         }
         if head.len() > MAX_HEAD_BYTES {
@@ -242,28 +243,31 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Decides what a request head gets.
+/// How many header lines a callback request may carry.
+const MAX_HEADERS: usize = 64;
+
+/// Decides what a request head (up to and including its blank line) gets.
 fn route(head: &[u8], shared: &Shared) -> Route {
     let bad = Route::Status(400, "Bad Request", pages::BAD_REQUEST);
-    let Ok(text) = std::str::from_utf8(head) else {
-        return bad;
-    };
-    let mut lines = text.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return bad;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return bad;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => {
+            return Route::Status(431, "Request Header Fields Too Large", pages::BAD_REQUEST);
+        }
+        Ok(httparse::Status::Partial) | Err(_) => return bad,
     }
-    let mut hosts = lines
-        .filter_map(|line| line.split_once(':'))
-        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
-        .map(|(_, value)| value.trim());
+    let (Some(method), Some(target)) = (request.method, request.path) else {
+        return bad;
+    };
+    let mut hosts = request
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("host"))
+        .map(|header| std::str::from_utf8(header.value).map(str::trim));
     match (hosts.next(), hosts.next()) {
-        (Some(host), None) if host.eq_ignore_ascii_case(&shared.authority) => {}
+        (Some(Ok(host)), None) if host.eq_ignore_ascii_case(&shared.authority) => {}
         _ => return bad,
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -355,7 +359,7 @@ mod tests {
     }
 
     fn head(request_line: &str, host: &str) -> Vec<u8> {
-        format!("{request_line}\r\nHost: {host}\r\nAccept: */*").into_bytes()
+        format!("{request_line}\r\nHost: {host}\r\nAccept: */*\r\n\r\n").into_bytes()
     }
 
     #[test]
@@ -476,13 +480,29 @@ mod tests {
             b"GET  /callback HTTP/1.1\r\nHost: 127.0.0.1:5000",
             b"\xff\xfe",
             b"GET /callback HTTP/1.1\r\nHost: 127.0.0.1:5000\r\nHost: 127.0.0.1:5000",
+            b"GET /callback HTTP/1.1\r\nHost: \xff",
+            b"GET /callback HTTP/1.1\r\nBad Header: x",
         ] {
+            let raw = [raw, b"\r\n\r\n"].concat();
             assert_eq!(
-                route(raw, &s),
+                route(&raw, &s),
                 Route::Status(400, "Bad Request", pages::BAD_REQUEST),
                 "{raw:?}"
             );
         }
+        assert_eq!(
+            route(b"GET /callback?code=x HTTP/1.1\r\nHost: 127.0.0.1:5000", &s),
+            Route::Status(400, "Bad Request", pages::BAD_REQUEST),
+            "a head without its blank line is incomplete"
+        );
+        let many = format!(
+            "GET /callback?code=x HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n{}\r\n",
+            "X-A: b\r\n".repeat(MAX_HEADERS)
+        );
+        assert_eq!(
+            route(many.as_bytes(), &s),
+            Route::Status(431, "Request Header Fields Too Large", pages::BAD_REQUEST)
+        );
         assert!(!s.consumed.load(Ordering::SeqCst));
     }
 

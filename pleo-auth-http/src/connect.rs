@@ -52,7 +52,7 @@ pub(crate) mod router {
 
     use super::DynConnectFlow;
     use crate::authorization::{
-        ConnectAuthorization, DynConnectAuthorization, Rejection, SameOriginPath,
+        ConnectAuthorization, DynConnectAuthorization, Rejection, SameOriginPath, tenant_param,
     };
     use crate::pages::{self, SECURITY_HEADERS};
 
@@ -284,18 +284,6 @@ pub(crate) mod router {
             Rejection::Forbidden => html(StatusCode::FORBIDDEN, pages::FORBIDDEN),
             Rejection::Login(path) => see_other(path.as_str()),
         }
-    }
-
-    /// The `tenant` parameter: absent, or exactly one valid tenant id; nothing else allowed.
-    pub(crate) fn tenant_param(query: Option<&str>) -> Result<Option<TenantId>, ()> {
-        let mut tenant = None;
-        for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-            if name != "tenant" || tenant.is_some() {
-                return Err(());
-            }
-            tenant = Some(TenantId::new(value.into_owned()).map_err(|_| ())?);
-        }
-        Ok(tenant)
     }
 
     async fn connect(State(routes): State<Arc<Routes>>, request: Request) -> Response {

@@ -9,16 +9,16 @@ use pleo_auth_core::{DynCredentialProvider, Environment};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::client::PleoClient;
 use crate::engine::{Engine, Hop};
 use crate::error::Result;
+use crate::retry::RetryPolicy;
 use crate::target::{RequestOptions, Target};
 
 /// Authenticates Pleo API requests inside a `reqwest_middleware` stack.
 ///
 /// Each request names who it is for with a [`Target`] extension (and optionally
 /// [`RequestOptions`]); a request without a `Target` is refused. The middleware applies the
-/// same rules as [`PleoClient`]: the company and environment guards, `company_id`, one retry
+/// same rules as [`PleoClient`](crate::PleoClient): the company and environment guards, `company_id`, one retry
 /// after a 401 reported to the provider, `PermissionDenied` for a 403, bounded retries of 429,
 /// 502, 503, 504 and connection errors, and no redirects. A request that already carries an
 /// `Authorization` header is refused: the provider sets it.
@@ -93,10 +93,11 @@ impl fmt::Debug for PleoAuthMiddleware {
 
 impl PleoAuthMiddleware {
     /// A middleware for `environment` with the default retry policy and no tenant links; use
-    /// [`PleoClient::builder`] and [`build_middleware`](crate::PleoClientBuilder::build_middleware)
-    /// for more settings.
+    /// [`PleoClient::builder`](crate::PleoClient::builder) and
+    /// [`build_middleware`](crate::PleoClientBuilder::build_middleware) for more settings.
     pub fn new(environment: Environment, provider: DynCredentialProvider) -> Result<Self> {
-        PleoClient::builder(environment, provider).build_middleware()
+        let engine = Engine::new(environment, provider, None, RetryPolicy::default())?;
+        Ok(Self::from_engine(Arc::new(engine)))
     }
 
     pub(crate) fn from_engine(engine: Arc<Engine>) -> Self {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use oauth2::EndpointSet;
 use pleo_auth_core::{
     AccessToken, AuthorizationHeader, Credential, CredentialId, CredentialKey, CredentialKind,
-    DynClock, DynLease, DynSecretStore, OAuthGrant, Subject, TenantLinks, Version, layout,
+    DynClock, DynLease, DynSecretStore, OAuthGrant, StoreKey, Subject, TenantLinks, Version,
+    layout,
 };
 use pleo_auth_http::transport::TransportConfig;
 use sha2::{Digest as _, Sha256};
@@ -78,6 +79,17 @@ impl Inner {
         )
     }
 
+    /// The store key of `subject`'s grant (built when a store call needs it: a cell does not
+    /// keep it, which saves about a tenth of a cached grant's memory).
+    pub(crate) fn grant_key(&self, subject: Subject) -> StoreKey {
+        layout::oauth_grant(&self.credential_key(subject))
+    }
+
+    /// The key of the refresh lease of `subject`'s grant.
+    pub(crate) fn lease_key(&self, subject: Subject) -> StoreKey {
+        layout::lease(&self.grant_key(subject))
+    }
+
     /// The cached cell of `subject`, if any (lock-free).
     pub(crate) fn cell(&self, subject: &Subject) -> Option<Arc<GrantCell>> {
         self.cells.get(subject)
@@ -85,9 +97,8 @@ impl Inner {
 
     /// The cell of `subject`, created empty if missing.
     pub(crate) fn cell_or_insert(&self, subject: Subject) -> Arc<GrantCell> {
-        self.cells.get_or_insert(subject, || {
-            GrantCell::new(subject, layout::oauth_grant(&self.credential_key(subject)))
-        })
+        self.cells
+            .get_or_insert(subject, || GrantCell::new(subject))
     }
 
     /// Drops the cell of `subject` if it is still `cell` (used when nothing is stored for it).
@@ -122,7 +133,7 @@ impl Inner {
         let expires_at = record.access_token_expires_at?;
         if let Some(existing) = existing
             && existing.generation == record.generation
-            && existing.access_token.expose_secret() == access.expose_secret()
+            && existing.holds(access)
         {
             return Some(existing);
         }
@@ -159,7 +170,6 @@ impl Inner {
                 scopes: record.scopes.clone(),
                 kind: CredentialKind::OAuth,
             }),
-            access_token,
             expires_at,
             refresh_at,
             generation: record.generation,

@@ -8,17 +8,19 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::future::{BoxFuture, Shared};
-use pleo_auth_core::{AccessToken, Credential, LeaseGuard, StoreKey, Subject, layout};
+use pleo_auth_core::{AccessToken, Credential, LeaseGuard, Subject};
 
 use crate::error::{Error, Result};
 use crate::grant::phase::Phase;
+
+/// How [`AuthorizationHeader::bearer`](pleo_auth_core::AuthorizationHeader::bearer) begins.
+const BEARER: &str = "Bearer ";
 
 /// A usable access token of one grant, with the credential built from it.
 ///
 /// `Debug` shows ids and times only.
 pub struct ActiveToken {
     pub(crate) credential: Arc<Credential>,
-    pub(crate) access_token: AccessToken,
     pub(crate) expires_at: Instant,
     pub(crate) refresh_at: Instant,
     pub(crate) generation: u64,
@@ -30,9 +32,20 @@ impl ActiveToken {
         &self.credential
     }
 
-    /// The access token.
-    pub fn access_token(&self) -> &AccessToken {
-        &self.access_token
+    /// The access token (a copy taken from the credential's `Bearer` header, which is the one
+    /// place a cached token keeps it).
+    pub fn access_token(&self) -> AccessToken {
+        AccessToken::new(self.exposed_token())
+    }
+
+    /// Whether this is `token`.
+    pub(crate) fn holds(&self, token: &AccessToken) -> bool {
+        self.exposed_token() == token.expose_secret()
+    }
+
+    fn exposed_token(&self) -> &str {
+        let header = self.credential.header.expose_secret();
+        header.strip_prefix(BEARER).unwrap_or(header)
     }
 
     /// The company or organisation the token acts for.
@@ -92,7 +105,8 @@ pub(crate) struct CellState {
     /// Bumped on every change of `phase`, so a store read that raced with a change is not
     /// merged over newer knowledge.
     pub(crate) epoch: u64,
-    pub(crate) flight: Option<Flight>,
+    /// Boxed: a cell is between flights nearly all of its life.
+    pub(crate) flight: Option<Box<Flight>>,
     pub(crate) next_flight: u64,
     /// Boxed: most cells never cool down.
     pub(crate) cooldown: Option<Box<Cooldown>>,
@@ -127,7 +141,6 @@ pub(crate) struct KeptLease {
 /// One grant in the cache.
 pub(crate) struct GrantCell {
     pub(crate) subject: Subject,
-    pub(crate) key: StoreKey,
     /// The token served, changed only by `Inner::set_token` (which copies it into the cache).
     pub(crate) token: ArcSwapOption<ActiveToken>,
     state: Mutex<CellState>,
@@ -140,10 +153,9 @@ pub(crate) struct GrantCell {
 }
 
 impl GrantCell {
-    pub(crate) fn new(subject: Subject, key: StoreKey) -> Self {
+    pub(crate) fn new(subject: Subject) -> Self {
         Self {
             subject,
-            key,
             token: ArcSwapOption::empty(),
             state: Mutex::new(CellState::default()),
             writer: tokio::sync::Mutex::new(()),
@@ -158,11 +170,6 @@ impl GrantCell {
     /// Whether a pair (or mark) is not yet written to the store.
     pub(crate) fn pending(&self) -> bool {
         self.lock().phase.is_pending()
-    }
-
-    /// The key of the refresh lease of this grant (built when a refresh needs it, not kept).
-    pub(crate) fn lease_key(&self) -> StoreKey {
-        layout::lease(&self.key)
     }
 }
 

@@ -111,10 +111,10 @@ fn start_flight(
     }
     .boxed()
     .shared();
-    st.flight = Some(Flight {
+    st.flight = Some(Box::new(Flight {
         id,
         future: future.clone(),
-    });
+    }));
     future
 }
 
@@ -241,7 +241,7 @@ async fn acquire_or_follow(
         )));
         match inner
             .lease
-            .acquire(&cell.lease_key(), inner.policy.lease_ttl)
+            .acquire(&inner.lease_key(cell.subject), inner.policy.lease_ttl)
             .await
         {
             Ok(Some(guard)) => return Ok(LeaseStep::Acquired(guard)),

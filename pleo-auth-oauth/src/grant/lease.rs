@@ -143,7 +143,11 @@ async fn renew_or_retake(
             );
             Renewal::Unsupported
         }
-        CoreKind::Conflict => match inner.lease.acquire(&cell.lease_key(), ttl).await {
+        CoreKind::Conflict => match inner
+            .lease
+            .acquire(&inner.lease_key(cell.subject), ttl)
+            .await
+        {
             Ok(Some(guard)) => {
                 tracing::warn!(
                     "the refresh lease lapsed while the rotated tokens were not stored; took it again"

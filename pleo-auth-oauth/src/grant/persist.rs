@@ -116,7 +116,11 @@ pub(crate) async fn persist(inner: &Arc<Inner>, cell: &Arc<GrantCell>) -> Result
         if !cell.pending() {
             return Ok(());
         }
-        let read = match inner.store.get_record::<OAuthGrant>(&cell.key).await {
+        let read = match inner
+            .store
+            .get_record::<OAuthGrant>(&inner.grant_key(cell.subject))
+            .await
+        {
             Ok(read) => read,
             Err(e) => return Err(persist_failed(inner, cell, e)),
         };
@@ -158,7 +162,7 @@ pub(crate) async fn persist(inner: &Arc<Inner>, cell: &Arc<GrantCell>) -> Result
         ));
         match inner
             .store
-            .put_record(&cell.key, &record, precondition)
+            .put_record(&inner.grant_key(cell.subject), &record, precondition)
             .await
         {
             Ok(written) => {
@@ -296,7 +300,10 @@ pub(crate) async fn mark_needs_reauthorization(
             return inner.current(cell, trigger);
         }
         let now = inner.clock.timestamp();
-        let read = inner.store.get_record::<OAuthGrant>(&cell.key).await;
+        let read = inner
+            .store
+            .get_record::<OAuthGrant>(&inner.grant_key(cell.subject))
+            .await;
         let read = match read {
             Ok(read) => read,
             Err(e) => {
@@ -345,7 +352,7 @@ pub(crate) async fn mark_needs_reauthorization(
         };
         match inner
             .store
-            .put_record(&cell.key, &record, precondition)
+            .put_record(&inner.grant_key(cell.subject), &record, precondition)
             .await
         {
             Ok(written) => {
@@ -395,7 +402,7 @@ pub(crate) async fn write_status(
     for _ in 0..MAX_CAS_ROUNDS {
         let (mut record, version) = inner
             .store
-            .get_record::<OAuthGrant>(&cell.key)
+            .get_record::<OAuthGrant>(&inner.grant_key(cell.subject))
             .await
             .map_err(|e| Error::store("reading the grant failed", e))?
             .ok_or_else(not_connected)?;
@@ -403,7 +410,11 @@ pub(crate) async fn write_status(
         record.updated_at = inner.clock.timestamp();
         match inner
             .store
-            .put_record(&cell.key, &record, Precondition::Version(version))
+            .put_record(
+                &inner.grant_key(cell.subject),
+                &record,
+                Precondition::Version(version),
+            )
             .await
         {
             Ok(written) => {

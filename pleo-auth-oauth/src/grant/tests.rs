@@ -324,7 +324,7 @@ async fn pending_with_kept_lease(
     persist(&inner, &cell).await.unwrap_err();
     let log = Arc::new(StdMutex::new(Vec::new()));
     let guard = LeaseGuard::new(
-        cell.lease_key(),
+        inner.lease_key(cell.subject),
         1,
         LoggedLease {
             log: log.clone(),

@@ -112,7 +112,7 @@ impl Inner {
             let epoch = cell.lock().epoch;
             let read = self
                 .store
-                .get_record::<OAuthGrant>(&cell.key)
+                .get_record::<OAuthGrant>(&self.grant_key(cell.subject))
                 .await
                 .map_err(|e| Error::store("reading the grant failed", e))?;
             let nothing = read.is_none();
