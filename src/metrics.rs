@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, histogram};
 use pleo_auth_core::{
     CredentialKind, DynLease, DynSecretStore, Lease, LeaseGuard, LeaseRelease, ListPage,
     Precondition, Result, SecretBytes, SecretStore, Sharing, StoreKey, Version, Versioned,
@@ -141,7 +141,7 @@ pub(crate) fn sweep(report: &pleo_auth_oauth::KeepAliveReport) {
         "unreadable",
     ] {
         let count = report.states.get(state).copied().unwrap_or(0);
-        gauge!(GRANTS, "state" => state).set(count as f64);
+        metrics::gauge!(GRANTS, "state" => state).set(count as f64);
     }
     counter!(KEEP_ALIVE_FAILURES, "reason" => "grant").increment(report.failed.len() as u64);
     counter!(KEEP_ALIVE_FAILURES, "reason" => "unreadable")
