@@ -68,6 +68,9 @@ impl PleoAuth {
     /// the stored connections (those that need reauthorization, a new key, or a pending
     /// revocation; dangling grants). Never fails: what could not be checked is reported in the
     /// answer. The operator view (`admin_router`) and `pleo-auth status --check` show it.
+    ///
+    /// It reads every stored connection (like [`connections`](Self::connections)): with many
+    /// thousands of companies, poll it every minute or so, not every second.
     pub async fn health(&self) -> Health {
         let environment = self.environment().name();
         let started = Instant::now();

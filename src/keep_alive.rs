@@ -139,8 +139,11 @@ impl PleoAuth {
                     _ = stopped.changed() => break,
                     _ = ticks.tick() => {}
                 }
-                // The lease of the last sweep has expired by now (or is ours to take again).
-                drop(held.take());
+                // The lease of the last sweep has expired by now; give it back in any case, so
+                // a lease_ttl longer than the interval never makes this replica skip itself.
+                if let Some(guard) = held.take() {
+                    let _ = guard.release().await;
+                }
                 let result = auth
                     .sweep_under_lease(&config, config.scheduled_lease_ttl())
                     .await
