@@ -6,17 +6,18 @@
 //! cache is counted. Token strings have the sandbox's shape (`CANARY-at_` + 43 characters).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use pleo_auth_core::{
-    AccessToken, ClientSecret, CredentialKey, CredentialStatus, Environment, EnvironmentName,
-    MemoryStore, OAuthGrant, Precondition, RecordStoreExt, RefreshToken, Subject, Timestamp,
-    layout, random_urlsafe,
+    ClientSecret, Environment, EnvironmentName, MemoryStore, Precondition, RecordStoreExt, Subject,
+    Timestamp,
 };
 use pleo_auth_oauth::{OAuthClient, OAuthConfig};
+use support::{active_grant, company};
+
+mod support;
 
 const GRANTS: usize = 100_000;
 const GOAL_BYTES: i64 = 1024;
@@ -70,12 +71,6 @@ fn live() -> i64 {
     LIVE.load(Ordering::Relaxed)
 }
 
-fn company(i: usize) -> Subject {
-    format!("urn:pleo:company:0e000000-0000-4000-8000-{:012}", i + 1)
-        .parse()
-        .unwrap()
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -100,34 +95,7 @@ async fn run() {
     let environment_name = EnvironmentName::new("sandbox").unwrap();
     for i in 0..GRANTS {
         let subject = company(i);
-        let record = OAuthGrant {
-            environment: environment_name.clone(),
-            client_id: "bench".parse().unwrap(),
-            subject,
-            tenant: None,
-            status: CredentialStatus::Active,
-            status_reason: None,
-            access_token: Some(AccessToken::new(format!(
-                "CANARY-at_{}",
-                random_urlsafe(32)
-            ))),
-            access_token_expires_at: Some(now.saturating_add(Duration::from_secs(24 * 3600))),
-            refresh_token: Some(RefreshToken::new(format!(
-                "CANARY-rt_{}",
-                random_urlsafe(32)
-            ))),
-            refresh_token_issued_at: Some(now),
-            scopes: "users:read".parse().unwrap(),
-            generation: 1,
-            created_at: now,
-            updated_at: now,
-            settings: BTreeMap::new(),
-        };
-        let key = layout::oauth_grant(&CredentialKey::new(
-            environment_name.clone(),
-            "bench".parse().unwrap(),
-            subject,
-        ));
+        let (key, record) = active_grant(&environment_name, subject, now);
         store
             .put_record(&key, &record, Precondition::Absent)
             .await

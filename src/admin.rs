@@ -1,11 +1,14 @@
-//! The operator view's data over [`PleoAuth`]: connections, dangling grants, waiting flows.
+//! The operator view's data over [`PleoAuth`]: connections, dangling grants, waiting flows,
+//! health.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use async_trait::async_trait;
 use pleo_auth_core::{CredentialKind, ErrorKind, Subject, TenantId};
-use pleo_auth_http::{AdminConnection, AdminDisconnect, AdminView, WAITING_FOR_CONSENT};
+use pleo_auth_http::{
+    AdminConnection, AdminDisconnect, AdminHealth, AdminView, DynAdminView, WAITING_FOR_CONSENT,
+};
 
 use crate::{ConnectionState, PleoAuth};
 
@@ -25,9 +28,10 @@ impl fmt::Debug for PleoAuthAdmin {
 
 impl PleoAuth {
     /// The operator view's data for `pleo_auth::http::admin_router` (feature `axum`): every
-    /// connection with its dangling grants, and every flow waiting for consent.
+    /// connection with its dangling grants, every flow waiting for consent, and
+    /// [`health`](Self::health) (`GET /health` and the page's health line).
     #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub fn admin_view(&self) -> pleo_auth_http::DynAdminView {
+    pub fn admin_view(&self) -> DynAdminView {
         std::sync::Arc::new(PleoAuthAdmin { auth: self.clone() })
     }
 }
@@ -109,6 +113,16 @@ impl AdminView for PleoAuthAdmin {
             rows.push(row);
         }
         Ok(rows)
+    }
+
+    async fn health(&self) -> Option<AdminHealth> {
+        let health = self.auth.health().await;
+        Some(AdminHealth::new(
+            health.store.reachable,
+            health.lease.reachable,
+            health.needing_attention.len(),
+            health.listing_error,
+        ))
     }
 
     async fn disconnect(

@@ -1,6 +1,5 @@
 //! `PleoAuth`: one store, the configured methods and the authenticated client, wired together.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,8 +8,8 @@ use pleo_auth_core::{
     SystemClock, TenantLinks,
 };
 
-use crate::connections::ConnectionInfo;
 use crate::error::{Error, Result};
+use crate::events::{DEFAULT_EVENT_CAPACITY, DynPleoEventSink, EventHub, PleoEvent};
 use crate::provider::CompositeProvider;
 
 /// A customisation of the HTTP client, applied by [`PleoAuthBuilder::build`].
@@ -30,6 +29,8 @@ pub struct PleoAuthBuilder {
     lease: Option<DynLease>,
     process_local_lease_accepted: bool,
     clock: Option<DynClock>,
+    event_sinks: Vec<DynPleoEventSink>,
+    event_capacity: usize,
     #[cfg(feature = "oauth")]
     oauth: Option<pleo_auth_oauth::OAuthConfig>,
     #[cfg(feature = "oauth")]
@@ -67,6 +68,8 @@ impl PleoAuthBuilder {
             lease: None,
             process_local_lease_accepted: false,
             clock: None,
+            event_sinks: Vec::new(),
+            event_capacity: DEFAULT_EVENT_CAPACITY,
             #[cfg(feature = "oauth")]
             oauth: None,
             #[cfg(feature = "oauth")]
@@ -139,6 +142,29 @@ impl PleoAuthBuilder {
         self
     }
 
+    /// Calls `f` with every [`PleoEvent`] (connected, refreshed, needs reauthorization,
+    /// recovered, key needs replacement, ...) of every method, on a delivery task: a slow
+    /// closure never holds up a refresh (see [`event_capacity`](Self::event_capacity)).
+    /// [`PleoAuth::subscribe`] gives a broadcast receiver instead.
+    pub fn on_event(self, f: impl Fn(&PleoEvent) + Send + Sync + 'static) -> Self {
+        self.event_sink(Arc::new(f))
+    }
+
+    /// Like [`on_event`](Self::on_event), for a [`PleoEventSink`](crate::PleoEventSink) trait
+    /// object.
+    pub fn event_sink(mut self, sink: DynPleoEventSink) -> Self {
+        self.event_sinks.push(sink);
+        self
+    }
+
+    /// How many events wait for delivery, and how many each broadcast receiver may fall
+    /// behind, before new ones are dropped and counted
+    /// ([`PleoAuth::events_lagged`]; default 1,024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
     /// Connects companies with OAuth 2.0 and keeps their grants fresh.
     #[cfg(feature = "oauth")]
     #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
@@ -157,7 +183,7 @@ impl PleoAuthBuilder {
     }
 
     /// Where OAuth events (connected, refreshed, needs reauthorization, ...) go (default: the
-    /// `tracing` log).
+    /// `tracing` log), besides the [event stream](Self::on_event) of every method.
     #[cfg(feature = "oauth")]
     #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
     pub fn oauth_events(mut self, events: pleo_auth_oauth::DynEventSink) -> Self {
@@ -219,7 +245,22 @@ impl PleoAuthBuilder {
             .ok_or_else(|| Error::config("the store is required"))?
             .map_err(|e| Error::core("opening the store failed", e))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        #[cfg(feature = "metrics")]
+        let store = crate::metrics::MeteredStore::wrap(store);
         let tenant_links = TenantLinks::new(store.clone(), clock.clone());
+        let lease = self
+            .lease
+            .clone()
+            .unwrap_or_else(|| pleo_auth_core::lease_for(&store, clock.clone()));
+        #[cfg(feature = "metrics")]
+        let lease = crate::metrics::MeteredLease::wrap(lease);
+        let events = EventHub::new(
+            environment.name().clone(),
+            clock.clone(),
+            tenant_links.clone(),
+            self.event_sinks,
+            self.event_capacity,
+        );
         #[cfg_attr(
             not(any(feature = "oauth", feature = "apikey")),
             expect(unused_mut, reason = "no method is compiled in to add a provider")
@@ -237,18 +278,20 @@ impl PleoAuthBuilder {
                 )?;
                 let mut builder = pleo_auth_oauth::OAuthClient::builder(config, store.clone())
                     .clock(clock.clone());
-                if let Some(lease) = self.lease.clone() {
-                    builder = builder.lease(lease);
-                }
+                // The builder's lease, else the store's default: the same one keep-alive uses.
+                builder = builder.lease(lease.clone());
                 if self.process_local_lease_accepted {
                     builder = builder.danger_process_local_lease();
                 }
                 if let Some(policy) = self.refresh_policy {
                     builder = builder.policy(policy);
                 }
-                if let Some(events) = self.oauth_events {
-                    builder = builder.events(events);
-                }
+                builder = builder.events(Arc::new(crate::events::OAuthBridge {
+                    first: self
+                        .oauth_events
+                        .unwrap_or_else(|| Arc::new(pleo_auth_oauth::TracingEvents)),
+                    hub: events.clone(),
+                }));
                 let client = builder
                     .build()
                     .map_err(|e| Error::oauth("building the OAuth client failed", e))?;
@@ -268,6 +311,7 @@ impl PleoAuthBuilder {
                 )?;
                 let keys = pleo_auth_apikey::IntegratedKeys::builder(config, store.clone())
                     .clock(clock.clone())
+                    .events(crate::events::ApiKeyBridge(events.clone()))
                     .build()
                     .map_err(|e| Error::apikey("building the Integrated API keys failed", e))?;
                 providers.push(Arc::new(keys.clone()));
@@ -280,7 +324,10 @@ impl PleoAuthBuilder {
             None => None,
             Some(key) => {
                 same_environment(&environment, key.environment(), "the Standalone API key")?;
-                let key = Arc::new(key.with_clock(clock.clone()));
+                let key = Arc::new(
+                    key.with_clock(clock.clone())
+                        .with_events(crate::events::ApiKeyBridge(events.clone())),
+                );
                 providers.push(key.clone());
                 Some(key)
             }
@@ -312,7 +359,9 @@ impl PleoAuthBuilder {
             inner: Arc::new(Inner {
                 environment,
                 store,
+                lease,
                 clock,
+                events,
                 tenant_links,
                 provider,
                 #[cfg(feature = "oauth")]
@@ -387,7 +436,9 @@ pub struct PleoAuth {
 struct Inner {
     environment: Environment,
     store: DynSecretStore,
+    lease: DynLease,
     clock: DynClock,
+    events: Arc<EventHub>,
     tenant_links: TenantLinks,
     provider: CompositeProvider,
     #[cfg(feature = "oauth")]
@@ -431,9 +482,30 @@ impl PleoAuth {
         &self.inner.store
     }
 
+    /// The lease that coordinates replicas: the one given to
+    /// [`PleoAuthBuilder::lease`], else the store's default ([`lease_for`](crate::lease_for)).
+    /// Keep-alive takes its sweep lease here.
+    pub fn lease(&self) -> &DynLease {
+        &self.inner.lease
+    }
+
     /// The clock.
     pub fn clock(&self) -> &DynClock {
         &self.inner.clock
+    }
+
+    /// A receiver of every [`PleoEvent`] from now on. A receiver that falls more than
+    /// [`event_capacity`](PleoAuthBuilder::event_capacity) events behind gets
+    /// [`RecvError::Lagged`](tokio::sync::broadcast::error::RecvError::Lagged) with the count
+    /// it missed; it never holds up anyone else.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<PleoEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Events dropped because delivery fell behind by more than
+    /// [`event_capacity`](PleoAuthBuilder::event_capacity), since this was built.
+    pub fn events_lagged(&self) -> u64 {
+        self.inner.events.lagged()
     }
 
     /// The links between your tenants and Pleo companies, in the store.
@@ -515,74 +587,5 @@ impl PleoAuth {
         Ok(Arc::new(crate::OAuthConnectFlow::new(
             self.oauth()?.clone(),
         )))
-    }
-
-    /// Every stored connection of this environment: the OAuth grants of the configured client
-    /// and the Integrated keys of the configured integration, each with its tenant (from the
-    /// tenant links), state and scopes, sorted by tenant and subject. Holds no secret.
-    pub async fn connections(&self) -> Result<Vec<ConnectionInfo>> {
-        let environment = self.inner.environment.name();
-        let tenants: HashMap<_, _> = self
-            .inner
-            .tenant_links
-            .list(environment)
-            .await
-            .map_err(|e| Error::core("reading the tenant links failed", e))?
-            .into_iter()
-            .map(|link| (link.subject, link.tenant))
-            .collect();
-        #[cfg(not(any(feature = "oauth", feature = "apikey")))]
-        drop(tenants);
-        let mut out: Vec<ConnectionInfo> = Vec::new();
-
-        #[cfg(feature = "oauth")]
-        if let Some(oauth) = &self.inner.oauth {
-            let grants = oauth
-                .token_manager()
-                .list()
-                .await
-                .map_err(|e| Error::oauth("listing the OAuth grants failed", e))?;
-            out.extend(grants.into_iter().map(|grant| ConnectionInfo {
-                tenant: tenants.get(&grant.subject).cloned().or(grant.tenant),
-                subject: grant.subject,
-                method: pleo_auth_core::CredentialKind::OAuth,
-                environment: environment.clone(),
-                state: crate::ConnectionState::from_grant(grant.state),
-                scopes: grant.scopes,
-                generation: grant.generation,
-                access_token_expires_at: grant.access_token_expires_at,
-                refreshed_at: grant.refresh_token_issued_at,
-                masked_key: None,
-            }));
-        }
-
-        #[cfg(feature = "apikey")]
-        if let Some(keys) = &self.inner.api_keys {
-            let listed = keys
-                .list()
-                .await
-                .map_err(|e| Error::apikey("listing the Integrated API keys failed", e))?;
-            out.extend(listed.into_iter().map(|key| ConnectionInfo {
-                tenant: tenants.get(&key.subject).cloned().or(key.tenant),
-                subject: key.subject,
-                method: key.kind.credential_kind(),
-                environment: environment.clone(),
-                state: crate::ConnectionState::from_status(key.status),
-                scopes: key.scopes,
-                generation: key.generation,
-                access_token_expires_at: None,
-                refreshed_at: Some(key.updated_at),
-                masked_key: Some(key.masked_key),
-            }));
-        }
-
-        out.sort_by(|a, b| {
-            (a.tenant.as_ref(), a.subject, a.method.as_str()).cmp(&(
-                b.tenant.as_ref(),
-                b.subject,
-                b.method.as_str(),
-            ))
-        });
-        Ok(out)
     }
 }

@@ -12,6 +12,7 @@
 //! | [`stores`] | the file, Vault / OpenBao, AWS Secrets Manager, Redis and PostgreSQL stores, and envelope encryption (local keys, AWS KMS, Vault Transit) |
 //! | [`sandbox`] | a local emulator of Pleo's authorization server and External API |
 //! | [`testing`] | the store and lease conformance suites, for a store of your own |
+//! | [`metrics`] | metric names, units and labels; counters, histograms and gauges through the `metrics` facade |
 //!
 //! A feature that is off builds nothing of its crate: without `aws`, the AWS SDK is never
 //! compiled.
@@ -66,6 +67,13 @@
 //! # }
 //! ```
 //!
+//! # Running for months without a person
+//!
+//! [`PleoAuth::spawn_keep_alive`] sweeps on a schedule (one replica per interval, by a lease),
+//! [`PleoAuth::health`] says whether the store and the lease backend answer and who needs a
+//! person, and every credential's events arrive as one [`PleoEvent`] stream
+//! ([`PleoAuthBuilder::on_event`], [`PleoAuth::subscribe`]).
+//!
 //! Per subject, the client uses the OAuth grant if one exists, else the Integrated key, else the
 //! Standalone key ([`CompositeProvider`]). A request for one company is never sent with another
 //! company's credential, nor with a credential of another environment.
@@ -80,6 +88,18 @@ mod builder;
 mod connect;
 mod connections;
 mod error;
+#[cfg_attr(
+    not(any(feature = "oauth", feature = "apikey")),
+    expect(dead_code, reason = "no method crate is compiled in to emit events")
+)]
+mod events;
+mod health;
+mod inventory;
+#[cfg(feature = "oauth")]
+mod keep_alive;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod provider;
 
 // The core's items, each named once (its `Error` and `Result` are `CoreError` and
@@ -107,6 +127,13 @@ pub use builder::{PleoAuth, PleoAuthBuilder};
 pub use connect::OAuthConnectFlow;
 pub use connections::{ConnectionInfo, ConnectionState};
 pub use error::{Error, Result};
+pub use events::{DEFAULT_EVENT_CAPACITY, DynPleoEventSink, EventKind, PleoEvent, PleoEventSink};
+pub use health::{Health, Probe};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+pub use keep_alive::{
+    DEFAULT_KEEP_ALIVE_EVERY, KeepAliveConfig, KeepAliveHandle, KeepAliveRun, ONCE_LEASE_TTL,
+};
 /// The `/connect` and `/callback` routes of a web integration, over
 /// [`PleoAuth::connect_flow`] and your app's authorization, and the operator view over
 /// [`PleoAuth::admin_view`] (also at `pleo_auth::http`).

@@ -222,3 +222,46 @@ async fn disconnect_revokes_and_is_refused_from_another_site() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// `GET /health` is `PleoAuth::health`: both backends answer, one connection needs
+/// reauthorization, so 503 (for an uptime check); admins only; the page shows the same line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_what_needs_attention() {
+    let (_sandbox, app) = populated().await;
+    assert_eq!(get(&app, "/admin/health", None).await.status(), 401);
+    assert_eq!(
+        get(&app, "/admin/health", Some("erp-1")).await.status(),
+        403
+    );
+    let response = get(&app, "/admin/health", Some("ops|admin")).await;
+    assert_eq!(response.status(), 503);
+    let health: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        health,
+        serde_json::json!({
+            "healthy": false,
+            "store_reachable": true,
+            "lease_reachable": true,
+            "needing_attention": 1,
+            "problem": null,
+        })
+    );
+    let direct = app.auth.health().await;
+    assert_eq!(direct.needing_attention.len(), 1);
+    assert_eq!(
+        direct.needing_attention[0]
+            .subject
+            .company()
+            .map(|c| *c.as_uuid()),
+        Some(seed::ACME_SE)
+    );
+    let page = get(&app, "/admin", Some("ops|admin"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"health\"") && page.contains("store reachable, lease backend reachable"),
+        "{page}"
+    );
+}

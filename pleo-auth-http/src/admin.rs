@@ -94,6 +94,44 @@ impl AdminDisconnect {
     }
 }
 
+/// Whether the backends answer and how many connections need a person, for the operator
+/// view's `GET /health` and its page. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AdminHealth {
+    /// Everything is in order.
+    pub healthy: bool,
+    /// The secret store answered.
+    pub store_reachable: bool,
+    /// The lease backend answered.
+    pub lease_reachable: bool,
+    /// Connections that need reauthorization, a new key, or a pending revocation.
+    pub needing_attention: usize,
+    /// Why the connections could not be read, if they could not.
+    pub problem: Option<String>,
+}
+
+impl AdminHealth {
+    /// A health report.
+    pub fn new(
+        store_reachable: bool,
+        lease_reachable: bool,
+        needing_attention: usize,
+        problem: Option<String>,
+    ) -> Self {
+        Self {
+            healthy: store_reachable
+                && lease_reachable
+                && needing_attention == 0
+                && problem.is_none(),
+            store_reachable,
+            lease_reachable,
+            needing_attention,
+            problem,
+        }
+    }
+}
+
 /// The data behind the operator view. The facade implements it over `PleoAuth`.
 #[async_trait]
 pub trait AdminView: Send + Sync + fmt::Debug + 'static {
@@ -102,6 +140,12 @@ pub trait AdminView: Send + Sync + fmt::Debug + 'static {
 
     /// Disconnects the connection of `tenant`; `None` if it has none.
     async fn disconnect(&self, tenant: &TenantId) -> Result<Option<AdminDisconnect>>;
+
+    /// Whether the store and the lease backend answer (the facade asks `PleoAuth::health`);
+    /// `None` (the default) leaves `GET /health` answering 404 and the page without it.
+    async fn health(&self) -> Option<AdminHealth> {
+        None
+    }
 }
 
 /// A shared, type-erased operator view.
@@ -122,6 +166,9 @@ struct Admin {
 ///   `organisation`, `environment`, `method`, `status`, `last_refresh`, `next_expiry` (RFC
 ///   3339 or `null`), `reauthorization_needed` and `dangling_grants`.
 /// - `GET /connections/{tenant}`: the same for one tenant; `404` if it has none.
+/// - `GET /health`: `{"healthy", "store_reachable", "lease_reachable", "needing_attention",
+///   "problem"}`, `200` when healthy and `503` when not (for a load balancer or an uptime
+///   check), `404` when the view has no health.
 /// - `POST /connections/{tenant}/disconnect`: disconnects the tenant; `{"tenant", "subject",
 ///   "method", "outcome"}`, or `404`. Refused (`403`) when a browser says the request comes
 ///   from another site (`Origin`, `Sec-Fetch-Site`).
@@ -141,6 +188,7 @@ pub fn admin_router(view: DynAdminView, authorization: impl ConnectAuthorization
         .route("/connections", get(list))
         .route("/connections/{tenant}", get(one))
         .route("/connections/{tenant}/disconnect", post(disconnect))
+        .route("/health", get(health))
         .with_state(state)
 }
 
@@ -355,6 +403,21 @@ struct Page<'a> {
     reauthorization: usize,
     waiting: usize,
     dangling: usize,
+    health: Option<AdminHealth>,
+}
+
+async fn health(State(admin): State<Arc<Admin>>, request: Request) -> Response {
+    if let Err(refused) = admin.admit(request).await {
+        return refused;
+    }
+    match admin.view.health().await {
+        Some(health) if health.healthy => json(StatusCode::OK, &health),
+        Some(health) => json(StatusCode::SERVICE_UNAVAILABLE, &health),
+        None => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "this view has no health check"}),
+        ),
+    }
 }
 
 async fn page(State(admin): State<Arc<Admin>>, request: Request) -> Response {
@@ -378,6 +441,7 @@ async fn page(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         waiting,
         dangling: all.iter().map(|c| c.dangling_grants).sum(),
         rows: all.iter().map(Row::of).collect(),
+        health: admin.view.health().await,
     };
     match page.render() {
         Ok(body) => hardened((StatusCode::OK, Html(body)).into_response()),
@@ -412,9 +476,17 @@ mod tests {
             reauthorization: 0,
             waiting: 0,
             dangling: 0,
+            health: Some(AdminHealth::new(
+                true,
+                false,
+                0,
+                Some("<b>lease down</b>".to_owned()),
+            )),
         };
         let body = page.render().unwrap();
         assert!(!body.contains("<script>"), "{body}");
+        assert!(!body.contains("<b>lease"), "{body}");
+        assert!(body.contains("lease backend unreachable"), "{body}");
         assert!(
             body.contains("&#60;script&#62;") || body.contains("&lt;script&gt;"),
             "{body}"

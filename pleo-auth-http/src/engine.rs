@@ -102,7 +102,9 @@ impl Hop<'_> {
         &mut self,
         request: reqwest::Request,
     ) -> std::result::Result<reqwest::Response, SendFailure> {
-        match self {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let sent = match self {
             Hop::Client(client) => client
                 .execute(request)
                 .await
@@ -112,7 +114,25 @@ impl Hop<'_> {
                 .run(request, extensions)
                 .await
                 .map_err(SendFailure::from_middleware),
+        };
+        // Feature `metrics`: each attempt by status class, never with a company or path.
+        #[cfg(feature = "metrics")]
+        {
+            let class = match &sent {
+                Ok(response) => match response.status().as_u16() {
+                    100..=199 => "1xx",
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                },
+                Err(_) => "error",
+            };
+            metrics::counter!("pleo_auth_requests_total", "status_class" => class).increment(1);
+            metrics::histogram!("pleo_auth_request_duration_seconds", "status_class" => class)
+                .record(started.elapsed().as_secs_f64());
         }
+        sent
     }
 }
 

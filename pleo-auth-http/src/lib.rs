@@ -23,7 +23,8 @@ pub mod transport;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use admin::{
-    AdminConnection, AdminDisconnect, AdminView, DynAdminView, WAITING_FOR_CONSENT, admin_router,
+    AdminConnection, AdminDisconnect, AdminHealth, AdminView, DynAdminView, WAITING_FOR_CONSENT,
+    admin_router,
 };
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

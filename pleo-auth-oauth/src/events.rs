@@ -75,6 +75,14 @@ pub enum OAuthEvent {
         /// revocation is retried by keep-alive.
         unsafe_to_revoke: bool,
     },
+    /// A stored grant record could not be read (corrupt, a newer schema, stored at the wrong
+    /// key); keep-alive leaves it as it is and goes on with the others.
+    RecordUnreadable {
+        /// The company or organisation, if the record's key names one.
+        subject: Option<Subject>,
+        /// Why.
+        kind: ErrorKind,
+    },
     /// A grant was disconnected.
     Disconnected {
         /// The company or organisation.
@@ -152,6 +160,12 @@ impl EventSink for TracingEvents {
                 subject,
                 revoked_at_pleo,
             } => tracing::info!(target: T, %subject, revoked_at_pleo, "grant disconnected"),
+            OAuthEvent::RecordUnreadable { subject, kind } => tracing::warn!(
+                target: T,
+                subject = subject.map(|s| s.to_string()),
+                ?kind,
+                "a grant record is unreadable"
+            ),
             OAuthEvent::GrantDangling {
                 subject,
                 reason,

@@ -13,26 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::{self, StreamExt};
 use pleo_auth_core::{
     Credential, CredentialId, CredentialProvider, EnvironmentName, OAuthGrant, RecordStoreExt,
     ScopeSet, Subject, TenantId, Timestamp, layout,
 };
 
-use crate::dangling::{self, DanglingStatus, Swept};
+use crate::dangling::{self, DanglingStatus};
 use crate::error::{Error, ErrorKind, Result};
 use crate::grant::cell::ActiveToken;
-use crate::grant::disconnect::{DisconnectOutcome, disconnect, retry_revocation};
+use crate::grant::disconnect::{DisconnectOutcome, disconnect};
 use crate::grant::flight::obtain;
 use crate::grant::lease::release_kept_lease;
 use crate::grant::persist::persist;
 use crate::grant::phase::{Life, Phase, Trigger, not_connected};
 use crate::inner::Inner;
 use crate::recovery::{PendingPair, Recovered};
-
-/// How long after its pending authorization expired a connection's held tokens are left to
-/// the connection before keep-alive treats them as refused.
-const CONNECT_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// How many rounds [`TokenManager::flush`] tries a pending pair before it gives up.
 pub const FLUSH_ROUNDS: u32 = 4;
@@ -82,27 +77,6 @@ pub struct GrantStatus {
     pub refresh_token_issued_at: Option<Timestamp>,
     /// The integrator's settings of this connection.
     pub settings: BTreeMap<String, String>,
-}
-
-/// What [`TokenManager::keep_alive`] did.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct KeepAliveReport {
-    /// Grants looked at.
-    pub checked: usize,
-    /// Grants whose old refresh token was rotated.
-    pub refreshed: Vec<Subject>,
-    /// Disconnected grants whose revocation at Pleo was retried and succeeded.
-    pub revoked: Vec<Subject>,
-    /// Grants that could not be refreshed or revoked, with the reason.
-    pub failed: Vec<(Subject, Error)>,
-    /// Dangling grants (refused or replaced, see [`TokenManager::dangling`]) revoked, or found
-    /// to be kept after all, in this sweep.
-    pub dangling_settled: usize,
-    /// Dangling grants still dangling after this sweep.
-    pub dangling: Vec<DanglingStatus>,
-    /// Expired pending authorizations (abandoned consents) deleted in this sweep.
-    pub pending_removed: usize,
 }
 
 impl GrantState {
@@ -210,6 +184,10 @@ impl TokenManager {
         Ok(out)
     }
 
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     async fn records(&self) -> Result<Vec<OAuthGrant>> {
         let prefix = layout::oauth_grants(
             self.inner.config.environment().name(),
@@ -233,102 +211,6 @@ impl TokenManager {
             records.extend(reads.into_iter().flatten().map(|(record, _)| record));
         }
         Ok(records)
-    }
-
-    /// Refreshes every active grant whose refresh token is older than
-    /// [`RefreshPolicy::keep_alive_after`](crate::RefreshPolicy::keep_alive_after), so grants of
-    /// idle companies do not expire, retries pending revocations, and deletes expired pending
-    /// authorizations. Call it periodically (for
-    /// example daily) from one or more replicas; the lease keeps refreshes single.
-    pub async fn keep_alive(&self) -> Result<KeepAliveReport> {
-        let records = self.records().await?;
-        let threshold = Timestamp::from_system_time(
-            self.inner
-                .clock
-                .now()
-                .checked_sub(self.inner.policy.keep_alive_after)
-                .unwrap_or(std::time::UNIX_EPOCH),
-        );
-        let mut report = KeepAliveReport {
-            checked: records.len(),
-            ..KeepAliveReport::default()
-        };
-        enum Job {
-            Refresh(Subject),
-            Revoke(Subject),
-        }
-        let jobs: Vec<Job> = records
-            .iter()
-            .filter_map(|r| match Phase::life_of(r) {
-                Life::Active if r.refresh_token_issued_at.is_none_or(|t| t < threshold) => {
-                    Some(Job::Refresh(r.subject))
-                }
-                Life::RevocationPending => Some(Job::Revoke(r.subject)),
-                _ => None,
-            })
-            .collect();
-        let results: Vec<(Job, Result<()>)> = stream::iter(jobs)
-            .map(|job| async move {
-                let result =
-                    match &job {
-                        Job::Refresh(subject) => {
-                            obtain(&self.inner, *subject, Trigger::KeepAlive(threshold))
-                                .await
-                                .map(drop)
-                        }
-                        Job::Revoke(subject) => retry_revocation(&self.inner, *subject)
-                            .await
-                            .and_then(|outcome| match outcome {
-                                DisconnectOutcome::RevocationPending => Err(Error::new(
-                                    ErrorKind::Unavailable,
-                                    "pleo could not be reached to revoke the grant",
-                                )),
-                                _ => Ok(()),
-                            }),
-                    };
-                (job, result)
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        for (job, result) in results {
-            match (job, result) {
-                (Job::Refresh(s), Ok(())) => report.refreshed.push(s),
-                (Job::Revoke(s), Ok(())) => report.revoked.push(s),
-                (Job::Refresh(s) | Job::Revoke(s), Err(e)) => report.failed.push((s, e)),
-            }
-        }
-        self.sweep_dangling(&mut report).await;
-        match crate::pending::sweep(&self.inner).await {
-            Ok(swept) => report.pending_removed = swept.removed,
-            Err(err) => {
-                tracing::warn!(kind = ?err.kind(), "sweeping pending authorizations failed; retried at the next keep-alive");
-            }
-        }
-        Ok(report)
-    }
-
-    /// Retries the revocation of every dangling grant (see [`dangling`](Self::dangling)).
-    async fn sweep_dangling(&self, report: &mut KeepAliveReport) {
-        let records = match dangling::list(&self.inner).await {
-            Ok(records) => records,
-            Err(err) => {
-                tracing::warn!(kind = ?err.kind(), "listing dangling grants failed; retried at the next keep-alive");
-                return;
-            }
-        };
-        for (key, record, version) in records {
-            let before = DanglingStatus::of(&record);
-            match dangling::sweep_one(&self.inner, key, record, version, CONNECT_GRACE).await {
-                Ok(Swept::Settled) => report.dangling_settled += 1,
-                Ok(Swept::Young) => {}
-                Ok(Swept::Left(now)) => report.dangling.push(now),
-                Err(err) => {
-                    tracing::warn!(kind = ?err.kind(), "a dangling grant could not be swept");
-                    report.dangling.push(before);
-                }
-            }
-        }
     }
 
     /// Grants the authorization server issued that are not kept (refused when connecting, or

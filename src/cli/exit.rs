@@ -59,8 +59,12 @@ Exit codes:
   9    network or timeout: Pleo could not be reached, answered 5xx or 429, a revocation is
        only recorded (`disconnect`), or `login` waited in vain for the browser
   130  interrupted (Ctrl-C); the terminal is restored
-`status` exits with the code of the most pressing problem it lists: 7 (unreadable record),
-4 (needs reauthorization), 5 (wrong company), then 9 (Pleo unreachable, with --check).
+`status` exits with the code of the most pressing problem it lists: 7 (unreadable record, or
+with --check a store or lease backend that does not answer), 4 (needs reauthorization), 5
+(wrong company), then 9 (Pleo unreachable, with --check). `health` exits 7, then 4, likewise.
+`keep-alive --once` sweeps every record and then exits with the first of 7 (an unreadable
+record), 4 (a grant Pleo refused), 9 (Pleo unreachable) or 1 when any record failed; it exits 0
+when another replica holds the sweep lease (it skips). `keep-alive --every` exits 0 on SIGTERM.
 A closed output pipe (`pleo-auth status | head -1`) ends the output quietly; the exit code is
 the command's own.";
 
@@ -285,13 +289,19 @@ impl CliError {
                 print_level(Level::Cause, cause);
             }
         } else {
-            match causes.last() {
-                Some(last) => print_level(Level::Error, &format!("{}: {last}", self.message)),
-                None => print_level(Level::Error, &self.message),
-            }
+            print_level(Level::Error, &self.summary());
         }
         if let Some(hint) = &self.hint {
             print_level(Level::Hint, hint);
+        }
+    }
+
+    /// One line: the message and its deepest cause, as [`print`](Self::print) shows it
+    /// without `--verbose`.
+    pub fn summary(&self) -> String {
+        match self.causes().last() {
+            Some(last) => format!("{}: {last}", self.message),
+            None => self.message.clone(),
         }
     }
 

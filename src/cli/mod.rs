@@ -20,6 +20,8 @@ macro_rules! errln {
 mod commands;
 mod demo;
 mod exit;
+mod health;
+mod keep_alive;
 mod keys;
 mod login;
 mod output;
@@ -141,6 +143,13 @@ enum Command {
     /// Show every stored connection: tenant, company, method, environment and state; exits
     /// non-zero when one needs attention
     Status(status::StatusArgs),
+    /// Check that the store and the lease backend answer and list the connections that need a
+    /// person; exits 7 (a backend down, a record unreadable) or 4 (needs reauthorization)
+    Health {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Rotate OAuth tokens now (one company, or every active grant)
     Refresh {
         #[command(flatten)]
@@ -158,6 +167,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep OAuth grants alive without a person: refresh those that would go idle, retry
+    /// pending revocations, remove expired consents; `--once` for cron, `--every 6h` for
+    /// systemd. Exits non-zero when any record failed (the others are still swept)
+    KeepAlive(keep_alive::KeepAliveArgs),
     /// Print a company's current access token, for scripts (refuses a terminal without --reveal)
     Token(commands::TokenArgs),
     /// Manage Integrated API keys (keys are read from stdin or a hidden prompt, never argv)
@@ -256,9 +269,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = Settings::resolve(&cli.config)?;
     // Ctrl-C cancels the command; prompts restore the terminal as they are dropped, and the
     // rotated pairs are still flushed below.
-    let result = tokio::select! {
-        result = dispatch(&settings, command) => result,
-        () = terminal::interrupted() => Err(CliError::interrupted()),
+    let result = match command {
+        // Stops gracefully on SIGTERM and Ctrl-C by itself: a sweep in progress finishes.
+        Command::KeepAlive(args) => keep_alive::run(&settings, args).await,
+        command => tokio::select! {
+            result = dispatch(&settings, command) => result,
+            () = terminal::interrupted() => Err(CliError::interrupted()),
+        },
     };
     // No rotated pair may die with the process: flush before exiting, whatever happened.
     match (result, settings.finish().await) {
@@ -276,12 +293,16 @@ async fn dispatch(settings: &Settings, command: Command) -> Result<(), CliError>
         Command::Login(args) => login::run(settings, args).await,
         Command::Logout { target, json } => commands::logout(settings, target, json).await,
         Command::Status(args) => status::run(settings, args).await,
+        Command::Health { json } => health::run(settings, json).await,
         Command::Refresh { target, json } => commands::refresh(settings, target, json).await,
         Command::Disconnect { target, json } => commands::disconnect(settings, target, json).await,
         Command::Token(args) => commands::token(settings, args).await,
         Command::Keys(command) => keys::run(settings, command).await,
         Command::Api(args) => commands::api(settings, args).await,
         Command::Rewrap { json } => commands::rewrap(settings, json).await,
-        Command::Demo | Command::Sandbox(_) | Command::Completions { .. } => Ok(()),
+        Command::Demo
+        | Command::Sandbox(_)
+        | Command::Completions { .. }
+        | Command::KeepAlive(_) => Ok(()),
     }
 }

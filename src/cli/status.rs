@@ -37,7 +37,7 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// Ask Pleo whether it still accepts each usable connection (GET /v1/introspect), up to 8
-    /// at a time
+    /// at a time, and check that the store and the lease backend answer (on stderr)
     #[arg(long)]
     check: bool,
 }
@@ -133,7 +133,9 @@ pub async fn run(settings: &Settings, args: StatusArgs) -> Result<(), CliError> 
         }),
         Err(_) => Vec::new(),
     };
+    let mut health = None;
     if args.check {
+        health = super::health::status_lines(&auth).await;
         check_all(&auth, &mut entries).await;
     }
     if args.json {
@@ -142,7 +144,11 @@ pub async fn run(settings: &Settings, args: StatusArgs) -> Result<(), CliError> 
         print_waiting(&auth).await;
         print_text(settings, &auth, &entries, &dangling);
     }
-    let codes: Vec<Code> = entries.iter().filter_map(Entry::attention).collect();
+    let codes: Vec<Code> = entries
+        .iter()
+        .filter_map(Entry::attention)
+        .chain(health)
+        .collect();
     match PRIORITY.iter().find(|code| codes.contains(code)) {
         None => Ok(()),
         Some(code) => Err(CliError::new(

@@ -8,7 +8,7 @@ use crate::services::{self, Service};
 use crate::{Cmd, Result, cargo, secs};
 
 /// The facade features that must each build on their own (`--no-default-features --features X`).
-const FACADE_FEATURES: [&str; 12] = [
+const FACADE_FEATURES: [&str; 13] = [
     "oauth",
     "apikey",
     "http",
@@ -21,6 +21,7 @@ const FACADE_FEATURES: [&str; 12] = [
     "kms",
     "transit",
     "sandbox",
+    "metrics",
 ];
 
 /// Crates that must never be a normal dependency of `pleo-auth-core`, nor any crate named

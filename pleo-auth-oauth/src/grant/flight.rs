@@ -383,14 +383,23 @@ async fn request_refresh(
             tokio::time::sleep(Duration::from_millis(millis)).await;
         }
         confirm_lease(inner, guard, &mut confirmed_at).await?;
-        let err = match token::refresh(
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let answer = token::refresh(
             &inner.http,
             &inner.token_endpoint,
             inner.clock.now(),
             presented,
         )
-        .await
-        {
+        .await;
+        // Feature `metrics`: the latency of each token-endpoint request, without any id.
+        #[cfg(feature = "metrics")]
+        metrics::histogram!(
+            "pleo_auth_refresh_duration_seconds",
+            "outcome" => if answer.is_ok() { "success" } else { "error" }
+        )
+        .record(started.elapsed().as_secs_f64());
+        let err = match answer {
             Ok(answer) => return Ok(answer),
             Err(err) => err,
         };

@@ -1,0 +1,89 @@
+//! Helpers of the event tests: a sandbox with canary secrets, the demo client, the consent page.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig, RefreshPolicy};
+use pleo_auth::sandbox::{Sandbox, SandboxHandle, seed};
+use pleo_auth::{ClientSecret, CompanyId, Environment, PleoAuth, Subject};
+
+/// Every secret the sandbox issues starts with this.
+pub const CANARY: &str = "CANARY-";
+/// The access-token lifetime of the sandbox.
+pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+
+pub fn company(id: uuid::Uuid) -> Subject {
+    Subject::Company(CompanyId::from_uuid(id))
+}
+
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Runs the consent page for `options`, choosing `chosen`; the callback URL.
+pub async fn consent(auth: &PleoAuth, options: AuthorizeOptions, chosen: Subject) -> String {
+    let request = auth.oauth().unwrap().authorize(options).await.unwrap();
+    let page = browser().get(request.url.clone()).send().await.unwrap();
+    let html = page.text().await.unwrap();
+    let marker = "name=\"consent_id\" value=\"";
+    let start = html.find(marker).expect("a consent form") + marker.len();
+    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
+    let answer = browser()
+        .post(request.url.join("/oauth/authorize").unwrap())
+        .form(&[
+            ("consent_id", consent_id),
+            ("subject", &chosen.to_string()),
+            ("decision", "allow"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    answer.headers()["location"].to_str().unwrap().to_owned()
+}
+
+pub async fn start_sandbox() -> (SandboxHandle, Environment) {
+    let sandbox = Sandbox::builder()
+        .secret_prefix(CANARY)
+        .access_token_ttl(ACCESS_TTL)
+        .start()
+        .await
+        .unwrap();
+    let base = sandbox.base_url();
+    let environment = Environment::custom("sandbox", base.as_str(), base.as_str()).unwrap();
+    (sandbox, environment)
+}
+
+pub fn oauth_config(environment: &Environment) -> OAuthConfig {
+    OAuthConfig::builder()
+        .environment(environment.clone())
+        .client_id(seed::DEMO_CLIENT_ID)
+        .client_secret(ClientSecret::new(seed::DEMO_CLIENT_SECRET))
+        .redirect_uri("http://127.0.0.1:1/callback")
+        .scopes("users:read")
+        .build()
+        .unwrap()
+}
+
+pub fn fast_policy() -> RefreshPolicy {
+    RefreshPolicy {
+        refresh_jitter: Duration::ZERO,
+        max_attempts: 1,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(40),
+        persist_initial_backoff: Duration::from_millis(10),
+        persist_max_backoff: Duration::from_millis(50),
+        ..RefreshPolicy::default()
+    }
+}
+
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
