@@ -32,7 +32,7 @@ mod reliability_support;
 use events_support::{
     ACCESS_TTL, CANARY, company, consent, eventually, fast_policy, oauth_config, start_sandbox,
 };
-use reliability_support::FlakyStore;
+use reliability_support::FaultyStore;
 
 /// One snapshot of the debugging recorder.
 type Snapshot = Vec<(
@@ -76,7 +76,7 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
 
     let (sandbox, environment) = start_sandbox().await;
     let clock = ManualClock::new();
-    let store = Arc::new(FlakyStore::new(MemoryStore::new()));
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let seen: Arc<Mutex<Vec<PleoEvent>>> = Arc::default();
     let auth = PleoAuth::builder()
         .environment(environment.clone())

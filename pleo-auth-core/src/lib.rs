@@ -15,6 +15,7 @@ mod record;
 mod scope;
 mod secret;
 mod store;
+mod store_lease;
 mod subject;
 mod tenant;
 
@@ -31,7 +32,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use key::{
     ClientId, CredentialKey, MAX_SEGMENT_LEN, MAX_STORE_KEY_LEN, StoreKey, TenantId, layout,
 };
-pub use lease::{DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, StoreLease, lease_for};
+pub use lease::{DynLease, InProcessLease, Lease, LeaseGuard, LeaseRelease, Sharing};
 pub use memory::MemoryStore;
 pub use provider::{Credential, CredentialId, CredentialProvider, DynCredentialProvider};
 pub use record::{
@@ -45,8 +46,9 @@ pub use secret::{
 };
 pub use store::{
     Change, DynSecretStore, ListPage, MAX_PAGE_SIZE, MAX_UPDATE_ROUNDS, Precondition,
-    RecordStoreExt, SecretStore, Sharing, UpdateError, Updated, Version, Versioned,
-    check_page_limit, check_precondition, is_conflict,
+    RecordStoreExt, SecretStore, UpdateError, Updated, Version, Versioned, check_page_limit,
+    check_precondition, is_conflict,
 };
+pub use store_lease::{StoreLease, lease_for};
 pub use subject::{CompanyId, OrganisationId, Subject};
 pub use tenant::{LinkError, LinkOutcome, LinkRequest, PENDING_LINK_TIMEOUT, TenantLinks};

@@ -7,8 +7,9 @@ use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 use crate::key::StoreKey;
+use crate::lease::Sharing;
 use crate::secret::SecretBytes;
-use crate::store::{Precondition, SecretStore, Sharing, Version, Versioned, check_precondition};
+use crate::store::{Precondition, SecretStore, Version, Versioned, check_precondition};
 
 /// A [`SecretStore`] in memory. Versions are a counter shared by all keys, so a key deleted and
 /// written again never reuses an old version.

@@ -98,7 +98,7 @@ fn steps(root: &Path, quick: bool, gate: &mut Gate, started: &mut Vec<Service>) 
     })?;
     gate.step("pleo-auth-core pulls no HTTP crate", || core_guard(root))?;
     gate.step("no import circles between the files of a crate", || {
-        circles::check(root, false)
+        circles::check(root)
     })?;
     gate.step("dependency licenses, bans and sources (cargo deny)", || {
         deny_check(root)

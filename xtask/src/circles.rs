@@ -19,28 +19,15 @@ use syn::visit::Visit;
 
 use crate::{Result, cargo};
 
-/// Library crates whose files still import each other in a circle, so the guard skips them for
-/// now (`cargo xtask circles --all` shows their circles). Remove a crate from this list once its
-/// circle is gone; the guard then keeps it so.
-pub const NOT_YET_CHECKED: [&str; 1] = [
-    // lease.rs <-> store.rs: `SecretStore::native_lease` names `DynLease`, `StoreLease` names
-    // the store traits.
-    "pleo-auth-core",
-];
-
 /// How many re-exports a path may pass through before the guard gives up following it.
 const MAX_REEXPORT_HOPS: usize = 16;
 
-/// Checks every library crate of the workspace except those in [`NOT_YET_CHECKED`] (unless
-/// `include_allowed`); fails with the circle, file by file, of each crate that has one.
-pub fn check(root: &Path, include_allowed: bool) -> Result<()> {
+/// Checks every library crate of the workspace; fails with the circle, file by file, of each
+/// crate that has one.
+pub fn check(root: &Path) -> Result<()> {
     let crates = library_crates(root)?;
     let mut failures = Vec::new();
     for (name, lib) in &crates {
-        if !include_allowed && NOT_YET_CHECKED.contains(&name.as_str()) {
-            println!("{name}: not checked yet (on the allow-list NOT_YET_CHECKED)");
-            continue;
-        }
         let graph = ImportGraph::load(lib)?;
         match graph.circle_report() {
             None => println!(

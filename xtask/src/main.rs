@@ -39,8 +39,8 @@ Commands:
                     guard, cargo deny (licenses, bans, sources; installs cargo-deny if missing),
                     facade feature checks (skipped by --quick), tests, doc tests; stops the
                     services it started itself when it ends
-  circles [--all]   the import-circle guard of `ci`: fail if the files of a library crate import
-                    each other in a circle; --all also checks the crates on its allow-list
+  circles           the import-circle guard of `ci`: fail if the files of a library crate import
+                    each other in a circle
   tidy              cargo fmt --all (leftover todo!/unimplemented!/dbg! are clippy lints of the
                     workspace, [workspace.lints] in Cargo.toml, failed by the clippy step of ci)
   bench [args]      cargo bench --workspace --all-features [args], then the full-size replica
@@ -85,7 +85,8 @@ fn run(args: &[String]) -> Result<()> {
     match command {
         "services" => services::command(&root, rest),
         "ci" => ci::run(&root, optional_flag(command, rest, "--quick")?),
-        "circles" => circles::check(&root, optional_flag(command, rest, "--all")?),
+        "circles" if rest.is_empty() => circles::check(&root),
+        "circles" => Err(usage_error("`circles` takes no arguments")),
         "tidy" if rest.is_empty() => cargo(&root, ["fmt", "--all"], &[]).status(),
         "tidy" => Err(usage_error("`tidy` takes no arguments")),
         "bench" => bench::run(&root, rest),
