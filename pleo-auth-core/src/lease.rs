@@ -164,7 +164,7 @@ impl fmt::Debug for LeaseGuard {
 
 /// A lease within one process: it keeps the tasks of this process from refreshing a grant
 /// twice, and nothing else. Replicas that share a store need a lease that spans them
-/// ([`lease_for`]).
+/// ([`lease_for`](crate::lease_for)).
 #[derive(Debug, Clone)]
 pub struct InProcessLease {
     state: Arc<Mutex<HashMap<StoreKey, Held>>>,
