@@ -30,7 +30,7 @@ const HTTP_CRATES: [&str; 3] = ["reqwest", "hyper", "axum"];
 
 /// The cargo-deny release series the gate installs when cargo-deny is missing (`deny.toml` is
 /// written for it).
-const CARGO_DENY_VERSION: &str = "0.20";
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// How many steps run with and without `--quick`: services, fmt, clippy, doc, the core guard, the
 /// import-circle guard, cargo-deny, tests and doc tests.
