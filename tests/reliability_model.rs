@@ -129,9 +129,10 @@ impl ReferenceStateMachine for GrantModel {
                 Status::Active if m.pleo_revoked => {
                     // The mark is made on the stored record (a pending pair is dropped with
                     // it); a mark that has to wait for the store is written later as a new
-                    // generation of the stored record.
+                    // generation: above the stored one, and never below the generation of a
+                    // pending pair it replaces (callers have seen that generation).
                     if m.writes_fail {
-                        m.generation = m.stored_generation + 1;
+                        m.generation = m.generation.max(m.stored_generation + 1);
                     }
                     m.status = Status::NeedsReauthorization;
                     m.pending = m.writes_fail;

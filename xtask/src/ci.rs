@@ -28,8 +28,8 @@ const FACADE_FEATURES: [&str; 13] = [
 /// `<crate>-...` (such as `hyper-util` or `axum-core`).
 const HTTP_CRATES: [&str; 3] = ["reqwest", "hyper", "axum"];
 
-/// The cargo-deny release series the gate installs when cargo-deny is missing (`deny.toml` is
-/// written for it).
+/// The cargo-deny release the gate installs when cargo-deny is missing (`deny.toml` is written
+/// for it; `cargo install --version` wants a whole version, not a series).
 const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// How many steps run with and without `--quick`: services, fmt, clippy, doc, the core guard, the
