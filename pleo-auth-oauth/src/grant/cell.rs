@@ -192,7 +192,26 @@ type CellMap = HashMap<Subject, Slot, foldhash::fast::RandomState>;
 #[derive(Clone)]
 struct Slot {
     cell: Arc<GrantCell>,
-    token: Option<Arc<ActiveToken>>,
+    token: Option<SlotToken>,
+}
+
+/// The token of a [`Slot`] with a copy of its refresh time: a hit decides freshness from the
+/// slot, which no core writes, and touches the token's allocation only to count the reference
+/// it hands out (every caller on every core writes that count, so reading beside it would make
+/// each hit wait for the cache line twice).
+#[derive(Clone)]
+struct SlotToken {
+    refresh_at: Instant,
+    token: Arc<ActiveToken>,
+}
+
+impl SlotToken {
+    fn of(token: Option<Arc<ActiveToken>>) -> Option<Self> {
+        token.map(|token| Self {
+            refresh_at: token.refresh_at,
+            token,
+        })
+    }
 }
 
 /// The token cache: one cell per subject, in [`CELL_SHARDS`] maps that are read without locks.
@@ -245,8 +264,8 @@ impl Cells {
     /// seconds before expiry, so a few milliseconds either way change nothing).
     pub(crate) fn fresh(&self, subject: &Subject, now: Instant) -> Option<Arc<ActiveToken>> {
         let shard = self.shard(subject).load();
-        let token = shard.get(subject)?.token.as_ref()?;
-        (now < token.refresh_at).then(|| Arc::clone(token))
+        let slot = shard.get(subject)?.token.as_ref()?;
+        (now < slot.refresh_at).then(|| Arc::clone(&slot.token))
     }
 
     /// The cached cell of `subject`, if any (lock-free).
@@ -320,7 +339,7 @@ impl Cells {
         }
         let token = cell.token.load_full();
         let same = match (&slot.token, &token) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.token, b),
             (None, None) => true,
             _ => false,
         };
@@ -330,7 +349,7 @@ impl Cells {
                 cell.subject,
                 Slot {
                     cell: slot.cell.clone(),
-                    token,
+                    token: SlotToken::of(token),
                 },
             );
             shard.store(Arc::new(next));
