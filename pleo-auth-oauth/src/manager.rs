@@ -147,7 +147,9 @@ impl TokenManager {
         {
             return Ok(token);
         }
-        obtain(&self.inner, *subject, Trigger::Fresh).await
+        // Boxed: the refresh path's future is large, and inline it would make every hit build
+        // (and move) a future of its size.
+        Box::pin(obtain(&self.inner, *subject, Trigger::Fresh)).await
     }
 
     /// The state of `subject`'s grant, after reading the store.
