@@ -63,30 +63,6 @@ async fn eight_concurrent_writers_one_winner_per_version() {
 }
 
 #[tokio::test]
-async fn versions_are_never_reused_after_a_delete() {
-    let store = store().await;
-    let k = key(&["reborn"]);
-    let old = store
-        .put(&k, bytes("a"), Precondition::Absent)
-        .await
-        .unwrap();
-    store
-        .delete(&k, Precondition::Version(old.clone()))
-        .await
-        .unwrap();
-    let new = store
-        .put(&k, bytes("b"), Precondition::Absent)
-        .await
-        .unwrap();
-    assert!(new.as_u64().unwrap() > old.as_u64().unwrap());
-    let err = store
-        .put(&k, bytes("stale"), Precondition::Version(old))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict);
-}
-
-#[tokio::test]
 async fn lease_expiry_and_fencing() {
     let store = store().await;
     let lease = store.lease();

@@ -160,7 +160,7 @@ async fn delete_rules(store: &DynSecretStore, root: &StoreKey) {
         .await
         .unwrap();
     let err = store
-        .delete(&key, Precondition::Version(v1))
+        .delete(&key, Precondition::Version(v1.clone()))
         .await
         .expect_err("delete with a stale version must fail");
     assert_eq!(err.kind(), ErrorKind::Conflict);
@@ -182,7 +182,7 @@ async fn delete_rules(store: &DynSecretStore, root: &StoreKey) {
         .await
         .expect("unconditional delete of a missing key succeeds");
     let err = store
-        .delete(&key, Precondition::Version(v2))
+        .delete(&key, Precondition::Version(v2.clone()))
         .await
         .expect_err("delete with a version of a missing key must fail");
     assert_eq!(err.kind(), ErrorKind::Conflict);
@@ -190,6 +190,21 @@ async fn delete_rules(store: &DynSecretStore, root: &StoreKey) {
         .put(&key, bytes("c"), Precondition::Absent)
         .await
         .expect("a deleted key can be created again");
+    assert_eq!(
+        read(store, &key).await.unwrap(),
+        (b"c".to_vec(), again.clone())
+    );
+    // Versions are never reused, not even across a delete: a writer still holding a version
+    // from before the delete must not overwrite the record made after it.
+    assert_ne!(again, v1, "a version from before the delete is not reused");
+    assert_ne!(again, v2, "a version from before the delete is not reused");
+    for stale in [v1, v2] {
+        let err = store
+            .put(&key, bytes("stale"), Precondition::Version(stale))
+            .await
+            .expect_err("a version from before the delete never matches");
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+    }
     assert_eq!(read(store, &key).await.unwrap(), (b"c".to_vec(), again));
 }
 
