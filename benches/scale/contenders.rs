@@ -46,20 +46,25 @@ impl Fixture {
         format!("{}oauth/token", self.sandbox.base_url())
     }
 
-    /// A connected grant of `company` held by a fresh `OAuthClient` on its own memory store.
-    pub(crate) async fn connect(
-        &self,
-        company: uuid::Uuid,
-        clock: DynClock,
-    ) -> (TokenManager, OAuthGrant) {
-        let config = OAuthConfig::builder()
+    /// The benchmarks' OAuth client registration against the sandbox.
+    pub(crate) fn oauth_config(&self) -> OAuthConfig {
+        OAuthConfig::builder()
             .environment(self.environment.clone())
             .client_id(CLIENT_ID)
             .client_secret(ClientSecret::new(CLIENT_SECRET))
             .redirect_uri(REDIRECT_URI)
             .scopes(SCOPE)
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A connected grant of `company` held by a fresh `OAuthClient` on its own memory store.
+    pub(crate) async fn connect(
+        &self,
+        company: uuid::Uuid,
+        clock: DynClock,
+    ) -> (TokenManager, OAuthGrant) {
+        let config = self.oauth_config();
         let store = Arc::new(MemoryStore::new());
         let oauth = OAuthClient::builder(config, store.clone())
             .clock(clock)

@@ -191,16 +191,7 @@ pub(crate) fn stores(criterion: &mut Criterion, summary: &mut Summary) {
 
     // moto: GetSecretValue and the compare-and-swap recipe (PutSecretValue with a label, then
     // UpdateSecretVersionStage moving AWSCURRENT) with the SDK against ours.
-    let aws_store = runtime.block_on(async {
-        AwsStore::builder()
-            .endpoint_url(service_env("PLEO_AUTH_TEST_AWS_ENDPOINT"))
-            .region("eu-west-1")
-            .static_credentials("AKIDBENCH", "bench-secret-access-key")
-            .name_prefix(format!("pleo-bench/{run}/"))
-            .build()
-            .await
-            .unwrap()
-    });
+    let aws_store = runtime.block_on(aws_store(&format!("pleo-bench/{run}/")));
     let sdk = aws_store.client().clone();
     let raw_name = format!("pleo-bench/{run}/raw");
     let current = Arc::new(std::sync::Mutex::new(
@@ -429,4 +420,16 @@ pub(crate) fn postgres_group(
         median(&mut raw_put),
         Some(1.15),
     );
+}
+
+/// An AWS Secrets Manager store on moto, its secrets named under `prefix`.
+pub(crate) async fn aws_store(prefix: &str) -> AwsStore {
+    AwsStore::builder()
+        .endpoint_url(service_env("PLEO_AUTH_TEST_AWS_ENDPOINT"))
+        .region("eu-west-1")
+        .static_credentials("AKIDBENCH", "bench-secret-access-key")
+        .name_prefix(prefix)
+        .build()
+        .await
+        .unwrap()
 }

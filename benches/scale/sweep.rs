@@ -108,14 +108,7 @@ pub(crate) async fn sweep_backend(
     while let Some(key) = writes.next().await {
         keys.push(key);
     }
-    let config = OAuthConfig::builder()
-        .environment(fixture.environment.clone())
-        .client_id(CLIENT_ID)
-        .client_secret(ClientSecret::new(CLIENT_SECRET))
-        .redirect_uri(REDIRECT_URI)
-        .scopes(SCOPE)
-        .build()
-        .unwrap();
+    let config = fixture.oauth_config();
     let dyn_store: pleo_auth_core::DynSecretStore = store.clone();
     let manager = OAuthClient::builder(config, dyn_store)
         .build()
@@ -198,14 +191,7 @@ pub(crate) fn sweep(fixture: &Fixture, summary: &mut Summary) {
             10_000,
         )
         .await;
-        let aws = AwsStore::builder()
-            .endpoint_url(service_env("PLEO_AUTH_TEST_AWS_ENDPOINT"))
-            .region("eu-west-1")
-            .static_credentials("AKIDBENCH", "bench-secret-access-key")
-            .name_prefix(format!("pleo-sweep/{run}/"))
-            .build()
-            .await
-            .unwrap();
+        let aws = aws_store(&format!("pleo-sweep/{run}/")).await;
         let sdk = aws.client().clone();
         let moto: pleo_auth_core::DynSecretStore = Arc::new(aws);
         sweep_backend(
