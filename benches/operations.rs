@@ -13,22 +13,18 @@
 //!
 //! `cargo bench -p pleo-auth --features oauth,metrics --bench operations`
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Instant, SystemTime};
 
-use async_trait::async_trait;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use pleo_auth::oauth::{KeepAliveOptions, OAuthConfig};
 use pleo_auth::{
-    ClientSecret, CoreResult, CredentialProvider, Environment, EnvironmentName, KeepAliveConfig,
-    ListPage, MemoryStore, OAuthGrant, PleoAuth, Precondition, RecordStoreExt, SecretBytes,
-    SecretStore, Sharing, StoreKey, Subject, Timestamp, Version, Versioned, layout,
+    ClientSecret, CredentialProvider, Environment, EnvironmentName, KeepAliveConfig, MemoryStore,
+    OAuthGrant, PleoAuth, Precondition, RecordStoreExt, SecretStore, Subject, Timestamp, layout,
 };
+use pleo_auth_core::testing::FaultyStore;
 
 mod support;
 
@@ -38,72 +34,6 @@ const SWEEP_GRANTS: usize = 100_000;
 const HIT_GRANTS: usize = 1_000;
 const ROUNDS: usize = 15;
 const CALLS_PER_ROUND: usize = 200_000;
-
-/// Counts every call that reaches the store (a round trip on a networked backend).
-struct Counting {
-    inner: MemoryStore,
-    calls: AtomicU64,
-    by_op: std::sync::Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl Counting {
-    fn count(&self, op: &'static str) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        *self.by_op.lock().unwrap().entry(op).or_default() += 1;
-    }
-
-    fn reset(&self) -> (u64, BTreeMap<&'static str, u64>) {
-        let calls = self.calls.swap(0, Ordering::Relaxed);
-        (calls, std::mem::take(&mut *self.by_op.lock().unwrap()))
-    }
-}
-
-impl fmt::Debug for Counting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-#[async_trait]
-impl SecretStore for Counting {
-    async fn get(&self, key: &StoreKey) -> CoreResult<Option<Versioned>> {
-        self.count("get");
-        self.inner.get(key).await
-    }
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> CoreResult<Version> {
-        self.count("put");
-        self.inner.put(key, value, precondition).await
-    }
-    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> CoreResult<()> {
-        self.count("delete");
-        self.inner.delete(key, precondition).await
-    }
-    async fn list(&self, prefix: &StoreKey) -> CoreResult<Vec<StoreKey>> {
-        self.count("list");
-        self.inner.list(prefix).await
-    }
-    async fn get_many(&self, keys: &[StoreKey]) -> CoreResult<Vec<Option<Versioned>>> {
-        self.count("get_many");
-        self.inner.get_many(keys).await
-    }
-    async fn list_page(
-        &self,
-        prefix: &StoreKey,
-        after: Option<&StoreKey>,
-        limit: usize,
-    ) -> CoreResult<ListPage> {
-        self.count("list_page");
-        self.inner.list_page(prefix, after, limit).await
-    }
-    fn sharing(&self) -> Sharing {
-        Sharing::ProcessLocal
-    }
-}
 
 fn environment() -> Environment {
     Environment::custom("sandbox", "http://127.0.0.1:9/", "http://127.0.0.1:9/").unwrap()
@@ -123,7 +53,11 @@ async fn seed(store: &dyn SecretStore, n: usize) {
     }
 }
 
-fn auth(store: Arc<Counting>) -> PleoAuth {
+/// A memory store behind the store double, which counts every call that reaches the store (a
+/// round trip on a networked backend).
+type Counted = FaultyStore<MemoryStore>;
+
+fn auth(store: Arc<Counted>) -> PleoAuth {
     let config = OAuthConfig::builder()
         .environment(environment())
         .client_id("bench")
@@ -208,11 +142,7 @@ fn hit_path(auth: &PleoAuth) {
 }
 
 async fn sweeps() {
-    let store = Arc::new(Counting {
-        inner: MemoryStore::new(),
-        calls: AtomicU64::new(0),
-        by_op: std::sync::Mutex::default(),
-    });
+    let store = Arc::new(Counted::default());
     seed(store.as_ref(), SWEEP_GRANTS).await;
     let auth = auth(store.clone());
     // The floor: list the grants and read and decode them in pages of 1,000, nothing else.
@@ -220,20 +150,20 @@ async fn sweeps() {
         &EnvironmentName::new("sandbox").unwrap(),
         &"bench".parse().unwrap(),
     );
-    store.reset();
+    store.take_calls();
     let started = Instant::now();
     let keys = store.list(&prefix).await.unwrap();
     for page in keys.chunks(1000) {
         black_box(store.get_records::<OAuthGrant>(page).await.unwrap());
     }
     let floor = started.elapsed();
-    let (floor_calls, _) = store.reset();
+    let floor_calls = store.take_calls().round_trips();
     println!(
         "floor (list, then get_records per 1,000): {:.0} ms, {floor_calls} store round trips",
         floor.as_secs_f64() * 1000.0
     );
     for page in [100, 500, 1000] {
-        store.reset();
+        store.take_calls();
         let started = Instant::now();
         let run = auth
             .keep_alive_once(
@@ -242,7 +172,8 @@ async fn sweeps() {
             .await
             .unwrap();
         let took = started.elapsed();
-        let (calls, by_op) = store.reset();
+        let by_op = store.take_calls();
+        let calls = by_op.round_trips();
         let report = run.report().expect("this process sweeps");
         assert_eq!(report.checked, SWEEP_GRANTS);
         assert_eq!(report.failures(), 0);
@@ -262,11 +193,7 @@ fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     if wanted("hit_path") {
-        let store = Arc::new(Counting {
-            inner: MemoryStore::new(),
-            calls: AtomicU64::new(0),
-            by_op: std::sync::Mutex::default(),
-        });
+        let store = Arc::new(Counted::default());
         runtime.block_on(seed(store.as_ref(), HIT_GRANTS));
         let auth = runtime.block_on(async {
             let auth = auth(store.clone());

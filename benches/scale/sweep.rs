@@ -1,82 +1,15 @@
 //! Keep-alive sweep.
 
+use pleo_auth_core::testing::{FaultyStore, StoreCalls};
+
 use super::*;
 
-/// Counts the calls that reach a store.
-#[derive(Debug)]
-pub(crate) struct Counting<S> {
-    pub(crate) inner: S,
-    pub(crate) gets: std::sync::atomic::AtomicU64,
-    pub(crate) batches: std::sync::atomic::AtomicU64,
-    pub(crate) lists: std::sync::atomic::AtomicU64,
-}
+/// A store behind the store double, which counts the calls that reach it and offers the
+/// backend's native lease (so the counts are of grant reads alone).
+pub(crate) type Counted = FaultyStore<pleo_auth_core::DynSecretStore>;
 
-impl<S> Counting<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Self {
-            inner,
-            gets: Default::default(),
-            batches: Default::default(),
-            lists: Default::default(),
-        }
-    }
-
-    /// (get, get_many, list) calls since the last take.
-    pub(crate) fn take(&self) -> (u64, u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.gets.swap(0, Relaxed),
-            self.batches.swap(0, Relaxed),
-            self.lists.swap(0, Relaxed),
-        )
-    }
-}
-
-#[async_trait::async_trait]
-impl<S: SecretStore> SecretStore for Counting<S> {
-    async fn get(
-        &self,
-        key: &StoreKey,
-    ) -> pleo_auth_core::Result<Option<pleo_auth_core::Versioned>> {
-        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.get(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<Version> {
-        self.inner.put(key, value, precondition).await
-    }
-
-    async fn delete(
-        &self,
-        key: &StoreKey,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<()> {
-        self.inner.delete(key, precondition).await
-    }
-
-    async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
-        self.lists
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.list(prefix).await
-    }
-
-    async fn get_many(
-        &self,
-        keys: &[StoreKey],
-    ) -> pleo_auth_core::Result<Vec<Option<pleo_auth_core::Versioned>>> {
-        self.batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.get_many(keys).await
-    }
-
-    fn native_lease(&self) -> Option<pleo_auth_core::DynLease> {
-        self.inner.native_lease()
-    }
+fn counted(store: pleo_auth_core::DynSecretStore) -> Arc<Counted> {
+    Arc::new(FaultyStore::new(store).with_native_lease())
 }
 
 /// `keep_alive` over `grants` fresh grants on `store`, against the per-grant reads of before
@@ -85,7 +18,7 @@ pub(crate) async fn sweep_backend(
     fixture: &Fixture,
     summary: &mut Summary,
     backend: &str,
-    store: Arc<Counting<pleo_auth_core::DynSecretStore>>,
+    store: Arc<Counted>,
     grants: usize,
 ) {
     let (_, template) = fixture.connect(seed::ACME_DK, Arc::new(SystemClock)).await;
@@ -115,9 +48,9 @@ pub(crate) async fn sweep_backend(
         .unwrap()
         .token_manager();
     let prefix = pleo_auth_core::layout::oauth_grants(&template.environment, &template.client_id);
-    store.take();
+    store.take_calls();
     let (mut before, mut after) = (Vec::new(), Vec::new());
-    let (mut before_calls, mut after_calls) = ((0, 0, 0), (0, 0, 0));
+    let (mut before_calls, mut after_calls) = (StoreCalls::default(), StoreCalls::default());
     for _ in 0..3 {
         let started = Instant::now();
         let listed = store.list(&prefix).await.unwrap();
@@ -129,20 +62,23 @@ pub(crate) async fn sweep_backend(
         }
         before.push(started.elapsed());
         assert_eq!(read, grants);
-        before_calls = store.take();
+        before_calls = store.take_calls();
 
         let started = Instant::now();
         let report = manager.keep_alive().await.unwrap();
         after.push(started.elapsed());
         assert_eq!(report.checked, grants);
         assert!(report.refreshed.is_empty() && report.failed.is_empty());
-        after_calls = store.take();
+        after_calls = store.take_calls();
     }
     let (before, after) = (median(&mut before), median(&mut after));
-    let calls = |(gets, batches, lists): (u64, u64, u64)| {
+    let calls = |calls: StoreCalls| {
         format!(
-            "{} (list {lists}, get {gets}, get_many {batches})",
-            gets + batches + lists
+            "{} (list {}, get {}, get_many {})",
+            calls.round_trips(),
+            calls.list + calls.list_page,
+            calls.get,
+            calls.get_many
         )
     };
     summary.note(format!(
@@ -168,14 +104,7 @@ pub(crate) fn sweep(fixture: &Fixture, summary: &mut Summary) {
     runtime.block_on(async {
         let (postgres, _) = postgres_pair(&format!("sweep_{run}")).await;
         let postgres: pleo_auth_core::DynSecretStore = Arc::new(postgres);
-        sweep_backend(
-            fixture,
-            summary,
-            "postgres",
-            Arc::new(Counting::new(postgres)),
-            10_000,
-        )
-        .await;
+        sweep_backend(fixture, summary, "postgres", counted(postgres), 10_000).await;
         let redis: pleo_auth_core::DynSecretStore = Arc::new(
             RedisStore::builder(service_env("PLEO_AUTH_TEST_REDIS_URL"))
                 .key_prefix(format!("pleo-sweep:{run}:"))
@@ -183,25 +112,11 @@ pub(crate) fn sweep(fixture: &Fixture, summary: &mut Summary) {
                 .await
                 .unwrap(),
         );
-        sweep_backend(
-            fixture,
-            summary,
-            "redis",
-            Arc::new(Counting::new(redis)),
-            10_000,
-        )
-        .await;
+        sweep_backend(fixture, summary, "redis", counted(redis), 10_000).await;
         let aws = aws_store(&format!("pleo-sweep/{run}/")).await;
         let sdk = aws.client().clone();
         let moto: pleo_auth_core::DynSecretStore = Arc::new(aws);
-        sweep_backend(
-            fixture,
-            summary,
-            "moto",
-            Arc::new(Counting::new(moto)),
-            1_000,
-        )
-        .await;
+        sweep_backend(fixture, summary, "moto", counted(moto), 1_000).await;
         // moto finds a secret by scanning them all: leave none behind.
         let mut pages = sdk
             .list_secrets()

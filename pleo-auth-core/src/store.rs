@@ -417,7 +417,3 @@ pub fn check_precondition(
 pub fn is_conflict(err: &Error) -> bool {
     err.kind() == ErrorKind::Conflict
 }
-
-#[cfg(test)]
-#[path = "store_tests.rs"]
-mod tests;

@@ -3,59 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
+use pleo_auth_core::testing::FaultyStore;
 use pleo_auth_core::{
     AccessToken, ClientSecret, CredentialKey, CredentialStatus, Environment, EnvironmentName,
-    MemoryStore, OAuthGrant, Precondition, RecordStoreExt, RefreshToken, Result, SecretBytes,
-    SecretStore, StoreKey, Subject, Timestamp, Version, Versioned, layout,
+    OAuthGrant, Precondition, RecordStoreExt, RefreshToken, Subject, Timestamp, layout,
 };
 use pleo_auth_oauth::{OAuthClient, OAuthConfig};
 
 const GRANTS: usize = 2_500;
-
-/// Counts the reads that reach the inner store.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: MemoryStore,
-    gets: AtomicU64,
-    batches: AtomicU64,
-    batched_keys: AtomicU64,
-}
-
-#[async_trait]
-impl SecretStore for Counting {
-    async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> Result<Version> {
-        self.inner.put(key, value, precondition).await
-    }
-
-    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()> {
-        self.inner.delete(key, precondition).await
-    }
-
-    async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
-        self.batches.fetch_add(1, Ordering::SeqCst);
-        self.batched_keys
-            .fetch_add(keys.len() as u64, Ordering::SeqCst);
-        self.inner.get_many(keys).await
-    }
-}
 
 fn grant(i: usize, now: Timestamp) -> OAuthGrant {
     OAuthGrant {
@@ -81,7 +38,7 @@ fn grant(i: usize, now: Timestamp) -> OAuthGrant {
 
 #[tokio::test]
 async fn keep_alive_and_list_read_grants_in_batches() {
-    let store = Arc::new(Counting::default());
+    let store = Arc::new(FaultyStore::default());
     let now = Timestamp::from_system_time(SystemTime::now());
     for i in 0..GRANTS {
         let record = grant(i, now);
@@ -113,20 +70,16 @@ async fn keep_alive_and_list_read_grants_in_batches() {
     let report = manager.keep_alive().await.unwrap();
     assert_eq!(report.checked, GRANTS, "every grant was checked");
     assert!(report.refreshed.is_empty(), "fresh grants are left alone");
+    assert_eq!(store.calls().get, 0, "no grant was read on its own");
     assert_eq!(
-        store.gets.load(Ordering::SeqCst),
-        0,
-        "no grant was read on its own"
-    );
-    assert_eq!(
-        store.batches.load(Ordering::SeqCst),
+        store.calls().get_many,
         3,
         "2,500 grants in batches of at most 1,000"
     );
-    assert_eq!(store.batched_keys.load(Ordering::SeqCst), GRANTS as u64);
+    assert_eq!(store.calls().batched_keys, GRANTS as u64);
 
     let listed = manager.list().await.unwrap();
     assert_eq!(listed.len(), GRANTS);
-    assert_eq!(store.gets.load(Ordering::SeqCst), 0);
-    assert_eq!(store.batches.load(Ordering::SeqCst), 6);
+    assert_eq!(store.calls().get, 0);
+    assert_eq!(store.calls().get_many, 6);
 }

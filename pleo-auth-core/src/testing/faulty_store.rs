@@ -1,20 +1,29 @@
-//! A store that wraps another and fails on command: the one fault-injecting store of the
-//! tests, a double at the trait boundary in front of a real store.
+//! A store that wraps another, counts the calls that reach it and fails on command: the one
+//! store double of the tests and benchmarks, at the trait boundary in front of a real store.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::{
-    Error, MemoryStore, Precondition, Result, SecretBytes, SecretStore, Sharing, StoreKey, Version,
-    Versioned,
+    DynLease, Error, ListPage, MemoryStore, Precondition, Result, SecretBytes, SecretStore,
+    Sharing, StoreKey, Version, Versioned,
 };
 
-/// Wraps a store (a [`MemoryStore`] by default) and fails reads, writes and deletes while told
-/// to, or hangs. The switches and counters are public atomics, so a test (or a failpoint
-/// callback) flips them from anywhere. Injected failures are retryable
-/// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) errors of the backend `"faulty"`.
+/// Wraps a store (a [`MemoryStore`] by default), counts every call ([`FaultyStore::calls`]),
+/// and fails reads, writes and deletes while told to, hangs, or lets a rival writer land just
+/// before a write ([`FaultyStore::rival_write_before_next_put`]). The switches and counters are
+/// public atomics, so a test (or a failpoint callback) flips them from anywhere. Injected
+/// failures are retryable [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) errors of
+/// the backend `"faulty"`.
+///
+/// Batch reads and pages are passed to the wrapped store's own `get_many` and `list_page`, so a
+/// count of calls is a count of the round trips a networked backend makes. The wrapped store's
+/// native lease is not offered unless asked for ([`FaultyStore::with_native_lease`]): leases then
+/// live in the store, where the injected faults reach them.
 ///
 /// ```
 /// # async fn run() -> pleo_auth_core::Result<()> {
@@ -56,6 +65,74 @@ pub struct FaultyStore<S = MemoryStore> {
     pub writes: AtomicU64,
     /// Only writes and deletes of keys starting with this fail.
     only_under: Option<String>,
+    /// Whether [`SecretStore::native_lease`] offers the wrapped store's lease.
+    native_lease: bool,
+    /// Calls that reached this store, refused ones included.
+    counts: CallCounters,
+    /// Writes of another writer, each landing just before one `put`.
+    rivals: Mutex<VecDeque<(StoreKey, SecretBytes)>>,
+}
+
+/// How many calls of each kind reached a [`FaultyStore`] (refused ones included).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCalls {
+    /// `get` calls.
+    pub get: u64,
+    /// `get_many` calls.
+    pub get_many: u64,
+    /// Keys asked for by the `get_many` calls.
+    pub batched_keys: u64,
+    /// `put` calls.
+    pub put: u64,
+    /// `delete` calls.
+    pub delete: u64,
+    /// `list` calls.
+    pub list: u64,
+    /// `list_page` calls.
+    pub list_page: u64,
+}
+
+impl StoreCalls {
+    /// Every call: the round trips a networked backend would make.
+    pub fn round_trips(&self) -> u64 {
+        self.get + self.get_many + self.put + self.delete + self.list + self.list_page
+    }
+}
+
+#[derive(Debug, Default)]
+struct CallCounters {
+    get: AtomicU64,
+    get_many: AtomicU64,
+    batched_keys: AtomicU64,
+    put: AtomicU64,
+    delete: AtomicU64,
+    list: AtomicU64,
+    list_page: AtomicU64,
+}
+
+impl CallCounters {
+    fn read(&self, take: bool) -> StoreCalls {
+        let read = |counter: &AtomicU64| {
+            if take {
+                counter.swap(0, Ordering::SeqCst)
+            } else {
+                counter.load(Ordering::SeqCst)
+            }
+        };
+        StoreCalls {
+            get: read(&self.get),
+            get_many: read(&self.get_many),
+            batched_keys: read(&self.batched_keys),
+            put: read(&self.put),
+            delete: read(&self.delete),
+            list: read(&self.list),
+            list_page: read(&self.list_page),
+        }
+    }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::SeqCst);
 }
 
 impl Default for FaultyStore<MemoryStore> {
@@ -77,7 +154,37 @@ impl<S> FaultyStore<S> {
             refused_reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             only_under: None,
+            native_lease: false,
+            counts: CallCounters::default(),
+            rivals: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Offers the wrapped store's native lease (a Redis or PostgreSQL lease), so leases bypass
+    /// this wrapper: its faults and counts then concern the records alone.
+    pub fn with_native_lease(mut self) -> Self {
+        self.native_lease = true;
+        self
+    }
+
+    /// The calls that reached this store so far.
+    pub fn calls(&self) -> StoreCalls {
+        self.counts.read(false)
+    }
+
+    /// The calls that reached this store since the last take, setting the counts to zero.
+    pub fn take_calls(&self) -> StoreCalls {
+        self.counts.read(true)
+    }
+
+    /// Lets another writer put `value` at `key` (unconditionally) just before the next `put`
+    /// reaches the wrapped store, so that write may name a version that is no longer current.
+    /// Each call arms one rival write; they land in order, one per `put`.
+    pub fn rival_write_before_next_put(&self, key: StoreKey, value: SecretBytes) {
+        self.rivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((key, value));
     }
 
     /// Makes write and delete failures apply only to keys that start with `prefix` (for
@@ -134,6 +241,7 @@ fn injected(what: &str) -> Error {
 #[async_trait]
 impl<S: SecretStore> SecretStore for FaultyStore<S> {
     async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
+        count(&self.counts.get);
         self.maybe_stall().await;
         if self.refuse_read() {
             return Err(injected("read"));
@@ -147,16 +255,28 @@ impl<S: SecretStore> SecretStore for FaultyStore<S> {
         value: SecretBytes,
         precondition: Precondition,
     ) -> Result<Version> {
+        count(&self.counts.put);
         self.maybe_stall().await;
         if self.refuse_write(key) {
             self.refused_writes.fetch_add(1, Ordering::SeqCst);
             return Err(injected("write"));
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
+        let rival = self
+            .rivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        if let Some((rival_key, rival_value)) = rival {
+            self.inner
+                .put(&rival_key, rival_value, Precondition::None)
+                .await?;
+        }
         self.inner.put(key, value, precondition).await
     }
 
     async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()> {
+        count(&self.counts.delete);
         if self.covers(key) && self.fail_writes.load(Ordering::SeqCst) {
             return Err(injected("delete"));
         }
@@ -164,13 +284,47 @@ impl<S: SecretStore> SecretStore for FaultyStore<S> {
     }
 
     async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
+        count(&self.counts.list);
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(injected("list"));
         }
         self.inner.list(prefix).await
     }
 
+    async fn get_many(&self, keys: &[StoreKey]) -> Result<Vec<Option<Versioned>>> {
+        count(&self.counts.get_many);
+        self.counts
+            .batched_keys
+            .fetch_add(keys.len() as u64, Ordering::SeqCst);
+        self.maybe_stall().await;
+        if self.refuse_read() {
+            return Err(injected("batch read"));
+        }
+        self.inner.get_many(keys).await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &StoreKey,
+        after: Option<&StoreKey>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        count(&self.counts.list_page);
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(injected("list"));
+        }
+        self.inner.list_page(prefix, after, limit).await
+    }
+
     fn sharing(&self) -> Sharing {
         self.inner.sharing()
+    }
+
+    fn native_lease(&self) -> Option<DynLease> {
+        if self.native_lease {
+            self.inner.native_lease()
+        } else {
+            None
+        }
     }
 }

@@ -22,7 +22,7 @@ mod trace_capture;
 
 pub use api_url::check_api_url;
 pub use fault_proxy::{FaultProxy, ProxyFault};
-pub use faulty_store::FaultyStore;
+pub use faulty_store::{FaultyStore, StoreCalls};
 pub use leak_scan::{Leak, LeakEncoding, MIN_SECRET_LEN, assert_no_leak, find_leak};
 pub use tenant::tenant_links_conformance;
 pub use trace_capture::{TraceCapture, assert_marker_absent, error_chain};
@@ -38,8 +38,14 @@ use crate::lease::DynLease;
 use crate::secret::{SecretBytes, random_urlsafe};
 use crate::store::{DynSecretStore, Precondition, SecretStore, Version};
 
-fn bytes(s: &str) -> SecretBytes {
+/// The bytes of `s` as a secret value, for tests that write to a store.
+pub fn bytes(s: &str) -> SecretBytes {
     SecretBytes::new(s.as_bytes().to_vec())
+}
+
+/// A store key made of `parts`; panics on a part that is not a valid key segment.
+pub fn key(parts: &[&str]) -> StoreKey {
+    StoreKey::from_parts(parts).expect("valid key parts")
 }
 
 async fn read(store: &DynSecretStore, key: &StoreKey) -> Option<(Vec<u8>, Version)> {

@@ -1,11 +1,12 @@
-//! Unit tests of `store.rs`.
+//! `RecordStoreExt::update`, the one read-modify-CAS loop: it reads again after a conflict, gives
+//! up after a bound, and passes deletes and the closure's refusals through. Rival writers are
+//! made with the one store double, `FaultyStore`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use super::*;
-use crate::{
-    ClientId, CredentialKind, EnvironmentName, LinkStatus, MemoryStore, Subject, TenantId,
-    TenantLink, Timestamp,
+use pleo_auth_core::testing::FaultyStore;
+use pleo_auth_core::{
+    Change, ClientId, CredentialKind, EnvironmentName, Error, ErrorKind, LinkStatus,
+    MAX_UPDATE_ROUNDS, Precondition, Record, RecordStoreExt, SecretStore, StoreKey, Subject,
+    TenantId, TenantLink, Timestamp, UpdateError, Updated, layout,
 };
 
 fn link(at: u64) -> TenantLink {
@@ -25,51 +26,17 @@ fn link(at: u64) -> TenantLink {
 
 fn key() -> StoreKey {
     let l = link(0);
-    crate::layout::tenant_link(&l.environment, &l.tenant)
+    layout::tenant_link(&l.environment, &l.tenant)
 }
 
-/// A memory store on which a rival writer lands just before each of the first `rivals`
-/// conditional writes.
-#[derive(Debug)]
-struct Contested {
-    inner: MemoryStore,
-    rivals: AtomicUsize,
-}
-
-#[async_trait]
-impl SecretStore for Contested {
-    async fn get(&self, key: &StoreKey) -> Result<Option<Versioned>> {
-        self.inner.get(key).await
+/// A memory store on which a rival writer lands just before each of the first `rivals` writes.
+fn contested(rivals: usize) -> FaultyStore {
+    let store = FaultyStore::default();
+    for _ in 0..rivals {
+        let bytes = link(999).encode().unwrap();
+        store.rival_write_before_next_put(key(), bytes);
     }
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> Result<Version> {
-        let rival = self
-            .rivals
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if rival {
-            let bytes = link(999).encode()?;
-            self.inner.put(key, bytes, Precondition::None).await?;
-        }
-        self.inner.put(key, value, precondition).await
-    }
-    async fn delete(&self, key: &StoreKey, precondition: Precondition) -> Result<()> {
-        self.inner.delete(key, precondition).await
-    }
-    async fn list(&self, prefix: &StoreKey) -> Result<Vec<StoreKey>> {
-        self.inner.list(prefix).await
-    }
-}
-
-fn contested(rivals: usize) -> Contested {
-    Contested {
-        inner: MemoryStore::new(),
-        rivals: AtomicUsize::new(rivals),
-    }
+    store
 }
 
 #[tokio::test]
