@@ -17,7 +17,7 @@ use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig};
-use pleo_auth::sandbox::{Sandbox, seed};
+use pleo_auth::sandbox::{Sandbox, harness, seed};
 use pleo_auth::{ClientSecret, Environment, ManualClock, MemoryStore, PleoAuth};
 
 #[tokio::main]
@@ -49,13 +49,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let oauth = auth.oauth()?;
     let request = oauth.authorize(AuthorizeOptions::new()).await?;
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let consent = browser.get(request.url.clone()).send().await?;
-    let connection = oauth
-        .complete(consent.headers()["location"].to_str()?)
-        .await?;
+    // The sandbox approves at once: its answer is the redirect back to the app.
+    let callback = harness::follow_auto_approve(&harness::http(), &request.url).await;
+    let connection = oauth.complete(callback.as_str()).await?;
     for _ in 0..3 {
         clock.advance(Duration::from_secs(16 * 60));
         sandbox.advance_clock(Duration::from_secs(16 * 60));

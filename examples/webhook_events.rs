@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig};
-use pleo_auth::sandbox::{Sandbox, seed};
+use pleo_auth::sandbox::{Sandbox, harness, seed};
 use pleo_auth::{ClientSecret, Environment, ManualClock, MemoryStore, PleoAuth, PleoEvent};
 use sha2::Sha256;
 use tokio::sync::mpsc;
@@ -177,12 +177,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let oauth = auth.oauth()?;
     let request = oauth.authorize(AuthorizeOptions::new()).await?;
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let consent = browser.get(request.url.clone()).send().await?;
-    let callback = consent.headers()["location"].to_str()?.to_owned();
-    let connection = oauth.complete(&callback).await?;
+    // The sandbox approves at once: its answer is the redirect back to the app.
+    let callback = harness::follow_auto_approve(&harness::http(), &request.url).await;
+    let connection = oauth.complete(callback.as_str()).await?;
     let expiry = Duration::from_secs(16 * 60);
     clock.advance(expiry);
     sandbox.advance_clock(expiry);

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{CANARY, Cli, answer_consent as consent, browser, entry, sandbox};
-use pleo_auth_sandbox::{Endpoint, Fault, Sandbox, seed};
+use pleo_auth_sandbox::{Endpoint, Fault, harness, seed};
 use serde_json::Value;
 
 const ACME_DK: &str = "0c000000-0000-4000-8000-000000000001";
@@ -804,9 +804,8 @@ async fn keys_that_are_not_integrated_keys_of_this_environment_are_refused() {
         .await;
     garbage.expect_code(2);
 
-    let elsewhere = Sandbox::builder()
+    let elsewhere = harness::canary_sandbox()
         .environment_name("staging-elsewhere")
-        .secret_prefix(CANARY)
         .start()
         .await
         .unwrap();

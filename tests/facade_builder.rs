@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use pleo_auth::apikey::{ApiKeyConfig, ConnectOptions, StandaloneKey};
 use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig};
-use pleo_auth::sandbox::{AuthMethod, Sandbox, SandboxHandle, seed};
+use pleo_auth::sandbox::{AuthMethod, SandboxHandle, harness, seed};
 use pleo_auth::{
     ApiKey, ClientId, ClientSecret, CompanyId, ConnectionState, CredentialKind, Environment,
     ErrorKind, MemoryStore, PleoAuth, Subject, TenantId,
@@ -23,9 +23,8 @@ use pleo_auth::{
 const CANARY: &str = "CANARY-";
 
 async fn start_sandbox() -> (SandboxHandle, Environment) {
-    let sandbox = Sandbox::builder()
+    let sandbox = harness::canary_sandbox()
         .auto_approve(Some(seed::ACME_DK))
-        .secret_prefix(CANARY)
         .start()
         .await
         .unwrap();
@@ -56,12 +55,7 @@ fn company(id: uuid::Uuid) -> CompanyId {
     CompanyId::from_uuid(id)
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
+use harness::http as browser;
 
 /// Connects the company the sandbox approves, as a browser would, through the OAuth client.
 async fn connect_oauth(auth: &PleoAuth, tenant: &str) -> Subject {
@@ -70,9 +64,8 @@ async fn connect_oauth(auth: &PleoAuth, tenant: &str) -> Subject {
         .authorize(AuthorizeOptions::new().tenant(TenantId::new(tenant).unwrap()))
         .await
         .unwrap();
-    let redirect = browser().get(request.url.clone()).send().await.unwrap();
-    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
-    oauth.complete(&location).await.unwrap().subject
+    let location = harness::follow_auto_approve(&browser(), &request.url).await;
+    oauth.complete(location.as_str()).await.unwrap().subject
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{Cli, answer_consent};
 use futures::stream::{self, StreamExt};
 use pleo_auth::oauth::{AuthorizeOptions, KeepAliveOptions, OAuthConfig};
-use pleo_auth::sandbox::{Company, Sandbox, SandboxHandle, seed};
+use pleo_auth::sandbox::{Company, SandboxHandle, harness, seed};
 use pleo_auth::{
     ClientId, ClientSecret, CompanyId, CredentialKey, Environment, KeepAliveConfig, KeepAliveRun,
     PleoAuth, Precondition, SecretBytes, SecretStore, Subject, layout,
@@ -37,7 +37,7 @@ fn subject(i: usize) -> Subject {
 }
 
 async fn start_sandbox(companies: usize) -> SandboxHandle {
-    let mut builder = Sandbox::builder().secret_prefix(common::CANARY);
+    let mut builder = harness::canary_sandbox();
     for i in 0..companies {
         builder = builder.company(Company::new(company_uuid(i), format!("Company {i}")));
     }

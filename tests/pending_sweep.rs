@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pleo_auth::oauth::{AuthorizeOptions, DEFAULT_PENDING_TTL, OAuthClient, OAuthConfig};
-use pleo_auth::sandbox::{Sandbox, seed};
+use pleo_auth::sandbox::{harness, seed};
 use pleo_auth::stores::aws::AwsStore;
 use pleo_auth::stores::file::FileStore;
 use pleo_auth::stores::postgres::PostgresStore;
@@ -88,11 +88,7 @@ async fn backends(dir: &std::path::Path) -> Vec<(&'static str, DynSecretStore)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_flows_are_swept_from_every_backend() {
-    let sandbox = Sandbox::builder()
-        .secret_prefix("CANARY-")
-        .start()
-        .await
-        .unwrap();
+    let sandbox = harness::canary_sandbox().start().await.unwrap();
     let base = sandbox.base_url();
     let environment = environment_at("sandbox", &base);
     let config = OAuthConfig::builder()

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pleo_auth_core::testing::assert_no_leak;
-use pleo_auth_sandbox::{Sandbox, seed};
+use pleo_auth_sandbox::{harness, seed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pleo-auth");
 const CANARY: &str = "CANARY";
@@ -100,13 +100,10 @@ impl Session {
         let url = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("login printed the authorization URL");
-        let browser = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let redirect = browser.get(&url).send().await.unwrap();
-        let location = redirect.headers()["location"].to_str().unwrap().to_owned();
-        browser.get(&location).send().await.unwrap();
+        let browser = harness::http();
+        let url = url.parse().expect("an authorization URL");
+        let location = harness::follow_auto_approve(&browser, &url).await;
+        browser.get(location).send().await.unwrap();
         let output = tokio::task::spawn_blocking(move || child.wait_with_output())
             .await
             .unwrap()
@@ -122,9 +119,8 @@ impl Session {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_prints_no_secret_at_trace() {
-    let sandbox = Sandbox::builder()
+    let sandbox = harness::canary_sandbox()
         .auto_approve(Some(seed::ACME_DK))
-        .secret_prefix(&format!("{CANARY}-"))
         .start()
         .await
         .unwrap();

@@ -26,7 +26,7 @@ use pleo_auth_core::{
     CompanyId, CredentialProvider, DynLease, DynSecretStore, ErrorKind as CoreKind, ManualClock,
     StoreLease, random_urlsafe,
 };
-use pleo_auth_http::{PleoClient, RetryPolicy};
+use pleo_auth_http::PleoClient;
 use pleo_auth_oauth::TokenManager;
 use pleo_auth_stores::aws::AwsStore;
 use pleo_auth_stores::redis::RedisStore;
@@ -149,14 +149,8 @@ async fn redis_killed_and_restarted() {
         )
         .await;
     let h = Harness::with_lease(SandboxSpec::default(), store, clock, lease).await;
-    let client = h.replica();
-    h.connect(&client, acme()).await;
-    let manager = client.token_manager();
     let deadline = Duration::from_secs(2);
-    let api = PleoClient::builder(h.environment.clone(), Arc::new(manager.clone()))
-        .retry_policy(RetryPolicy::default().with_deadline(Some(deadline)))
-        .build()
-        .unwrap();
+    let (manager, api) = h.connected_api(deadline).await;
     api_call(&api).await.0.expect("warm");
 
     let pid = redis.pid();
@@ -219,14 +213,8 @@ async fn a_stalled_store_fails_callers_by_their_deadline() {
             .open(&through, &prefix, Duration::from_secs(10), &clock)
             .await;
         let h = Harness::with_lease(SandboxSpec::default(), store, clock, lease).await;
-        let client = h.replica();
-        h.connect(&client, acme()).await;
-        let manager = client.token_manager();
         let deadline = Duration::from_secs(1);
-        let api = PleoClient::builder(h.environment.clone(), Arc::new(manager.clone()))
-            .retry_policy(RetryPolicy::default().with_deadline(Some(deadline)))
-            .build()
-            .unwrap();
+        let (manager, api) = h.connected_api(deadline).await;
         api_call(&api).await.0.expect("warm");
 
         proxy.set_fault(ProxyFault::Stall);

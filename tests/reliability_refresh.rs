@@ -20,8 +20,8 @@ use pleo_auth_core::{
     InProcessLease, Lease, ManualClock, MemoryStore, OAuthGrant, Precondition, RecordStoreExt,
     StoreLease, Subject, SystemClock, Timestamp, layout,
 };
+use pleo_auth_http::PleoClient;
 use pleo_auth_http::transport::TransportConfig;
-use pleo_auth_http::{PleoClient, RetryPolicy};
 use pleo_auth_oauth::{ErrorKind as OAuthKind, OAuthClient, RefreshPolicy};
 use pleo_auth_sandbox::{Endpoint, Fault, RevocationCause};
 use pleo_auth_stores::file::FileStore;
@@ -165,14 +165,7 @@ async fn cancelled_callers_do_not_lose_the_refresh() {
     sandbox.advance_clock(ACCESS_TTL);
     // New connections through the proxy are slow: 300 ms per chunk each way.
     proxy.set_fault(ProxyFault::Delay(Duration::from_millis(300)));
-    let token_hits = || {
-        sandbox
-            .stats()
-            .endpoint_hits
-            .get(&Endpoint::Token)
-            .copied()
-            .unwrap_or(0)
-    };
+    let token_hits = || sandbox.stats().hits(Endpoint::Token);
     let before = token_hits();
     let callers: Vec<_> = (0..50)
         .map(|_| {
@@ -603,14 +596,8 @@ async fn expiry_follows_expires_in_on_our_clock_despite_skew() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limited_token_endpoint_is_left_alone_for_the_window() {
     let h = Harness::new(SandboxSpec::default(), Arc::new(MemoryStore::new())).await;
-    let client = h.replica();
-    h.connect(&client, acme()).await;
-    let manager = client.token_manager();
     let deadline = Duration::from_secs(2);
-    let api = PleoClient::builder(h.environment.clone(), Arc::new(manager.clone()))
-        .retry_policy(RetryPolicy::default().with_deadline(Some(deadline)))
-        .build()
-        .unwrap();
+    let (manager, api) = h.connected_api(deadline).await;
     let acme_id: CompanyId = acme().company().unwrap();
 
     // For a minute, every token request would be answered 429 with Retry-After: 60.
@@ -622,14 +609,7 @@ async fn rate_limited_token_endpoint_is_left_alone_for_the_window() {
         u32::MAX,
     );
     h.advance(ACCESS_TTL);
-    let token_hits = || {
-        h.sandbox
-            .stats()
-            .endpoint_hits
-            .get(&Endpoint::Token)
-            .copied()
-            .unwrap_or(0)
-    };
+    let token_hits = || h.sandbox.stats().hits(Endpoint::Token);
     let before = token_hits();
     for second in [0u64, 10, 20, 30, 40, 50, 58] {
         let started = Instant::now();

@@ -16,7 +16,7 @@ use pleo_auth_core::{
     CompanyId, CredentialProvider, ErrorKind as CoreKind, MemoryStore, Precondition, SecretBytes,
     SecretStore,
 };
-use pleo_auth_http::{PleoClient, RetryPolicy};
+use pleo_auth_http::PleoClient;
 use pleo_auth_oauth::{ErrorKind, TokenManager};
 use support::*;
 
@@ -33,14 +33,8 @@ struct Setup {
 async fn setup() -> Setup {
     let flaky = Arc::new(FaultyStore::new(MemoryStore::new()));
     let h = Harness::new(SandboxSpec::default(), flaky.clone()).await;
-    let client = h.replica();
-    h.connect(&client, acme()).await;
-    let manager = client.token_manager();
     let deadline = Duration::from_secs(1);
-    let api = PleoClient::builder(h.environment.clone(), Arc::new(manager.clone()))
-        .retry_policy(RetryPolicy::default().with_deadline(Some(deadline)))
-        .build()
-        .unwrap();
+    let (manager, api) = h.connected_api(deadline).await;
     Setup {
         h,
         flaky,

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig};
-use pleo_auth::sandbox::{ClientRegistration, Sandbox, SandboxHandle, seed};
+use pleo_auth::sandbox::{ClientRegistration, SandboxHandle, harness, seed};
 use pleo_auth::stores::redis::RedisStore;
 use pleo_auth::{ClientSecret, Environment, PleoAuth, Subject};
 use pleo_auth_core::random_urlsafe;
@@ -163,17 +163,14 @@ async fn work(role: Role) {
 }
 
 async fn start_sandbox() -> SandboxHandle {
-    Sandbox::builder()
-        .secret_prefix("CANARY-")
+    harness::canary_sandbox()
         .access_token_ttl(ACCESS_TTL)
-        .client(ClientRegistration {
-            id: CLIENT_ID.to_owned(),
-            secret: CLIENT_SECRET.to_owned(),
-            name: "README way".to_owned(),
-            redirect_uris: vec![REDIRECT_URI.to_owned()],
-            scopes: vec!["users:read".to_owned()],
-            accept_client_secret_post: false,
-        })
+        .client(ClientRegistration::new(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            REDIRECT_URI,
+            &["users:read"],
+        ))
         .auto_approve(Some(seed::ACME_DK))
         .start()
         .await
@@ -187,14 +184,8 @@ async fn connect(auth: &PleoAuth) -> (Subject, u64) {
         .authorize(AuthorizeOptions::new())
         .await
         .expect("authorize");
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let response = browser.get(request.url.clone()).send().await.unwrap();
-    assert_eq!(response.status(), 302, "the sandbox auto-approves");
-    let callback = response.headers()["location"].to_str().unwrap().to_owned();
-    let connection = oauth.complete(&callback).await.expect("complete");
+    let callback = harness::follow_auto_approve(&harness::http(), &request.url).await;
+    let connection = oauth.complete(callback.as_str()).await.expect("complete");
     let token = auth
         .token_manager()
         .unwrap()

@@ -51,7 +51,7 @@ use pleo_auth_oauth::{
     ActiveToken, AuthorizeOptions, OAuthClient, OAuthConfig, RefreshPolicy, TokenManager,
 };
 use pleo_auth_sandbox::{
-    ClientRegistration, Company, Endpoint, Fault, Sandbox, SandboxHandle, Stats, seed,
+    ClientRegistration, Company, Endpoint, Fault, SandboxHandle, Stats, harness, seed,
 };
 use pleo_auth_stores::aws::AwsStore;
 use pleo_auth_stores::file::FileStore;
@@ -302,19 +302,16 @@ fn companies(n: usize) -> Vec<Uuid> {
 }
 
 async fn start_sandbox(extra_companies: &[Uuid], access_ttl: Duration) -> SandboxHandle {
-    let mut builder = Sandbox::builder()
+    let mut builder = harness::canary_sandbox()
         .environment_name(ENVIRONMENT)
-        .secret_prefix("CANARY-")
         .access_token_ttl(access_ttl)
         .auto_approve(Some(seed::ACME_DK))
-        .client(ClientRegistration {
-            id: CLIENT_ID.to_owned(),
-            secret: CLIENT_SECRET.to_owned(),
-            name: "Scale tests".to_owned(),
-            redirect_uris: vec![REDIRECT_URI.to_owned()],
-            scopes: vec!["users:read".to_owned()],
-            accept_client_secret_post: false,
-        });
+        .client(ClientRegistration::new(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            REDIRECT_URI,
+            &["users:read"],
+        ));
     for (i, id) in extra_companies.iter().enumerate() {
         builder = builder.company(Company::new(*id, format!("Scale company {i}")));
     }
@@ -324,18 +321,12 @@ async fn start_sandbox(extra_companies: &[Uuid], access_ttl: Duration) -> Sandbo
 /// Connects `subject` through the real flow (authorize, auto-approved consent, callback); the
 /// generation of the stored grant.
 async fn connect(oauth: &OAuthClient, store: &DynSecretStore, subject: Subject) -> u64 {
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let request = oauth
         .authorize(AuthorizeOptions::new().expect_subject(subject))
         .await
         .expect("authorize");
-    let response = browser.get(request.url.clone()).send().await.unwrap();
-    assert_eq!(response.status(), 302, "the sandbox auto-approves");
-    let callback = response.headers()["location"].to_str().unwrap().to_owned();
-    let connection = oauth.complete(&callback).await.expect("complete");
+    let callback = harness::follow_auto_approve(&harness::http(), &request.url).await;
+    let connection = oauth.complete(callback.as_str()).await.expect("complete");
     assert_eq!(connection.subject, subject);
     stored_grant(store, subject).await.0.generation
 }

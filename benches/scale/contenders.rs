@@ -22,13 +22,9 @@ impl Fixture {
                 Sandbox::builder()
                     .auto_approve(Some(seed::ACME_DK))
                     .client(ClientRegistration {
-                        id: CLIENT_ID.to_owned(),
-                        secret: CLIENT_SECRET.to_owned(),
-                        name: "Benchmarks".to_owned(),
-                        redirect_uris: vec![REDIRECT_URI.to_owned()],
-                        scopes: vec![SCOPE.to_owned()],
                         // yup-oauth2 sends the client secret in the form body.
                         accept_client_secret_post: true,
+                        ..ClientRegistration::new(CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, &[SCOPE])
                     })
                     .start(),
             )
@@ -75,13 +71,8 @@ impl Fixture {
             .authorize(AuthorizeOptions::new().expect_subject(subject))
             .await
             .unwrap();
-        let browser = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let response = browser.get(request.url.clone()).send().await.unwrap();
-        let callback = response.headers()["location"].to_str().unwrap().to_owned();
-        oauth.complete(&callback).await.unwrap();
+        let callback = harness::follow_auto_approve(&harness::http(), &request.url).await;
+        oauth.complete(callback.as_str()).await.unwrap();
         let keys = store.list(&StoreKey::parse("pleo-auth").unwrap()).await;
         let key = keys
             .unwrap()

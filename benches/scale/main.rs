@@ -61,7 +61,7 @@ use pleo_auth_core::{
 use pleo_auth_http::PleoClient;
 use pleo_auth_http::transport::{TransportConfig, http_client};
 use pleo_auth_oauth::{AuthorizeOptions, OAuthClient, OAuthConfig, TokenManager};
-use pleo_auth_sandbox::{ClientRegistration, Sandbox, SandboxHandle, Stats, seed};
+use pleo_auth_sandbox::{ClientRegistration, Sandbox, SandboxHandle, Stats, harness, seed};
 use pleo_auth_stores::aws::AwsStore;
 use pleo_auth_stores::encrypted::EncryptedStore;
 use pleo_auth_stores::kms::AwsKmsKeyProvider;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use pleo_auth_core::{AccessToken, AuthorizationHeader, CredentialKind, ErrorKind};
 use pleo_auth_http::LoopbackCallback;
-use pleo_auth_sandbox::seed;
+use pleo_auth_sandbox::{harness, seed};
 
 fn param(query: &str, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes())
@@ -28,7 +28,7 @@ async fn loopback_listener_completes_a_real_connect_flow() {
     let port = callback.redirect_uri().port().unwrap();
     let waiting = tokio::spawn(callback.wait(Duration::from_secs(30)));
 
-    let browser = no_redirect_client();
+    let browser = harness::http();
     // Another path gets a 404 and leaves the listener waiting.
     let stray = browser
         .get(format!("http://127.0.0.1:{port}/favicon.ico"))
@@ -37,9 +37,9 @@ async fn loopback_listener_completes_a_real_connect_flow() {
         .unwrap();
     assert_eq!(stray.status(), 404);
 
-    let (verifier, challenge) = pkce();
+    let (verifier, challenge) = harness::pkce();
     let state = pleo_auth_core::random_urlsafe(16);
-    let authorize = authorize_url(&sandbox, &redirect_uri, &state, &challenge, None);
+    let authorize = harness::authorize_url_to(&sandbox, &redirect_uri, &state, &challenge, SCOPES);
     let redirect = browser.get(authorize).send().await.unwrap();
     assert_eq!(redirect.status(), 302);
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
@@ -56,7 +56,8 @@ async fn loopback_listener_completes_a_real_connect_flow() {
     assert_eq!(param(&query, "state").as_deref(), Some(state.as_str()));
     let code = param(&query, "code").unwrap();
     assert!(code.starts_with("CANARY-"));
-    let (access, _) = exchange_code(&sandbox, &code, &redirect_uri, &verifier).await;
+    let tokens = harness::exchange_to(&browser, &sandbox, &code, &redirect_uri, &verifier).await;
+    let access = harness::s(&tokens, "access_token").to_owned();
 
     // The listener is gone after its one request.
     assert!(browser.get(&location).send().await.is_err());
@@ -89,7 +90,7 @@ async fn loopback_failure_page_reflects_nothing() {
         .append_pair("error", "access_denied")
         .append_pair("error_description", attack)
         .append_pair("state", attack);
-    let page = no_redirect_client().get(target).send().await.unwrap();
+    let page = harness::http().get(target).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
         .to_str()
@@ -153,7 +154,7 @@ mod router {
             tenant: TenantId,
             browser: &BrowserBinding,
         ) -> Result<Url, Error> {
-            let (verifier, challenge) = pkce();
+            let (verifier, challenge) = harness::pkce();
             let state = pleo_auth_core::random_urlsafe(16);
             self.pending.lock().unwrap().insert(
                 state.clone(),
@@ -184,7 +185,7 @@ mod router {
             if bound != browser.expose_secret() {
                 return Err(refused());
             }
-            let body: serde_json::Value = no_redirect_client()
+            let body: serde_json::Value = harness::http()
                 .post(self.sandbox_auth.join("oauth/token").unwrap())
                 .basic_auth(seed::DEMO_CLIENT_ID, Some(seed::DEMO_CLIENT_SECRET))
                 .form(&[
@@ -205,7 +206,7 @@ mod router {
                 .to_owned();
             let header = AuthorizationHeader::bearer(&AccessToken::new(access.clone()));
             let introspection =
-                pleo_auth_http::api::introspect(&no_redirect_client(), &self.environment, &header)
+                pleo_auth_http::api::introspect(&harness::http(), &self.environment, &header)
                     .await?;
             self.links
                 .link(&LinkRequest {
@@ -258,7 +259,7 @@ mod router {
         let sandbox = sandbox().await;
         sandbox.set_auto_approve(Some(seed::ACME_DK)).unwrap();
         let (flow, base) = started(&sandbox).await;
-        let browser = no_redirect_client();
+        let browser = harness::http();
 
         let connect = browser
             .get(format!("{base}/connect?tenant=acme-gmbh"))
@@ -338,7 +339,7 @@ mod router {
     async fn axum_routes_refuse_bad_input_without_reflecting_it() {
         let sandbox = sandbox().await;
         let (_flow, base) = started(&sandbox).await;
-        let browser = no_redirect_client();
+        let browser = harness::http();
         for url in [
             format!("{base}/connect?tenant=a&tenant=b"),
             format!("{base}/connect?tenant=%3Cscript%3E&x=1"),

@@ -11,7 +11,7 @@ use common::*;
 use pleo_auth_core::ErrorKind;
 use pleo_auth_core::testing::assert_no_leak;
 use pleo_auth_http::{LoopbackCallback, Target};
-use pleo_auth_sandbox::{Endpoint, Fault, seed};
+use pleo_auth_sandbox::{Endpoint, Fault, harness, seed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_at_trace() {
@@ -82,7 +82,7 @@ async fn no_secret_reaches_any_log_at_trace() {
     uri.query_pairs_mut()
         .append_pair("code", "CANARY-code")
         .append_pair("state", "s");
-    no_redirect_client().get(uri).send().await.unwrap();
+    harness::http().get(uri).send().await.unwrap();
     waiting.await.unwrap().unwrap();
 
     let logs = captured.contents();

@@ -14,7 +14,7 @@ use pleo_auth_core::{
     SystemClock, TenantId, TenantLinks,
 };
 use pleo_auth_http::{PleoClient, RequestOptions, RetryPolicy, Target};
-use pleo_auth_sandbox::{AuthMethod, Endpoint, Fault, seed};
+use pleo_auth_sandbox::{AuthMethod, Endpoint, Fault, harness, seed};
 use reqwest::Method;
 use serde_json::json;
 
@@ -443,30 +443,9 @@ async fn forbidden_bearer_reports_the_challenged_scope() {
         let sandbox = sandbox().await;
         // A grant without users:read (auto-approved with a narrower scope).
         sandbox.set_auto_approve(Some(seed::ACME_DK)).unwrap();
-        let (verifier, challenge) = pkce();
-        let redirect_uri = "http://127.0.0.1:9/callback";
-        let mut url = authorize_url(&sandbox, redirect_uri, "s", &challenge, None);
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "scope" {
-                    "vendors:read".into()
-                } else {
-                    v
-                };
-                (k.into_owned(), v.into_owned())
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-        let response = no_redirect_client().get(url).send().await.unwrap();
-        let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
-        let code = location
-            .query_pairs()
-            .find(|(k, _)| k == "code")
-            .unwrap()
-            .1
-            .into_owned();
-        let (access, _) = exchange_code(&sandbox, &code, redirect_uri, &verifier).await;
+        let tokens =
+            harness::tokens_for(&harness::http(), &sandbox, seed::ACME_DK, "vendors:read").await;
+        let access = harness::s(&tokens, "access_token").to_owned();
         let mut credential = key_credential("unused", dk(), env_name(&sandbox));
         credential.header =
             pleo_auth_core::AuthorizationHeader::bearer(&pleo_auth_core::AccessToken::new(access));
@@ -496,13 +475,7 @@ async fn rate_limit_honours_retry_after() {
         let key = sandbox.mint_integrated_key(seed::DEMO_CLIENT_ID, seed::ACME_DK);
         let provider = Arc::new(KeyProvider::new(env_name(&sandbox)).with_key(dk(), key));
         let api = api(variant, build(&sandbox, provider));
-        let hits = |s: &pleo_auth_sandbox::SandboxHandle| {
-            s.stats()
-                .endpoint_hits
-                .get(&Endpoint::Api)
-                .copied()
-                .unwrap_or(0)
-        };
+        let hits = |s: &pleo_auth_sandbox::SandboxHandle| s.stats().hits(Endpoint::Api);
 
         sandbox.inject_fault(
             Endpoint::Api,

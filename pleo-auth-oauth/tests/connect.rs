@@ -249,11 +249,7 @@ async fn two_concurrent_callbacks_with_one_state_cannot_both_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_company_stores_nothing() {
     // Pleo connects Globex although the flow expected Acme Denmark.
-    let h = Harness::with(Options {
-        auto_approve: Some(globex()),
-        ..Options::default()
-    })
-    .await;
+    let h = Harness::approving(globex()).await;
     let request = h
         .client
         .authorize(

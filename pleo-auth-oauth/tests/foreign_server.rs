@@ -146,11 +146,7 @@ async fn an_authorization_response_from_another_issuer_is_refused_before_any_tok
 /// their refresh tokens revoked; the kept grant keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_replaced_grants_are_revoked_at_the_revocation_endpoint() {
-    let h = Harness::with(Options {
-        auto_approve: Some(globex()),
-        ..Options::default()
-    })
-    .await;
+    let h = Harness::approving(globex()).await;
     let issuer = go_generic(&h);
     let (client, manager) = h.client_with(generic_config(&h, generic_server(&h, Some(&issuer))));
 

@@ -107,13 +107,7 @@ async fn a_cancelled_caller_does_not_lose_the_refresh() {
     };
     // The request is at the sandbox now; drop the caller.
     eventually("the refresh request reached the sandbox", || {
-        h.sandbox
-            .stats()
-            .endpoint_hits
-            .get(&Endpoint::Token)
-            .copied()
-            .unwrap_or(0)
-            >= 2
+        h.sandbox.stats().hits(Endpoint::Token) >= 2
     })
     .await;
     caller.abort();
@@ -299,14 +293,7 @@ async fn rate_limits_are_honoured_with_a_cooldown() {
         },
         1,
     );
-    let hits = || {
-        h.sandbox
-            .stats()
-            .endpoint_hits
-            .get(&Endpoint::Token)
-            .copied()
-            .unwrap_or(0)
-    };
+    let hits = || h.sandbox.stats().hits(Endpoint::Token);
     let before = hits();
     h.advance(ACCESS_TTL);
     let err = h.manager.access_token(&dk()).await.unwrap_err();

@@ -50,11 +50,7 @@ async fn refused_connection(h: &Harness, client: &pleo_auth_oauth::OAuthClient) 
 /// deleted), so nothing stays live and nothing dangles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_grant_of_a_company_we_do_not_keep_is_revoked() {
-    let h = Harness::with(Options {
-        auto_approve: Some(globex()),
-        ..Options::default()
-    })
-    .await;
+    let h = Harness::approving(globex()).await;
     refused_connection(&h, &h.client).await;
     let stats = h.sandbox.stats();
     assert_eq!(stats.revocations(RevocationCause::InstallationDeleted), 1);
@@ -72,11 +68,7 @@ async fn a_refused_grant_of_a_company_we_do_not_keep_is_revoked() {
 /// and once the kept grant is disconnected keep-alive finds nothing live left and clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_grant_of_a_company_we_keep_is_recorded_and_never_revoked() {
-    let h = Harness::with(Options {
-        auto_approve: Some(globex()),
-        ..Options::default()
-    })
-    .await;
+    let h = Harness::approving(globex()).await;
     h.connect(AuthorizeOptions::new()).await;
     refused_connection(&h, &h.client).await;
 
@@ -134,11 +126,7 @@ async fn a_reconnect_never_revokes_the_grant_it_keeps() {
 /// the installation delete that the fault hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_revocation_is_retried_by_keep_alive() {
-    let h = Harness::with(Options {
-        auto_approve: Some(globex()),
-        ..Options::default()
-    })
-    .await;
+    let h = Harness::approving(globex()).await;
     let introspection = h.sandbox.auth_url().join("oauth/token/introspect").unwrap();
     let lookup = SubjectLookup::token_introspection(introspection.as_str()).unwrap();
     let (client, manager) = h.client_with(config_with_lookup(&h, lookup));

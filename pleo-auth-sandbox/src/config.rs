@@ -43,6 +43,29 @@ impl fmt::Debug for ClientRegistration {
     }
 }
 
+impl ClientRegistration {
+    /// A client `id` (also its name) with `secret`, one redirect URI and `scopes`, that
+    /// authenticates with `client_secret_basic` only.
+    ///
+    /// ```
+    /// use pleo_auth_sandbox::ClientRegistration;
+    ///
+    /// let client = ClientRegistration::new("my-app", "my-secret", "http://127.0.0.1/cb", &["users:read"]);
+    /// assert_eq!(client.name, "my-app");
+    /// assert!(!client.accept_client_secret_post);
+    /// ```
+    pub fn new(id: &str, secret: &str, redirect_uri: &str, scopes: &[&str]) -> Self {
+        Self {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+            name: id.to_owned(),
+            redirect_uris: vec![redirect_uri.to_owned()],
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            accept_client_secret_post: false,
+        }
+    }
+}
+
 /// A Pleo company, optionally part of an organisation (multi-entity).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Company {
@@ -252,14 +275,12 @@ mod tests {
 
     #[test]
     fn client_debug_hides_the_secret() {
-        let client = ClientRegistration {
-            id: "client-id".to_owned(),
-            secret: "client-secret-canary".to_owned(),
-            name: "App".to_owned(),
-            redirect_uris: vec!["http://127.0.0.1/callback".to_owned()],
-            scopes: vec!["users:read".to_owned()],
-            accept_client_secret_post: false,
-        };
+        let client = ClientRegistration::new(
+            "client-id",
+            "client-secret-canary",
+            "http://127.0.0.1/callback",
+            &["users:read"],
+        );
         let shown = format!("{client:?}");
         assert!(!shown.contains("client-secret-canary"));
         assert!(shown.contains("client-id"));

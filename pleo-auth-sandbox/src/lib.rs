@@ -9,7 +9,8 @@
 // 2. state: the records and the shared state with its operations;
 // 3. handlers: request reading, HTML pages, the authorization server, the External API and the
 //    administration endpoints;
-// 4. the server and the handle on it; 5. the builder that starts them.
+// 4. the server and the handle on it; 5. the builder that starts them; 6. the harness that
+//    drives a started sandbox from outside, as tests do.
 mod error;
 mod secrets;
 mod time;
@@ -36,6 +37,10 @@ mod handle;
 mod server;
 
 mod builder;
+
+#[cfg(feature = "harness")]
+#[cfg_attr(docsrs, doc(cfg(feature = "harness")))]
+pub mod harness;
 
 pub use admin::RevokeTarget;
 pub use builder::{Sandbox, SandboxBuilder};

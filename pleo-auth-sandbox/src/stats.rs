@@ -123,6 +123,11 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Requests of this endpoint class so far ([`Stats::endpoint_hits`]; 0 if none).
+    pub fn hits(&self, endpoint: Endpoint) -> u64 {
+        self.endpoint_hits.get(&endpoint).copied().unwrap_or(0)
+    }
+
     /// Token requests with this `grant_type`, any outcome.
     pub fn token_requests_for(&self, grant_type: &str) -> u64 {
         self.token_requests.get(grant_type).map_or(0, |c| c.total)

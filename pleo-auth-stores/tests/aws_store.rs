@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::primitives::Blob;
-use pleo_auth_core::testing::{self, service_env};
+use pleo_auth_core::testing::{self, bytes, key, service_env};
 use pleo_auth_core::{
-    ErrorKind, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease, random_urlsafe,
+    ErrorKind, Precondition, SecretBytes, SecretStore, StoreLease, random_urlsafe,
 };
 use pleo_auth_stores::aws::{AwsStore, Deletion};
 
@@ -29,14 +29,6 @@ async fn store_with(deletion: Deletion) -> AwsStore {
 
 async fn store() -> AwsStore {
     store_with(Deletion::default()).await
-}
-
-fn bytes(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
-}
-
-fn key(parts: &[&str]) -> StoreKey {
-    StoreKey::from_parts(parts).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use pleo_auth_core::testing::bytes as secret;
 use pleo_auth_core::{
     ErrorKind, MemoryStore, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease, testing,
 };
@@ -21,10 +22,6 @@ fn key_b() -> EncryptionKey {
 
 fn sk(raw: &str) -> StoreKey {
     StoreKey::parse(raw).unwrap()
-}
-
-fn secret(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

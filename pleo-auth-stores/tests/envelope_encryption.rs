@@ -8,10 +8,10 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_kms::config::{Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
-use pleo_auth_core::testing::{self, FaultProxy, ProxyFault, service_env};
-use pleo_auth_core::{
-    ErrorKind, MemoryStore, Precondition, SecretBytes, SecretStore, StoreKey, random_urlsafe,
+use pleo_auth_core::testing::{
+    self, FaultProxy, FaultyStore, ProxyFault, bytes as secret, key as sk, service_env,
 };
+use pleo_auth_core::{ErrorKind, MemoryStore, Precondition, SecretStore, StoreKey, random_urlsafe};
 use pleo_auth_stores::encrypted::{EncryptedStore, KeyProvider};
 use pleo_auth_stores::kms::AwsKmsKeyProvider;
 use pleo_auth_stores::transit::TransitKeyProvider;
@@ -70,14 +70,6 @@ async fn kms_provider(key_id: &str, endpoint: &str) -> AwsKmsKeyProvider {
         .connect()
         .await
         .expect("connect to KMS")
-}
-
-fn sk(parts: &[&str]) -> StoreKey {
-    StoreKey::from_parts(parts).unwrap()
-}
-
-fn secret(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -337,49 +329,6 @@ async fn kms_rotation_new_writes_use_the_new_key_and_rewrap_moves_the_rest() {
     assert!(again.rewrapped.is_empty(), "nothing left to move");
 }
 
-/// A store that, once armed, lets another writer replace a key just before the next write
-/// reaches it: the write then names a version that is no longer current.
-#[derive(Debug)]
-struct Intruder {
-    inner: Arc<MemoryStore>,
-    armed: std::sync::Mutex<Option<(StoreKey, SecretBytes)>>,
-}
-
-#[async_trait::async_trait]
-impl SecretStore for Intruder {
-    async fn get(
-        &self,
-        key: &StoreKey,
-    ) -> pleo_auth_core::Result<Option<pleo_auth_core::Versioned>> {
-        self.inner.get(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &StoreKey,
-        value: SecretBytes,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<pleo_auth_core::Version> {
-        let intrusion = self.armed.lock().unwrap().take();
-        if let Some((k, v)) = intrusion {
-            self.inner.put(&k, v, Precondition::None).await?;
-        }
-        self.inner.put(key, value, precondition).await
-    }
-
-    async fn delete(
-        &self,
-        key: &StoreKey,
-        precondition: Precondition,
-    ) -> pleo_auth_core::Result<()> {
-        self.inner.delete(key, precondition).await
-    }
-
-    async fn list(&self, prefix: &StoreKey) -> pleo_auth_core::Result<Vec<StoreKey>> {
-        self.inner.list(prefix).await
-    }
-}
-
 #[tokio::test]
 async fn rewrap_never_overwrites_a_concurrent_write() {
     let old_key = symmetric_key().await;
@@ -398,10 +347,9 @@ async fn rewrap_never_overwrites_a_concurrent_write() {
         .put(&k, secret("old"), Precondition::Version(v1))
         .await
         .unwrap();
-    let intruder = Intruder {
-        inner: memory.clone(),
-        armed: std::sync::Mutex::new(Some((k.clone(), refreshed))),
-    };
+    // Another writer lands just before the rewrap's write.
+    let intruder = FaultyStore::new(memory.clone());
+    intruder.rival_write_before_next_put(k.clone(), refreshed);
     let rotated = EncryptedStore::new(
         intruder,
         AwsKmsKeyProvider::builder(&new_key)

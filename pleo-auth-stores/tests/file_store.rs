@@ -8,14 +8,11 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pleo_auth_core::testing::bytes;
 use pleo_auth_core::{
-    ErrorKind, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease, Version, testing,
+    ErrorKind, Precondition, SecretStore, StoreKey, StoreLease, Version, testing,
 };
 use pleo_auth_stores::file::FileStore;
-
-fn bytes(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
-}
 
 fn key(raw: &str) -> StoreKey {
     StoreKey::parse(raw).unwrap()

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pleo_auth_core::testing::{self, TraceCapture, service_env};
+use pleo_auth_core::testing::{self, TraceCapture, bytes, key, service_env};
 use pleo_auth_core::{
-    DynSecretStore, ErrorKind, Lease, Precondition, SecretBytes, SecretStore, Sharing, StoreKey,
-    SystemClock, lease_for, random_urlsafe,
+    DynSecretStore, ErrorKind, Lease, Precondition, SecretStore, Sharing, SystemClock, lease_for,
+    random_urlsafe,
 };
 use pleo_auth_stores::postgres::PostgresStore;
 use sqlx::Row as _;
@@ -32,14 +32,6 @@ async fn store() -> PostgresStore {
 
 async fn raw() -> sqlx::PgPool {
     sqlx::PgPool::connect(&url()).await.unwrap()
-}
-
-fn bytes(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
-}
-
-fn key(parts: &[&str]) -> StoreKey {
-    StoreKey::from_parts(parts).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

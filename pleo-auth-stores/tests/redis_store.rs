@@ -6,10 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pleo_auth_core::testing::{self, service_env};
-use pleo_auth_core::{
-    ErrorKind, Lease, Precondition, SecretBytes, SecretStore, StoreKey, random_urlsafe,
-};
+use pleo_auth_core::testing::{self, bytes, key, service_env};
+use pleo_auth_core::{ErrorKind, Lease, Precondition, SecretStore, StoreKey, random_urlsafe};
 use pleo_auth_stores::redis::RedisStore;
 
 fn url() -> String {
@@ -30,14 +28,6 @@ async fn raw() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-fn bytes(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
-}
-
-fn key(parts: &[&str]) -> StoreKey {
-    StoreKey::from_parts(parts).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

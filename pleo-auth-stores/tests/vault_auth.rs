@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use pleo_auth_core::testing::service_env;
-use pleo_auth_core::{ErrorKind, Precondition, SecretBytes, SecretStore, StoreKey, random_urlsafe};
+use pleo_auth_core::testing::{bytes, key, service_env};
+use pleo_auth_core::{ErrorKind, Precondition, SecretStore, random_urlsafe};
 use pleo_auth_stores::vault::VaultStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -36,14 +36,6 @@ fn client_with(token: &str) -> VaultClient {
 
 fn root_client() -> VaultClient {
     client_with(&service_env("PLEO_AUTH_TEST_VAULT_TOKEN"))
-}
-
-fn key(parts: &[&str]) -> StoreKey {
-    StoreKey::from_parts(parts).unwrap()
-}
-
-fn bytes(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
 }
 
 /// A policy that may use `secret/.../pleo-auth-tests/*` (and the default policy's token calls).

@@ -6,10 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pleo_auth_core::testing::{self, service_env};
+use pleo_auth_core::testing::{self, bytes, key, service_env};
 use pleo_auth_core::{
-    ErrorKind, ManualClock, Precondition, SecretBytes, SecretStore, StoreKey, StoreLease,
-    random_urlsafe,
+    ErrorKind, ManualClock, Precondition, SecretStore, StoreLease, random_urlsafe,
 };
 use pleo_auth_stores::vault::VaultStore;
 use vaultrs::api::auth::approle::requests::SetAppRoleRequestBuilder;
@@ -41,14 +40,6 @@ fn store() -> VaultStore {
         .path_prefix(format!("pleo-tests/{}", random_urlsafe(6)))
         .build()
         .unwrap()
-}
-
-fn bytes(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
-}
-
-fn key(parts: &[&str]) -> StoreKey {
-    StoreKey::from_parts(parts).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

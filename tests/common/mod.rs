@@ -7,15 +7,16 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use pleo_auth_core::testing::assert_no_leak;
-use pleo_auth_sandbox::{Sandbox, SandboxHandle};
+use pleo_auth_sandbox::{SandboxHandle, harness};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_pleo-auth");
 
-/// Every secret the sandbox issues starts with this; it must never show up where it should not.
-pub const CANARY: &str = "CANARY-";
+/// Every secret the sandbox issues starts with `CANARY`; it must never show up where it should
+/// not. `browser` is an HTTP client that shows redirects instead of following them.
+pub use pleo_auth_sandbox::harness::{CANARY, http as browser};
 
 /// How long any one CLI run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,9 +24,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// A sandbox that approves consent for `company` at once (or shows the consent page with
 /// `None`), issuing canary-marked secrets.
 pub async fn sandbox(auto_approve: Option<uuid::Uuid>) -> SandboxHandle {
-    Sandbox::builder()
+    harness::canary_sandbox()
         .auto_approve(auto_approve)
-        .secret_prefix(CANARY)
         .start()
         .await
         .expect("the sandbox starts")
@@ -296,33 +296,9 @@ pub fn entry<'a>(status: &'a serde_json::Value, company: &str) -> &'a serde_json
 /// Answers the sandbox's consent page as a person would: picks `subject`, clicks `decision`.
 /// Returns the redirect back to the CLI's loopback listener.
 pub async fn answer_consent(url: &url::Url, subject: &str, decision: &str) -> String {
-    let browser = browser();
-    let page = browser.get(url.clone()).send().await.unwrap();
-    assert_eq!(page.status(), 200, "the consent page is shown");
-    let html = page.text().await.unwrap();
-    let marker = "name=\"consent_id\" value=\"";
-    let start = html.find(marker).expect("the form has a consent_id") + marker.len();
-    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
-    let answer = browser
-        .post(url.join("/oauth/authorize").unwrap())
-        .form(&[
-            ("consent_id", consent_id),
-            ("subject", subject),
-            ("decision", decision),
-        ])
-        .send()
+    harness::answer_consent(&browser(), url, subject, decision)
         .await
-        .unwrap();
-    assert!(answer.status().is_redirection(), "{}", answer.status());
-    answer.headers()["location"].to_str().unwrap().to_owned()
-}
-
-/// An HTTP client that behaves like a browser that shows redirects instead of following them.
-pub fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+        .into()
 }
 
 /// A running `login`.

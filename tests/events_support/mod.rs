@@ -5,11 +5,12 @@
 use std::time::{Duration, Instant};
 
 use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig, RefreshPolicy};
-use pleo_auth::sandbox::{Sandbox, SandboxHandle, seed};
+use pleo_auth::sandbox::{SandboxHandle, harness, seed};
 use pleo_auth::{ClientSecret, CompanyId, Environment, PleoAuth, Subject};
 
-/// Every secret the sandbox issues starts with this.
-pub const CANARY: &str = "CANARY-";
+/// Every secret the sandbox issues starts with `CANARY`; `browser` follows no redirects.
+#[allow(unused_imports)] // not every test that includes this module checks for the canary
+pub use pleo_auth::sandbox::harness::{CANARY, http as browser};
 /// The access-token lifetime of the sandbox.
 pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -17,37 +18,16 @@ pub fn company(id: uuid::Uuid) -> Subject {
     Subject::Company(CompanyId::from_uuid(id))
 }
 
-pub fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 /// Runs the consent page for `options`, choosing `chosen`; the callback URL.
 pub async fn consent(auth: &PleoAuth, options: AuthorizeOptions, chosen: Subject) -> String {
     let request = auth.oauth().unwrap().authorize(options).await.unwrap();
-    let page = browser().get(request.url.clone()).send().await.unwrap();
-    let html = page.text().await.unwrap();
-    let marker = "name=\"consent_id\" value=\"";
-    let start = html.find(marker).expect("a consent form") + marker.len();
-    let consent_id = &html[start..start + html[start..].find('"').unwrap()];
-    let answer = browser()
-        .post(request.url.join("/oauth/authorize").unwrap())
-        .form(&[
-            ("consent_id", consent_id),
-            ("subject", &chosen.to_string()),
-            ("decision", "allow"),
-        ])
-        .send()
+    harness::answer_consent(&browser(), &request.url, &chosen.to_string(), "allow")
         .await
-        .unwrap();
-    answer.headers()["location"].to_str().unwrap().to_owned()
+        .into()
 }
 
 pub async fn start_sandbox() -> (SandboxHandle, Environment) {
-    let sandbox = Sandbox::builder()
-        .secret_prefix(CANARY)
+    let sandbox = harness::canary_sandbox()
         .access_token_ttl(ACCESS_TTL)
         .start()
         .await

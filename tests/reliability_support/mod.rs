@@ -19,11 +19,12 @@ use pleo_auth_core::{
     InProcessLease, ManualClock, OAuthGrant, RecordStoreExt, Sharing, StoreKey, Subject, Version,
     layout,
 };
+use pleo_auth_http::{PleoClient, RetryPolicy};
 use pleo_auth_oauth::{
     AuthorizeOptions, Connection, EventSink, OAuthClient, OAuthConfig, OAuthEvent, RefreshPolicy,
     TokenManager,
 };
-use pleo_auth_sandbox::{ClientRegistration, Company, Sandbox, SandboxHandle};
+use pleo_auth_sandbox::{ClientRegistration, Company, SandboxHandle, harness};
 use uuid::Uuid;
 
 /// The one fault-injecting store of the tests (not every test binary uses it).
@@ -86,18 +87,14 @@ impl Default for SandboxSpec {
 
 /// Starts the sandbox (strict rotation, reuse revokes the family) on a loopback port.
 pub async fn start_sandbox(spec: &SandboxSpec) -> SandboxHandle {
-    let mut builder = Sandbox::builder()
-        .secret_prefix(&format!("{CANARY}-"))
-        .access_token_ttl(spec.access_ttl);
+    let mut builder = harness::canary_sandbox().access_token_ttl(spec.access_ttl);
     for i in 0..spec.clients {
-        builder = builder.client(ClientRegistration {
-            id: client_id(i),
-            secret: client_secret(i),
-            name: format!("Reliability client {i}"),
-            redirect_uris: vec![REDIRECT_URI.to_owned()],
-            scopes: vec!["users:read".to_owned(), "export-jobs:read".to_owned()],
-            accept_client_secret_post: false,
-        });
+        builder = builder.client(ClientRegistration::new(
+            &client_id(i),
+            &client_secret(i),
+            REDIRECT_URI,
+            &["users:read", "export-jobs:read"],
+        ));
     }
     for i in 0..spec.companies {
         builder = builder.company(Company::new(company_uuid(i), format!("Company {i}")));
@@ -238,6 +235,19 @@ impl Harness {
         connect(&self.sandbox, &self.http, client, subject).await
     }
 
+    /// A replica with Acme connected, its token manager, and an API client over that manager
+    /// whose calls give up after `deadline`.
+    pub async fn connected_api(&self, deadline: Duration) -> (TokenManager, PleoClient) {
+        let client = self.replica();
+        self.connect(&client, acme()).await;
+        let manager = client.token_manager();
+        let api = PleoClient::builder(self.environment.clone(), Arc::new(manager.clone()))
+            .retry_policy(RetryPolicy::default().with_deadline(Some(deadline)))
+            .build()
+            .expect("the API client builds");
+        (manager, api)
+    }
+
     /// The stored grant of `subject` for client `i`.
     pub async fn stored(&self, client: usize, subject: &Subject) -> Option<(OAuthGrant, Version)> {
         stored_grant(&self.store, &self.environment, client, subject).await
@@ -245,12 +255,7 @@ impl Harness {
 }
 
 /// A reqwest client that never follows redirects, for driving the consent page.
-pub fn plain_http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("a reqwest client")
-}
+pub use pleo_auth_sandbox::harness::http as plain_http;
 
 /// Runs the whole connect flow of `subject` for `client` against `sandbox`.
 pub async fn connect(
@@ -270,17 +275,8 @@ pub async fn connect(
         .authorize(AuthorizeOptions::new().expect_subject(subject))
         .await
         .expect("authorize");
-    let response = http
-        .get(request.url.clone())
-        .send()
-        .await
-        .expect("the consent page answers");
-    assert_eq!(response.status(), 302, "auto-approve redirects");
-    let location = response.headers()["location"]
-        .to_str()
-        .expect("ascii location")
-        .to_owned();
-    client.complete(&location).await.expect("complete")
+    let location = harness::follow_auto_approve(http, &request.url).await;
+    client.complete(location.as_str()).await.expect("complete")
 }
 
 /// The stored grant of `subject` for client `i`.

@@ -14,19 +14,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use pleo_auth::http::{ConnectAuthorization, ConnectRoutes, Rejection, SameOriginPath};
 use pleo_auth::oauth::OAuthConfig;
-use pleo_auth::sandbox::{Sandbox, SandboxHandle, seed};
+use pleo_auth::sandbox::{SandboxHandle, harness, seed};
 use pleo_auth::{ClientSecret, DynSecretStore, Environment, PleoAuth, TenantId};
 
-/// Every secret the sandbox issues starts with this.
-pub const CANARY: &str = "CANARY-";
+/// Every secret the sandbox issues starts with `CANARY`. `client` is a browser stand-in that
+/// keeps no cookies and follows no redirects: each test passes the cookies it means to send.
+#[allow(unused_imports)] // not every test that includes this module checks for the canary
+pub use pleo_auth::sandbox::harness::{CANARY, http as client};
 /// The app's session cookie (a stand-in for a real login).
 pub const SESSION: &str = "app_session";
 
 /// A sandbox that approves consent for Acme Denmark at once (or shows the page with `None`).
 pub async fn sandbox(auto_approve: Option<uuid::Uuid>) -> (SandboxHandle, Environment) {
-    let sandbox = Sandbox::builder()
+    let sandbox = harness::canary_sandbox()
         .auto_approve(auto_approve)
-        .secret_prefix(CANARY)
         .start()
         .await
         .expect("the sandbox starts");
@@ -199,18 +200,8 @@ pub async fn start(app: &WebApp, tenant: &str) -> (String, String) {
 
 /// Follows the consent URL (the sandbox approves at once) to the callback URL.
 pub async fn consent(url: &str) -> String {
-    let response = client().get(url).send().await.unwrap();
-    assert_eq!(response.status(), 302);
-    response.headers()["location"].to_str().unwrap().to_owned()
-}
-
-/// A browser stand-in that keeps no cookies and follows no redirects: each test passes the
-/// cookies it means to send.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+    let url = url.parse().expect("an absolute consent URL");
+    harness::follow_auto_approve(&client(), &url).await.into()
 }
 
 /// The `name=value` part of the first `Set-Cookie` of `response` named `name`.

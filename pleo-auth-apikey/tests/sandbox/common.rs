@@ -7,8 +7,8 @@ use pleo_auth_core::testing::{TraceCapture, assert_no_leak, environment_at, erro
 use pleo_auth_core::{
     CompanyId, Credential, DynSecretStore, Environment, MemoryStore, SecretStore, StoreKey,
 };
-use pleo_auth_sandbox::{Sandbox, SandboxHandle, seed};
-use reqwest::header::{AUTHORIZATION, LOCATION};
+use pleo_auth_sandbox::{SandboxHandle, harness, seed};
+use reqwest::header::AUTHORIZATION;
 use uuid::Uuid;
 
 /// The marker in every secret the sandboxes mint.
@@ -40,9 +40,8 @@ pub struct Pleo {
 /// A sandbox named `name` (also the environment name) whose secrets start with `CANARY-`.
 pub async fn sandbox_named(name: &str) -> Pleo {
     init_logs();
-    let sandbox = Sandbox::builder()
+    let sandbox = harness::canary_sandbox()
         .environment_name(name)
-        .secret_prefix("CANARY-")
         .start()
         .await
         .expect("sandbox starts");
@@ -137,59 +136,12 @@ pub fn requests_to(pleo: &Pleo, method: &str, path: &str) -> usize {
         .count()
 }
 
-// A fixed PKCE pair: CHALLENGE is base64url(SHA-256(VERIFIER)).
-const VERIFIER: &str = "dBjftJeZ4CVP-mJ0S5ZR-OHR-MzCbr9BklVe6rWYW2k";
-const CHALLENGE: &str = "psstOhJLPFWMSqANqB3LqGcYpYjM1X1ZgXqOiWAyGt0";
-const REDIRECT: &str = "http://127.0.0.1/callback";
-
-/// A real OAuth access token for `company`, through the authorization code flow with
-/// auto-approve.
+/// A real OAuth access token of the demo client for `company`, through the authorization code
+/// flow with auto-approve.
 pub async fn oauth_access_token(pleo: &Pleo, company: Uuid) -> String {
     pleo.sandbox
         .set_auto_approve(Some(company))
         .expect("seeded company");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let mut url = pleo.sandbox.auth_url().join("oauth/authorize").unwrap();
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", seed::DEMO_CLIENT_ID)
-        .append_pair("redirect_uri", REDIRECT)
-        .append_pair("scope", "users:read")
-        .append_pair("state", "state-1")
-        .append_pair("code_challenge", CHALLENGE)
-        .append_pair("code_challenge_method", "S256");
-    let response = http.get(url).send().await.expect("authorize answers");
-    assert!(response.status().is_redirection(), "{}", response.status());
-    let location = reqwest::Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
-    let code = location
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .expect("a code")
-        .1
-        .into_owned();
-    let token: serde_json::Value = http
-        .post(pleo.sandbox.auth_url().join("oauth/token").unwrap())
-        .basic_auth(seed::DEMO_CLIENT_ID, Some(seed::DEMO_CLIENT_SECRET))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ])
-        .send()
-        .await
-        .expect("token endpoint answers")
-        .json()
-        .await
-        .expect("token JSON");
-    match token["access_token"].as_str() {
-        Some(access_token) => access_token.to_owned(),
-        None => panic!(
-            "no access token: {} {}",
-            token["error"], token["error_description"]
-        ),
-    }
+    let tokens = harness::tokens_for(&harness::http(), &pleo.sandbox, company, "users:read").await;
+    harness::s(&tokens, "access_token").to_owned()
 }

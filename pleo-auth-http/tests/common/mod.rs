@@ -8,21 +8,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pleo_auth_core::testing::{assert_no_leak, environment_at};
 use pleo_auth_core::{
     AccessToken, ApiKey, AuthorizationHeader, CompanyId, Credential, CredentialId, CredentialKind,
     CredentialProvider, DynCredentialProvider, Environment, EnvironmentName, ErrorKind,
-    OrganisationId, ScopeSet, Subject, random_urlsafe,
+    OrganisationId, ScopeSet, Subject,
 };
 use pleo_auth_http::{
     Error, PleoClient, RequestOptions, RetryPolicy, Target, error_for_status, transport,
 };
-use pleo_auth_sandbox::{Sandbox, SandboxHandle, seed};
+use pleo_auth_sandbox::{SandboxHandle, harness, seed};
 use reqwest::Method;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The marker every sandbox secret starts with; it must never appear in errors or logs.
 pub const CANARY: &str = "CANARY";
@@ -43,8 +40,7 @@ pub fn org() -> OrganisationId {
 }
 
 pub async fn sandbox() -> SandboxHandle {
-    Sandbox::builder()
-        .secret_prefix("CANARY-")
+    harness::canary_sandbox()
         .start()
         .await
         .expect("sandbox starts")
@@ -175,7 +171,7 @@ impl OAuthProvider {
             environment: env_name(sandbox),
             subject,
             token_endpoint: sandbox.auth_url().join("oauth/token").unwrap(),
-            http: no_redirect_client(),
+            http: harness::http(),
             state: tokio::sync::Mutex::new(TokenState {
                 id: CredentialId::next(),
                 access: AccessToken::new(access),
@@ -311,99 +307,21 @@ pub fn key_credential(
 }
 
 // ---------------------------------------------------------------------------------------------
-// OAuth helpers (plain reqwest against the sandbox)
+// OAuth by hand against the sandbox (the sandbox's harness)
 
-pub fn no_redirect_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-pub fn pkce() -> (String, String) {
-    let verifier = random_urlsafe(32);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    (verifier, challenge)
-}
-
-/// The authorization URL for the demo client.
-pub fn authorize_url(
-    sandbox: &SandboxHandle,
-    redirect_uri: &str,
-    state: &str,
-    challenge: &str,
-    subject: Option<Subject>,
-) -> url::Url {
-    let mut url = sandbox.auth_url().join("oauth/authorize").unwrap();
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", seed::DEMO_CLIENT_ID)
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("scope", SCOPES)
-        .append_pair("state", state)
-        .append_pair("code_challenge", challenge)
-        .append_pair("code_challenge_method", "S256");
-    if let Some(subject) = subject {
-        url.query_pairs_mut()
-            .append_pair("urn_pleo_params_oauth_subject", &subject.to_string());
-    }
-    url
-}
-
-/// Exchanges a code: (access token, refresh token).
-pub async fn exchange_code(
-    sandbox: &SandboxHandle,
-    code: &str,
-    redirect_uri: &str,
-    verifier: &str,
-) -> (String, String) {
-    let body: Value = no_redirect_client()
-        .post(sandbox.auth_url().join("oauth/token").unwrap())
-        .basic_auth(seed::DEMO_CLIENT_ID, Some(seed::DEMO_CLIENT_SECRET))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        body["access_token"]
-            .as_str()
-            .expect("access token")
-            .to_owned(),
-        body["refresh_token"]
-            .as_str()
-            .expect("refresh token")
-            .to_owned(),
-    )
-}
-
-/// A full auto-approved authorization-code flow for `subject`.
+/// A full auto-approved authorization-code flow of the demo client for `subject`: (access
+/// token, refresh token).
 pub async fn oauth_tokens(sandbox: &SandboxHandle, subject: Subject) -> (String, String) {
-    let fallback = match subject {
+    let uuid = match subject {
         Subject::Company(c) => *c.as_uuid(),
         Subject::Organisation(o) => *o.as_uuid(),
     };
-    sandbox.set_auto_approve(Some(fallback)).unwrap();
-    let (verifier, challenge) = pkce();
-    let redirect_uri = "http://127.0.0.1:9/callback";
-    let url = authorize_url(sandbox, redirect_uri, "st", &challenge, Some(subject));
-    let response = no_redirect_client().get(url).send().await.unwrap();
-    assert_eq!(response.status(), 302, "auto-approve redirects");
-    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
-    let code = location
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .expect("code")
-        .1
-        .into_owned();
-    exchange_code(sandbox, &code, redirect_uri, &verifier).await
+    sandbox.set_auto_approve(Some(uuid)).unwrap();
+    let tokens = harness::tokens_for(&harness::http(), sandbox, uuid, SCOPES).await;
+    (
+        harness::s(&tokens, "access_token").to_owned(),
+        harness::s(&tokens, "refresh_token").to_owned(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use pleo_auth_oauth::{
     AuthorizeOptions, Connection, EventSink, OAuthClient, OAuthConfig, OAuthEvent, RefreshPolicy,
     TokenManager, TracingEvents,
 };
-use pleo_auth_sandbox::{ClientRegistration, Sandbox, SandboxHandle, seed};
+use pleo_auth_sandbox::{ClientRegistration, SandboxHandle, harness, seed};
 use url::Url;
 
 /// Every secret in these tests contains this marker.
@@ -128,21 +128,23 @@ impl Harness {
         Self::with(Options::default()).await
     }
 
+    /// A harness whose sandbox approves `subject` at once, whatever the flow expects.
+    pub async fn approving(subject: Subject) -> Self {
+        Self::with(Options {
+            auto_approve: Some(subject),
+            ..Options::default()
+        })
+        .await
+    }
+
     pub async fn with(options: Options) -> Self {
-        let sandbox = Sandbox::builder()
-            .secret_prefix("CANARY-")
-            .client(ClientRegistration {
-                id: CLIENT_ID.to_owned(),
-                secret: CLIENT_SECRET.to_owned(),
-                name: "OAuth tests".to_owned(),
-                redirect_uris: vec![REDIRECT_URI.to_owned()],
-                scopes: vec![
-                    "users:read".to_owned(),
-                    "export-jobs:read".to_owned(),
-                    "vendors:read".to_owned(),
-                ],
-                accept_client_secret_post: false,
-            })
+        let sandbox = harness::canary_sandbox()
+            .client(ClientRegistration::new(
+                CLIENT_ID,
+                CLIENT_SECRET,
+                REDIRECT_URI,
+                &["users:read", "export-jobs:read", "vendors:read"],
+            ))
             .auto_approve(options.auto_approve.as_ref().map(subject_uuid))
             .start()
             .await
@@ -163,10 +165,7 @@ impl Harness {
             .build()
             .expect("client builds");
         let manager = client.token_manager();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = harness::http();
         Self {
             sandbox,
             clock,
@@ -220,11 +219,9 @@ impl Harness {
 
     /// Follows the authorization URL (auto-approve) and returns the callback URL.
     pub async fn consent(&self, url: &Url) -> String {
-        let response = self.http.get(url.clone()).send().await.expect("authorize");
-        assert_eq!(response.status(), 302, "authorize redirects");
-        let location = response.headers()["location"].to_str().unwrap().to_owned();
-        assert!(location.starts_with(REDIRECT_URI), "{location}");
-        location
+        let location = harness::follow_auto_approve(&self.http, url).await;
+        assert!(location.as_str().starts_with(REDIRECT_URI), "{location}");
+        location.into()
     }
 
     /// The whole connect flow.

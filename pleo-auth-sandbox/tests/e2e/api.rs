@@ -2,21 +2,15 @@
 
 use std::time::Duration;
 
-use pleo_auth_sandbox::{
-    AuthMethod, RevocationCause, Sandbox, SandboxHandle, seed, token_fingerprint,
-};
+use pleo_auth_sandbox::{AuthMethod, RevocationCause, SandboxHandle, seed, token_fingerprint};
 use reqwest::StatusCode;
 use reqwest::header::WWW_AUTHENTICATE;
 use serde_json::{Value, json};
 
-use crate::common::*;
+use pleo_auth_sandbox::harness::*;
 
 async fn sandbox() -> SandboxHandle {
-    Sandbox::builder()
-        .secret_prefix(CANARY)
-        .start()
-        .await
-        .expect("sandbox starts")
+    canary_sandbox().start().await.expect("sandbox starts")
 }
 
 fn challenge(response: &reqwest::Response) -> String {
@@ -277,15 +271,13 @@ async fn integrated_key_carries_the_client_scopes_for_one_company() {
 
 #[tokio::test]
 async fn keys_from_another_environment_are_refused() {
-    let staging = Sandbox::builder()
+    let staging = canary_sandbox()
         .environment_name("staging")
-        .secret_prefix(CANARY)
         .start()
         .await
         .unwrap();
-    let production = Sandbox::builder()
+    let production = canary_sandbox()
         .environment_name("production")
-        .secret_prefix(CANARY)
         .start()
         .await
         .unwrap();

@@ -15,14 +15,10 @@ use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
 use serde_json::{Value, json};
 
-use crate::common::*;
+use pleo_auth_sandbox::harness::*;
 
 async fn sandbox() -> SandboxHandle {
-    Sandbox::builder()
-        .secret_prefix(CANARY)
-        .start()
-        .await
-        .expect("sandbox starts")
+    canary_sandbox().start().await.expect("sandbox starts")
 }
 
 #[tokio::test]

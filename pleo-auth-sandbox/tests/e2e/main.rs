@@ -1,7 +1,6 @@
 //! End-to-end tests: a plain reqwest client drives a real sandbox over loopback.
 
 mod api;
-mod common;
 mod faults;
 mod oauth;
 mod shape;

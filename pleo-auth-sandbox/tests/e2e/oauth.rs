@@ -7,14 +7,10 @@ use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use serde_json::Value;
 
-use crate::common::*;
+use pleo_auth_sandbox::harness::*;
 
 async fn sandbox() -> SandboxHandle {
-    Sandbox::builder()
-        .secret_prefix(CANARY)
-        .start()
-        .await
-        .expect("sandbox starts")
+    canary_sandbox().start().await.expect("sandbox starts")
 }
 
 #[tokio::test]
@@ -496,12 +492,8 @@ async fn unknown_client_or_unregistered_redirect_gets_an_error_page_and_no_redir
 #[tokio::test]
 async fn client_secret_post_is_refused_unless_the_client_allows_it() {
     let posting = ClientRegistration {
-        id: "poster".to_owned(),
-        secret: "poster-secret".to_owned(),
-        name: "Poster".to_owned(),
-        redirect_uris: vec![REDIRECT.to_owned()],
-        scopes: vec!["users:read".to_owned()],
         accept_client_secret_post: true,
+        ..ClientRegistration::new("poster", "poster-secret", REDIRECT, &["users:read"])
     };
     let sb = Sandbox::builder().client(posting).start().await.unwrap();
     let http = http();
@@ -560,7 +552,7 @@ async fn client_secret_post_is_refused_unless_the_client_allows_it() {
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
     let (html, consent_id) = consent_page(&http, auth).await;
-    assert!(html.contains("Poster wants to access"));
+    assert!(html.contains("poster wants to access"));
     let back = decide(&http, &sb, &consent_id, seed::GLOBEX, "allow").await;
     let code = query(&back, "code").unwrap();
     let ok = http
@@ -585,20 +577,8 @@ async fn client_secret_post_is_refused_unless_the_client_allows_it() {
 
 #[tokio::test]
 async fn token_introspection_reports_tokens_to_their_own_client_only() {
-    let other = ClientRegistration {
-        id: "other".to_owned(),
-        secret: "other-secret".to_owned(),
-        name: "Other".to_owned(),
-        redirect_uris: vec![REDIRECT.to_owned()],
-        scopes: vec!["users:read".to_owned()],
-        accept_client_secret_post: false,
-    };
-    let sb = Sandbox::builder()
-        .secret_prefix(CANARY)
-        .client(other)
-        .start()
-        .await
-        .unwrap();
+    let other = ClientRegistration::new("other", "other-secret", REDIRECT, &["users:read"]);
+    let sb = canary_sandbox().client(other).start().await.unwrap();
     let http = http();
     let tokens = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
     let introspect = |token: String, auth: Option<String>| {

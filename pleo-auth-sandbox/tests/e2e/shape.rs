@@ -12,11 +12,10 @@ use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE};
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::common::*;
+use pleo_auth_sandbox::harness::*;
 
 async fn sandbox(shape: ServerShape) -> SandboxHandle {
-    Sandbox::builder()
-        .secret_prefix(CANARY)
+    canary_sandbox()
         .auto_approve(Some(seed::ACME_DK))
         .server_shape(shape)
         .start()
@@ -456,14 +455,12 @@ async fn unknown_and_spent_tokens_get_200_and_change_nothing() {
 #[tokio::test]
 async fn revocation_needs_client_authentication_and_the_tokens_own_client() {
     let sb = generic_sandbox().await;
-    sb.register_client(ClientRegistration {
-        id: "other-client".to_owned(),
-        secret: "other-secret".to_owned(),
-        name: "Other".to_owned(),
-        redirect_uris: vec!["http://127.0.0.1/callback".to_owned()],
-        scopes: vec!["users:read".to_owned()],
-        accept_client_secret_post: false,
-    })
+    sb.register_client(ClientRegistration::new(
+        "other-client",
+        "other-secret",
+        "http://127.0.0.1/callback",
+        &["users:read"],
+    ))
     .unwrap();
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
