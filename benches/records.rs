@@ -10,14 +10,13 @@
 //!
 //! `cargo bench --bench records`; `BENCHMARKS.md` records a run.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use pleo_auth_core::{
-    AccessToken, ClientId, CredentialKey, CredentialStatus, EnvironmentName, MemoryStore,
-    OAuthGrant, Precondition, Record, RecordStoreExt, RefreshToken, SecretStore, StoreKey, Subject,
-    TenantId, Timestamp, layout,
+    AccessToken, ClientId, CredentialKey, EnvironmentName, MemoryStore, OAuthGrant, Precondition,
+    Record, RecordStoreExt, RefreshToken, SecretStore, StoreKey, Subject, TenantId, Timestamp,
+    layout,
 };
 
 const ROUNDS: usize = 31;
@@ -29,22 +28,23 @@ fn grant(n: u32) -> OAuthGrant {
     let subject: Subject = format!("urn:pleo:company:0b6f1c7e-8a55-4c2e-9d43-{n:012x}")
         .parse()
         .unwrap();
-    OAuthGrant {
-        environment: EnvironmentName::new("production").unwrap(),
-        client_id: ClientId::new("Acme-Integration").unwrap(),
+    let key = CredentialKey::new(
+        EnvironmentName::new("production").unwrap(),
+        ClientId::new("Acme-Integration").unwrap(),
         subject,
+    );
+    OAuthGrant {
         tenant: Some(TenantId::new(format!("ERP-{n}")).unwrap()),
-        status: CredentialStatus::Active,
-        status_reason: None,
-        access_token: Some(AccessToken::new(format!("at_{n:0>43}"))),
-        access_token_expires_at: Some(Timestamp::from_millis(1_800_000_000_000)),
-        refresh_token: Some(RefreshToken::new(format!("rt_{n:0>43}"))),
-        refresh_token_issued_at: Some(Timestamp::from_millis(1_790_000_000_000)),
-        scopes: "users:read export-jobs:read".parse().unwrap(),
         generation: 7,
         created_at: Timestamp::from_millis(1_700_000_000_000),
-        updated_at: Timestamp::from_millis(1_790_000_000_000),
-        settings: BTreeMap::new(),
+        ..OAuthGrant::connected(
+            key,
+            AccessToken::new(format!("at_{n:0>43}")),
+            RefreshToken::new(format!("rt_{n:0>43}")),
+            "users:read export-jobs:read".parse().unwrap(),
+            Timestamp::from_millis(1_790_000_000_000),
+            Duration::from_millis(10_000_000_000),
+        )
     }
 }
 

@@ -1,11 +1,10 @@
 //! What the benchmarks share: active grant records shaped like the sandbox's.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pleo_auth_core::{
-    AccessToken, CredentialKey, CredentialStatus, EnvironmentName, OAuthGrant, RefreshToken,
-    StoreKey, Subject, Timestamp, layout, random_urlsafe,
+    AccessToken, CredentialKey, EnvironmentName, OAuthGrant, RefreshToken, StoreKey, Subject,
+    Timestamp, layout, random_urlsafe,
 };
 
 /// The subject of company number `i`.
@@ -22,29 +21,14 @@ pub fn active_grant(
     subject: Subject,
     now: Timestamp,
 ) -> (StoreKey, OAuthGrant) {
-    let record = OAuthGrant {
-        environment: environment.clone(),
-        client_id: "bench".parse().unwrap(),
-        subject,
-        tenant: None,
-        status: CredentialStatus::Active,
-        status_reason: None,
-        access_token: Some(AccessToken::new(format!(
-            "CANARY-at_{}",
-            random_urlsafe(32)
-        ))),
-        access_token_expires_at: Some(now.saturating_add(Duration::from_secs(24 * 3600))),
-        refresh_token: Some(RefreshToken::new(format!(
-            "CANARY-rt_{}",
-            random_urlsafe(32)
-        ))),
-        refresh_token_issued_at: Some(now),
-        scopes: "users:read".parse().unwrap(),
-        generation: 1,
-        created_at: now,
-        updated_at: now,
-        settings: BTreeMap::new(),
-    };
+    let record = OAuthGrant::connected(
+        CredentialKey::new(environment.clone(), "bench".parse().unwrap(), subject),
+        AccessToken::new(format!("CANARY-at_{}", random_urlsafe(32))),
+        RefreshToken::new(format!("CANARY-rt_{}", random_urlsafe(32))),
+        "users:read".parse().unwrap(),
+        now,
+        Duration::from_secs(24 * 3600),
+    );
     let key = layout::oauth_grant(&CredentialKey::new(
         environment.clone(),
         "bench".parse().unwrap(),

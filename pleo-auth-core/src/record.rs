@@ -264,6 +264,62 @@ pub struct OAuthGrant {
 }
 
 impl OAuthGrant {
+    /// A grant just connected for `key`: active, generation 1, no tenant and no settings, its
+    /// tokens received at `received` and the access token valid for `lifetime`. Set the other
+    /// fields with struct update syntax.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pleo_auth_core::{
+    ///     AccessToken, CredentialKey, CredentialStatus, OAuthGrant, RefreshToken, Timestamp,
+    /// };
+    ///
+    /// let key = CredentialKey::new(
+    ///     "staging".parse()?,
+    ///     "my-client".parse()?,
+    ///     "urn:pleo:company:0b6f1c7e-8a55-4c2e-9d43-000000000001".parse()?,
+    /// );
+    /// let received = Timestamp::from_millis(1_790_000_000_000);
+    /// let grant = OAuthGrant::connected(
+    ///     key,
+    ///     AccessToken::new("at"),
+    ///     RefreshToken::new("rt"),
+    ///     "users:read".parse()?,
+    ///     received,
+    ///     Duration::from_secs(900),
+    /// );
+    /// assert_eq!(grant.status, CredentialStatus::Active);
+    /// assert_eq!(grant.generation, 1);
+    /// assert_eq!(grant.access_token_expires_at, Some(received.saturating_add(Duration::from_secs(900))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connected(
+        key: CredentialKey,
+        access_token: AccessToken,
+        refresh_token: RefreshToken,
+        scopes: ScopeSet,
+        received: Timestamp,
+        lifetime: Duration,
+    ) -> Self {
+        Self {
+            environment: key.environment,
+            client_id: key.client,
+            subject: key.subject,
+            tenant: None,
+            status: CredentialStatus::Active,
+            status_reason: None,
+            access_token: Some(access_token),
+            access_token_expires_at: Some(received.saturating_add(lifetime)),
+            refresh_token: Some(refresh_token),
+            refresh_token_issued_at: Some(received),
+            scopes,
+            generation: 1,
+            created_at: received,
+            updated_at: received,
+            settings: BTreeMap::new(),
+        }
+    }
+
     /// The key this grant is stored under.
     pub fn credential_key(&self) -> CredentialKey {
         CredentialKey::new(

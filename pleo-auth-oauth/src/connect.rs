@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
 use pleo_auth_core::{
-    BrowserBinding, Change, CredentialKind, CredentialStatus, DanglingReason,
-    ErrorKind as CoreKind, LinkError, LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization,
-    PkceVerifier, Precondition, RecordStoreExt, RevocationState, ScopeSet, Subject, TenantId,
-    UpdateError, Updated, Version, is_conflict, layout, random_urlsafe,
+    BrowserBinding, Change, CredentialKey, CredentialKind, DanglingReason, ErrorKind as CoreKind,
+    LinkError, LinkOutcome, LinkRequest, OAuthGrant, PendingAuthorization, PkceVerifier,
+    Precondition, RecordStoreExt, RevocationState, ScopeSet, Subject, TenantId, UpdateError,
+    Updated, Version, is_conflict, layout, random_urlsafe,
 };
 use sha2::{Digest as _, Sha256};
 use url::Url;
@@ -443,22 +443,21 @@ impl OAuthClient {
             Some(scopes) => scopes,
             None => access.scopes.unwrap_or_else(|| pending.scopes.clone()),
         };
-        let fresh = OAuthGrant {
-            environment: inner.config.environment().name().clone(),
-            client_id: inner.config.client_id().clone(),
+        let key = CredentialKey::new(
+            inner.config.environment().name().clone(),
+            inner.config.client_id().clone(),
             subject,
+        );
+        let fresh = OAuthGrant {
             tenant: pending.tenant.clone(),
-            status: CredentialStatus::Active,
-            status_reason: None,
-            access_token: Some(access.access_token.clone()),
-            access_token_expires_at: Some(received.saturating_add(lifetime)),
-            refresh_token: Some(refresh_token),
-            refresh_token_issued_at: Some(received),
-            scopes: scopes.clone(),
-            generation: 1,
-            created_at: received,
-            updated_at: received,
-            settings: Default::default(),
+            ..OAuthGrant::connected(
+                key,
+                access.access_token.clone(),
+                refresh_token,
+                scopes.clone(),
+                received,
+                lifetime,
+            )
         };
         let (written, link) = match &pending.tenant {
             None => (write_grant(inner, fresh).await?, None),

@@ -1,39 +1,34 @@
 //! The keep-alive sweep and `TokenManager::list` read grants with batch reads (`get_many`), not
 //! one `get` per grant.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pleo_auth_core::testing::FaultyStore;
 use pleo_auth_core::{
-    AccessToken, ClientSecret, CredentialKey, CredentialStatus, Environment, EnvironmentName,
-    OAuthGrant, Precondition, RecordStoreExt, RefreshToken, Subject, Timestamp, layout,
+    AccessToken, ClientSecret, CredentialKey, Environment, EnvironmentName, OAuthGrant,
+    Precondition, RecordStoreExt, RefreshToken, Subject, Timestamp, layout,
 };
 use pleo_auth_oauth::{OAuthClient, OAuthConfig};
 
 const GRANTS: usize = 2_500;
 
 fn grant(i: usize, now: Timestamp) -> OAuthGrant {
-    OAuthGrant {
-        environment: EnvironmentName::new("sandbox").unwrap(),
-        client_id: "batch".parse().unwrap(),
-        subject: format!("urn:pleo:company:0b000000-0000-4000-8000-{i:012}")
-            .parse::<Subject>()
-            .unwrap(),
-        tenant: None,
-        status: CredentialStatus::Active,
-        status_reason: None,
-        access_token: Some(AccessToken::new(format!("CANARY-at-{i}"))),
-        access_token_expires_at: Some(now.saturating_add(Duration::from_secs(3600))),
-        refresh_token: Some(RefreshToken::new(format!("CANARY-rt-{i}"))),
-        refresh_token_issued_at: Some(now),
-        scopes: "users:read".parse().unwrap(),
-        generation: 1,
-        created_at: now,
-        updated_at: now,
-        settings: BTreeMap::new(),
-    }
+    let subject = format!("urn:pleo:company:0b000000-0000-4000-8000-{i:012}")
+        .parse::<Subject>()
+        .unwrap();
+    OAuthGrant::connected(
+        CredentialKey::new(
+            EnvironmentName::new("sandbox").unwrap(),
+            "batch".parse().unwrap(),
+            subject,
+        ),
+        AccessToken::new(format!("CANARY-at-{i}")),
+        RefreshToken::new(format!("CANARY-rt-{i}")),
+        "users:read".parse().unwrap(),
+        now,
+        Duration::from_secs(3600),
+    )
 }
 
 #[tokio::test]

@@ -250,17 +250,7 @@ async fn two_concurrent_callbacks_with_one_state_cannot_both_succeed() {
 async fn a_wrong_company_stores_nothing() {
     // Pleo connects Globex although the flow expected Acme Denmark.
     let h = Harness::approving(globex()).await;
-    let request = h
-        .client
-        .authorize(
-            AuthorizeOptions::new()
-                .expect_subject(dk())
-                .subject_hint(None),
-        )
-        .await
-        .unwrap();
-    let callback = h.consent(&request.url).await;
-    let err = h.client.complete(&callback).await.unwrap_err();
+    let err = h.connect_expecting_dk(&h.client).await;
     assert_eq!(
         err.kind(),
         &ErrorKind::WrongCompany {

@@ -150,16 +150,7 @@ async fn refused_and_replaced_grants_are_revoked_at_the_revocation_endpoint() {
     let issuer = go_generic(&h);
     let (client, manager) = h.client_with(generic_config(&h, generic_server(&h, Some(&issuer))));
 
-    let request = client
-        .authorize(
-            AuthorizeOptions::new()
-                .expect_subject(dk())
-                .subject_hint(None),
-        )
-        .await
-        .unwrap();
-    let callback = h.consent(&request.url).await;
-    let err = client.complete(&callback).await.unwrap_err();
+    let err = h.connect_expecting_dk(&client).await;
     assert!(
         matches!(err.kind(), ErrorKind::WrongCompany { .. }),
         "{err:?}"

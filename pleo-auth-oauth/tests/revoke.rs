@@ -30,16 +30,7 @@ fn config_with_lookup(h: &Harness, lookup: SubjectLookup) -> OAuthConfig {
 
 /// Expects Acme Denmark, but the sandbox connects Globex.
 async fn refused_connection(h: &Harness, client: &pleo_auth_oauth::OAuthClient) {
-    let request = client
-        .authorize(
-            AuthorizeOptions::new()
-                .expect_subject(dk())
-                .subject_hint(None),
-        )
-        .await
-        .unwrap();
-    let callback = h.consent(&request.url).await;
-    let err = client.complete(&callback).await.unwrap_err();
+    let err = h.connect_expecting_dk(client).await;
     assert!(
         matches!(err.kind(), ErrorKind::WrongCompany { .. }),
         "{err:?}"

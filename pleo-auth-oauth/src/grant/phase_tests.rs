@@ -2,9 +2,7 @@
 //! answer, landed write and refusal, and a property test of random event sequences against a
 //! simulated store with another writer.
 
-use std::collections::BTreeMap;
-
-use pleo_auth_core::{EnvironmentName, Subject};
+use pleo_auth_core::{CredentialKey, EnvironmentName, Subject};
 use proptest::prelude::*;
 
 use super::*;
@@ -16,26 +14,30 @@ fn subject() -> Subject {
 }
 
 fn record(rt: Option<&str>, generation: u64, status: CredentialStatus) -> OAuthGrant {
+    let connected = OAuthGrant::connected(
+        CredentialKey::new(
+            EnvironmentName::new("staging").unwrap(),
+            "client".parse().unwrap(),
+            subject(),
+        ),
+        AccessToken::new(format!("at-of-{}", rt.unwrap_or_default())),
+        RefreshToken::new(rt.unwrap_or_default()),
+        "users:read".parse().unwrap(),
+        Timestamp::from_millis(0),
+        Duration::from_millis(1_000_000),
+    );
     OAuthGrant {
-        environment: EnvironmentName::new("staging").unwrap(),
-        client_id: "client".parse().unwrap(),
-        subject: subject(),
-        tenant: None,
         status,
         status_reason: match status {
             CredentialStatus::Revoked => Some(REVOCATION_PENDING.to_owned()),
             CredentialStatus::NeedsReauthorization => Some(INVALID_GRANT.to_owned()),
             _ => None,
         },
-        access_token: rt.map(|rt| AccessToken::new(format!("at-of-{rt}"))),
-        access_token_expires_at: rt.map(|_| Timestamp::from_millis(1_000_000)),
-        refresh_token: rt.map(RefreshToken::new),
-        refresh_token_issued_at: Some(Timestamp::from_millis(0)),
-        scopes: "users:read".parse().unwrap(),
+        access_token: rt.and(connected.access_token.clone()),
+        access_token_expires_at: rt.and(connected.access_token_expires_at),
+        refresh_token: rt.and(connected.refresh_token.clone()),
         generation,
-        created_at: Timestamp::from_millis(0),
-        updated_at: Timestamp::from_millis(0),
-        settings: BTreeMap::new(),
+        ..connected
     }
 }
 

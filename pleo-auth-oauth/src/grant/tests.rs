@@ -1,7 +1,6 @@
 //! Unit tests of the async shell at the store boundary (a mock store): pending writes, their
 //! retries and conflicts, and the refresh lease a pending pair keeps.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -9,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pleo_auth_core::{
-    AccessToken, ClientSecret, CredentialStatus, Environment, EnvironmentName, LeaseGuard,
-    LeaseRelease, ManualClock, OAuthGrant, Precondition, Record, RefreshToken, SecretBytes,
-    SecretStore, StoreKey, Subject, Timestamp, Version, Versioned,
+    AccessToken, ClientSecret, CredentialKey, CredentialStatus, Environment, EnvironmentName,
+    LeaseGuard, LeaseRelease, ManualClock, OAuthGrant, Precondition, Record, RefreshToken,
+    SecretBytes, SecretStore, StoreKey, Subject, Timestamp, Version, Versioned,
 };
 use pleo_auth_http::transport::TransportConfig;
 
@@ -63,21 +62,19 @@ fn subject() -> Subject {
 
 fn grant(refresh: &str, generation: u64) -> OAuthGrant {
     OAuthGrant {
-        environment: EnvironmentName::new("staging").unwrap(),
-        client_id: "client".parse().unwrap(),
-        subject: subject(),
-        tenant: None,
-        status: CredentialStatus::Active,
-        status_reason: None,
-        access_token: Some(AccessToken::new(format!("CANARY-at-{generation}"))),
-        access_token_expires_at: Some(Timestamp::from_millis(u64::MAX / 2)),
-        refresh_token: Some(RefreshToken::new(refresh)),
-        refresh_token_issued_at: Some(Timestamp::from_millis(0)),
-        scopes: "users:read".parse().unwrap(),
         generation,
-        created_at: Timestamp::from_millis(0),
-        updated_at: Timestamp::from_millis(0),
-        settings: BTreeMap::new(),
+        ..OAuthGrant::connected(
+            CredentialKey::new(
+                EnvironmentName::new("staging").unwrap(),
+                "client".parse().unwrap(),
+                subject(),
+            ),
+            AccessToken::new(format!("CANARY-at-{generation}")),
+            RefreshToken::new(refresh),
+            "users:read".parse().unwrap(),
+            Timestamp::from_millis(0),
+            Duration::from_millis(u64::MAX / 2),
+        )
     }
 }
 

@@ -224,6 +224,24 @@ impl Harness {
         location.into()
     }
 
+    /// A connect flow of `client` that expects Acme Denmark without telling Pleo (no subject
+    /// hint), so the sandbox connects whatever it approves; the error `complete` answers.
+    pub async fn connect_expecting_dk(&self, client: &OAuthClient) -> pleo_auth_oauth::Error {
+        let request = client
+            .authorize(
+                AuthorizeOptions::new()
+                    .expect_subject(dk())
+                    .subject_hint(None),
+            )
+            .await
+            .expect("authorize");
+        let callback = self.consent(&request.url).await;
+        client
+            .complete(&callback)
+            .await
+            .expect_err("another company was connected")
+    }
+
     /// The whole connect flow.
     pub async fn connect(&self, options: AuthorizeOptions) -> Connection {
         let request = self.client.authorize(options).await.expect("authorize");
