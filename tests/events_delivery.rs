@@ -10,12 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use events_support::{
-    ACCESS_TTL, company, consent, eventually, fast_policy, oauth_config, start_sandbox,
-};
+use events_support::{ACCESS_TTL, auth_builder, company, consent, eventually, start_sandbox};
 use pleo_auth::oauth::AuthorizeOptions;
 use pleo_auth::sandbox::seed;
-use pleo_auth::{ManualClock, MemoryStore, PleoAuth, PleoEvent};
+use pleo_auth::{ManualClock, MemoryStore, PleoEvent};
 
 /// A subscriber that blocks never holds up refreshes: the queue is bounded, later events are
 /// dropped and counted, and a broadcast receiver that falls behind learns how many it missed.
@@ -25,12 +23,7 @@ async fn a_stuck_subscriber_never_holds_up_refreshes() {
     let clock = ManualClock::new();
     let released = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicUsize::new(0));
-    let auth = PleoAuth::builder()
-        .environment(environment.clone())
-        .store_from(MemoryStore::new())
-        .clock(Arc::new(clock.clone()))
-        .oauth(oauth_config(&environment))
-        .refresh_policy(fast_policy())
+    let auth = auth_builder(&environment, &clock, Arc::new(MemoryStore::new()))
         .event_capacity(4)
         .on_event({
             let released = released.clone();

@@ -21,16 +21,15 @@ use pleo_auth::apikey::{ApiKeyConfig, ConnectOptions};
 use pleo_auth::oauth::AuthorizeOptions;
 use pleo_auth::sandbox::{Endpoint, Fault, seed};
 use pleo_auth::{
-    ApiKey, ClientId, CompanyId, CredentialKey, CredentialKind, DynSecretStore, EventKind,
-    KeepAliveConfig, ManualClock, MemoryStore, PleoAuth, PleoEvent, Precondition, SecretBytes,
-    SecretStore, TenantId, layout,
+    ApiKey, ClientId, CompanyId, CredentialKey, CredentialKind, EventKind, KeepAliveConfig,
+    ManualClock, MemoryStore, PleoEvent, Precondition, SecretBytes, SecretStore, TenantId, layout,
 };
 
 mod events_support;
 mod reliability_support;
 
 use events_support::{
-    ACCESS_TTL, CANARY, company, consent, eventually, fast_policy, oauth_config, start_sandbox,
+    ACCESS_TTL, CANARY, auth_builder, company, consent, eventually, fast_policy, start_sandbox,
 };
 use reliability_support::FaultyStore;
 
@@ -78,12 +77,7 @@ async fn every_event_kind_and_the_metrics_match_the_sandbox() {
     let clock = ManualClock::new();
     let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let seen: Arc<Mutex<Vec<PleoEvent>>> = Arc::default();
-    let auth = PleoAuth::builder()
-        .environment(environment.clone())
-        .store(store.clone() as DynSecretStore)
-        .clock(Arc::new(clock.clone()))
-        .oauth(oauth_config(&environment))
-        .refresh_policy(fast_policy())
+    let auth = auth_builder(&environment, &clock, store.clone())
         .api_keys(ApiKeyConfig::new(
             environment.clone(),
             ClientId::new(seed::DEMO_CLIENT_ID).unwrap(),

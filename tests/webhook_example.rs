@@ -18,11 +18,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use events_support::{
-    ACCESS_TTL, CANARY, company, consent, eventually, fast_policy, oauth_config, start_sandbox,
+    ACCESS_TTL, CANARY, auth_builder, company, consent, eventually, start_sandbox,
 };
 use pleo_auth::oauth::AuthorizeOptions;
 use pleo_auth::sandbox::seed;
-use pleo_auth::{ManualClock, MemoryStore, PleoAuth};
+use pleo_auth::{ManualClock, MemoryStore};
 use webhook_events::{Webhook, signature, verify};
 
 const SECRET: &[u8] = b"webhook-shared-secret";
@@ -76,12 +76,7 @@ async fn the_webhook_example_delivers_signed_events_and_retries() {
     let (webhook, _delivery) = Webhook::start(url, SECRET.to_vec(), Duration::from_millis(20));
     let (sandbox, environment) = start_sandbox().await;
     let clock = ManualClock::new();
-    let auth = PleoAuth::builder()
-        .environment(environment.clone())
-        .store_from(MemoryStore::new())
-        .clock(Arc::new(clock.clone()))
-        .oauth(oauth_config(&environment))
-        .refresh_policy(fast_policy())
+    let auth = auth_builder(&environment, &clock, Arc::new(MemoryStore::new()))
         .on_event(webhook.sink())
         .build()
         .unwrap();

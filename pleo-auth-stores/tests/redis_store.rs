@@ -52,60 +52,30 @@ async fn eight_concurrent_writers_one_winner_per_version() {
     testing::race_compare_and_swap(&store, &key(&["race", "grant"]), 8, 5).await;
 }
 
+/// Expiry, fencing and a stale holder's release are the lease suite's checks (above); what is
+/// the Redis lease's own is that dropping a guard inside the runtime releases it in the
+/// background.
 #[tokio::test]
-async fn lease_expiry_and_fencing() {
+async fn a_dropped_lease_guard_is_released_in_the_background() {
     let store = store().await;
     let lease = store.lease();
     let k = key(&["lease", "grant"]);
-    let first = lease
-        .acquire(&k, Duration::from_millis(300))
+    let held = lease
+        .acquire(&k, Duration::from_secs(30))
         .await
         .unwrap()
         .expect("free");
-    assert!(
-        lease
-            .acquire(&k, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = lease
-        .acquire(&k, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .expect("the first lease expired");
-    assert!(second.fencing() > first.fencing());
-    // The first holder wakes up and releases: that must not free the second holder's lease.
-    first.release().await.unwrap();
-    assert!(
-        lease
-            .acquire(&k, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_none(),
-        "a stale holder cannot release its successor's lease"
-    );
-    let f2 = second.fencing();
-    second.release().await.unwrap();
-    let third = lease
-        .acquire(&k, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .expect("released");
-    assert!(third.fencing() > f2);
-    // Dropping a guard inside the runtime releases it in the background.
-    let f3 = third.fencing();
-    drop(third);
-    let mut fourth = None;
+    let fencing = held.fencing();
+    drop(held);
+    let mut next = None;
     for _ in 0..50 {
-        fourth = lease.acquire(&k, Duration::from_secs(30)).await.unwrap();
-        if fourth.is_some() {
+        next = lease.acquire(&k, Duration::from_secs(30)).await.unwrap();
+        if next.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(fourth.expect("released on drop").fencing() > f3);
+    assert!(next.expect("released on drop").fencing() > fencing);
 }
 
 #[tokio::test]

@@ -2,11 +2,15 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pleo_auth::oauth::{AuthorizeOptions, OAuthConfig, RefreshPolicy};
 use pleo_auth::sandbox::{SandboxHandle, harness, seed};
-use pleo_auth::{ClientSecret, CompanyId, Environment, PleoAuth, Subject};
+use pleo_auth::{
+    ClientSecret, CompanyId, DynSecretStore, Environment, ManualClock, PleoAuth, PleoAuthBuilder,
+    Subject,
+};
 
 /// Every secret the sandbox issues starts with `CANARY`; `browser` follows no redirects.
 #[allow(unused_imports)] // not every test that includes this module checks for the canary
@@ -46,6 +50,21 @@ pub fn oauth_config(environment: &Environment) -> OAuthConfig {
         .scopes("users:read")
         .build()
         .unwrap()
+}
+
+/// A `PleoAuth` builder on `environment` and `clock` with the demo client and
+/// [`fast_policy`], over `store`.
+pub fn auth_builder(
+    environment: &Environment,
+    clock: &ManualClock,
+    store: DynSecretStore,
+) -> PleoAuthBuilder {
+    PleoAuth::builder()
+        .environment(environment.clone())
+        .store(store)
+        .clock(Arc::new(clock.clone()))
+        .oauth(oauth_config(environment))
+        .refresh_policy(fast_policy())
 }
 
 pub fn fast_policy() -> RefreshPolicy {
