@@ -271,11 +271,12 @@ impl OAuthGrant {
     /// ```
     /// use std::time::Duration;
     /// use pleo_auth_core::{
-    ///     AccessToken, CredentialKey, CredentialStatus, OAuthGrant, RefreshToken, Timestamp,
+    ///     AccessToken, CredentialKey, CredentialStatus, EnvironmentName, OAuthGrant, RefreshToken,
+    ///     Timestamp,
     /// };
     ///
     /// let key = CredentialKey::new(
-    ///     "staging".parse()?,
+    ///     EnvironmentName::new("staging")?,
     ///     "my-client".parse()?,
     ///     "urn:pleo:company:0b6f1c7e-8a55-4c2e-9d43-000000000001".parse()?,
     /// );
