@@ -57,7 +57,7 @@ async fn loopback_listener_completes_a_real_connect_flow() {
     let code = param(&query, "code").unwrap();
     assert!(code.starts_with("CANARY-"));
     let tokens = harness::exchange_to(&browser, &sandbox, &code, &redirect_uri, &verifier).await;
-    let access = harness::s(&tokens, "access_token").to_owned();
+    let access = harness::json_str(&tokens, "access_token").to_owned();
 
     // The listener is gone after its one request.
     assert!(browser.get(&location).send().await.is_err());

@@ -445,7 +445,7 @@ async fn forbidden_bearer_reports_the_challenged_scope() {
         sandbox.set_auto_approve(Some(seed::ACME_DK)).unwrap();
         let tokens =
             harness::tokens_for(&harness::http(), &sandbox, seed::ACME_DK, "vendors:read").await;
-        let access = harness::s(&tokens, "access_token").to_owned();
+        let access = harness::json_str(&tokens, "access_token").to_owned();
         let mut credential = key_credential("unused", dk(), env_name(&sandbox));
         credential.header =
             pleo_auth_core::AuthorizationHeader::bearer(&pleo_auth_core::AccessToken::new(access));

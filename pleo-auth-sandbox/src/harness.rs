@@ -9,7 +9,7 @@
 //! let sandbox = harness::canary_sandbox().start().await.expect("the sandbox starts");
 //! let http = harness::http();
 //! let tokens = harness::tokens_for(&http, &sandbox, seed::ACME_DK, "users:read").await;
-//! assert!(harness::s(&tokens, "access_token").starts_with(harness::CANARY));
+//! assert!(harness::json_str(&tokens, "access_token").starts_with(harness::CANARY));
 //! # }
 //! ```
 //!
@@ -301,7 +301,7 @@ pub async fn tokens_for(
 }
 
 /// A string member of a JSON value.
-pub fn s<'a>(value: &'a Value, key: &str) -> &'a str {
+pub fn json_str<'a>(value: &'a Value, key: &str) -> &'a str {
     value[key]
         .as_str()
         .unwrap_or_else(|| panic!("{key} is a string in {value}"))
@@ -332,7 +332,7 @@ pub async fn oauth_error(response: reqwest::Response) -> (StatusCode, String) {
         body["error_description"].is_string(),
         "description in {body}"
     );
-    (status, s(&body, "error").to_owned())
+    (status, json_str(&body, "error").to_owned())
 }
 
 /// `GET` an API path with an `Authorization` header.

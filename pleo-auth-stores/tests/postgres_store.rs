@@ -278,24 +278,24 @@ async fn values_never_reach_the_logs() {
 async fn lease_fencing_numbers_and_store_versions_never_repeat_between_them() {
     let store = store().await;
     let lease = store.lease();
-    let k = key(&["lease", "grant"]);
-    let held = lease
-        .acquire(&k, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .expect("free");
-    let v = store
-        .put(&k, bytes("x"), Precondition::Absent)
-        .await
-        .unwrap();
-    assert!(v.as_u64().unwrap() > held.fencing());
-    let next_key = key(&["lease", "other"]);
-    let next = lease
-        .acquire(&next_key, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .expect("free");
-    assert!(next.fencing() > v.as_u64().unwrap());
-    held.release().await.unwrap();
-    next.release().await.unwrap();
+    let mut last = 0;
+    for step in ["first", "second"] {
+        let held = lease
+            .acquire(&key(&["lease", step]), Duration::from_secs(30))
+            .await
+            .unwrap()
+            .expect("free");
+        assert!(held.fencing() > last, "a fencing number after a version");
+        last = held.fencing();
+        let version = store
+            .put(&key(&["value", step]), bytes("x"), Precondition::Absent)
+            .await
+            .unwrap();
+        assert!(
+            version.as_u64().unwrap() > last,
+            "a version after a fencing number"
+        );
+        last = version.as_u64().unwrap();
+        held.release().await.unwrap();
+    }
 }

@@ -143,5 +143,5 @@ pub async fn oauth_access_token(pleo: &Pleo, company: Uuid) -> String {
         .set_auto_approve(Some(company))
         .expect("seeded company");
     let tokens = harness::tokens_for(&harness::http(), &pleo.sandbox, company, "users:read").await;
-    harness::s(&tokens, "access_token").to_owned()
+    harness::json_str(&tokens, "access_token").to_owned()
 }

@@ -319,8 +319,8 @@ pub async fn oauth_tokens(sandbox: &SandboxHandle, subject: Subject) -> (String,
     sandbox.set_auto_approve(Some(uuid)).unwrap();
     let tokens = harness::tokens_for(&harness::http(), sandbox, uuid, SCOPES).await;
     (
-        harness::s(&tokens, "access_token").to_owned(),
-        harness::s(&tokens, "refresh_token").to_owned(),
+        harness::json_str(&tokens, "access_token").to_owned(),
+        harness::json_str(&tokens, "refresh_token").to_owned(),
     )
 }
 

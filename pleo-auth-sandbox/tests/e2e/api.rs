@@ -49,7 +49,7 @@ async fn missing_malformed_expired_and_revoked_credentials_get_401_with_a_challe
     }
 
     let tokens = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
-    let access = bearer(s(&tokens, "access_token"));
+    let access = bearer(json_str(&tokens, "access_token"));
     assert_eq!(
         api_get(&http, &sb, "v2/employees", &access).await.status(),
         StatusCode::OK
@@ -66,12 +66,12 @@ async fn missing_malformed_expired_and_revoked_credentials_get_401_with_a_challe
     let body: Value = expired.json().await.unwrap();
     assert_eq!(body["status"], 401);
 
-    let fresh: Value = refresh(&http, &sb, s(&tokens, "refresh_token"))
+    let fresh: Value = refresh(&http, &sb, json_str(&tokens, "refresh_token"))
         .await
         .json()
         .await
         .unwrap();
-    let fresh_access = s(&fresh, "access_token").to_owned();
+    let fresh_access = json_str(&fresh, "access_token").to_owned();
     assert_eq!(
         api_get(&http, &sb, "v2/employees", &bearer(&fresh_access))
             .await
@@ -84,7 +84,7 @@ async fn missing_malformed_expired_and_revoked_credentials_get_401_with_a_challe
     assert!(challenge(&revoked).contains("revoked"));
     // The refresh token survives an access-token revocation.
     assert_eq!(
-        refresh(&http, &sb, s(&fresh, "refresh_token"))
+        refresh(&http, &sb, json_str(&fresh, "refresh_token"))
             .await
             .status(),
         StatusCode::OK
@@ -101,13 +101,13 @@ async fn missing_scope_and_uncovered_company_get_403() {
     let sb = sandbox().await;
     let http = http();
     let tokens = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
-    let auth = bearer(s(&tokens, "access_token"));
+    let auth = bearer(json_str(&tokens, "access_token"));
 
     let no_scope = api_get(&http, &sb, "v1/vendors", &auth).await;
     assert_eq!(no_scope.status(), StatusCode::FORBIDDEN);
     assert!(challenge(&no_scope).contains("insufficient_scope"));
     let body: Value = no_scope.json().await.unwrap();
-    assert_eq!(s(&body, "error"), "insufficient_scope");
+    assert_eq!(json_str(&body, "error"), "insufficient_scope");
 
     let other = api_get(
         &http,
@@ -156,12 +156,12 @@ async fn organisation_standalone_key_covers_the_companies_of_its_organisation_on
         .json()
         .await
         .unwrap();
-    assert_eq!(s(&me["data"], "authMethod"), "API_KEY");
+    assert_eq!(json_str(&me["data"], "authMethod"), "API_KEY");
     assert_eq!(
-        s(&me["data"], "subjectURN"),
+        json_str(&me["data"], "subjectURN"),
         format!("urn:pleo:organisation:{}", seed::ACME_ORG)
     );
-    assert_eq!(s(&me["data"], "scope"), "users:read vendors:read");
+    assert_eq!(json_str(&me["data"], "scope"), "users:read vendors:read");
     assert!(me["data"]["clientId"].is_null());
 
     for company in [seed::ACME_DK, seed::ACME_SE] {
@@ -217,11 +217,11 @@ async fn integrated_key_carries_the_client_scopes_for_one_company() {
         .await
         .unwrap();
     let data = &me["data"];
-    assert_eq!(s(data, "authMethod"), "API_KEY");
-    assert_eq!(s(data, "clientId"), seed::DEMO_CLIENT_ID);
-    assert_eq!(s(data, "applicationName"), seed::DEMO_CLIENT_NAME);
-    assert_eq!(s(data, "scope"), seed::DEMO_CLIENT_SCOPES.join(" "));
-    assert_eq!(s(data, "subjectURN"), company_urn(seed::ACME_DK));
+    assert_eq!(json_str(data, "authMethod"), "API_KEY");
+    assert_eq!(json_str(data, "clientId"), seed::DEMO_CLIENT_ID);
+    assert_eq!(json_str(data, "applicationName"), seed::DEMO_CLIENT_NAME);
+    assert_eq!(json_str(data, "scope"), seed::DEMO_CLIENT_SCOPES.join(" "));
+    assert_eq!(json_str(data, "subjectURN"), company_urn(seed::ACME_DK));
 
     let created = http
         .post(url(&sb, "v1/export-jobs"))
@@ -245,9 +245,9 @@ async fn integrated_key_carries_the_client_scopes_for_one_company() {
         .json()
         .await
         .unwrap();
-    assert_eq!(s(&installation["data"], "status"), "AUTHORIZED");
+    assert_eq!(json_str(&installation["data"], "status"), "AUTHORIZED");
     assert_eq!(
-        s(&installation["data"], "resource"),
+        json_str(&installation["data"], "resource"),
         company_urn(seed::ACME_DK)
     );
 
@@ -292,7 +292,7 @@ async fn keys_from_another_environment_are_refused() {
     let refused = api_get(&http, &production, "v2/employees", &key_auth(&key)).await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     let body: Value = refused.json().await.unwrap();
-    assert!(s(&body, "message").contains("staging"), "{body}");
+    assert!(json_str(&body, "message").contains("staging"), "{body}");
     let integrated = production.mint_integrated_key(seed::DEMO_CLIENT_ID, seed::GLOBEX);
     assert_eq!(
         api_get(&http, &staging, "v1/introspect", &key_auth(&integrated))
@@ -340,7 +340,7 @@ async fn installation_lifecycle_and_delete_revoking_the_clients_tokens_for_that_
     let dk = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
     let globex = tokens_for(&http, &sb, seed::GLOBEX, "users:read").await;
     let dk_second = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
-    let auth = bearer(s(&dk, "access_token"));
+    let auth = bearer(json_str(&dk, "access_token"));
     let me = url(&sb, "v1/installations/me");
 
     let current: Value = api_get(&http, &sb, "v1/installations/me", &auth)
@@ -348,9 +348,12 @@ async fn installation_lifecycle_and_delete_revoking_the_clients_tokens_for_that_
         .json()
         .await
         .unwrap();
-    assert_eq!(s(&current["data"], "status"), "AUTHORIZED");
-    assert_eq!(s(&current["data"], "clientId"), seed::DEMO_CLIENT_ID);
-    assert_eq!(s(&current["data"], "resource"), company_urn(seed::ACME_DK));
+    assert_eq!(json_str(&current["data"], "status"), "AUTHORIZED");
+    assert_eq!(json_str(&current["data"], "clientId"), seed::DEMO_CLIENT_ID);
+    assert_eq!(
+        json_str(&current["data"], "resource"),
+        company_urn(seed::ACME_DK)
+    );
 
     let duplicate = http
         .post(me.clone())
@@ -370,7 +373,7 @@ async fn installation_lifecycle_and_delete_revoking_the_clients_tokens_for_that_
         .unwrap();
     assert_eq!(errored.status(), StatusCode::OK);
     let errored: Value = errored.json().await.unwrap();
-    assert_eq!(s(&errored["data"], "errorCode"), "AUTH_ERROR");
+    assert_eq!(json_str(&errored["data"], "errorCode"), "AUTH_ERROR");
     assert_eq!(errored["data"]["metadata"], json!({ "erp": "x" }));
 
     let inconsistent = http
@@ -389,7 +392,7 @@ async fn installation_lifecycle_and_delete_revoking_the_clients_tokens_for_that_
         .await
         .unwrap();
     let activated: Value = activated.json().await.unwrap();
-    assert_eq!(s(&activated["data"], "status"), "ACTIVATED");
+    assert_eq!(json_str(&activated["data"], "status"), "ACTIVATED");
     assert!(activated["data"]["errorCode"].is_null());
 
     let deleted = http
@@ -410,14 +413,14 @@ async fn installation_lifecycle_and_delete_revoking_the_clients_tokens_for_that_
             &http,
             &sb,
             "v1/introspect",
-            &bearer(s(&dk_second, "access_token"))
+            &bearer(json_str(&dk_second, "access_token"))
         )
         .await
         .status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        oauth_error(refresh(&http, &sb, s(&dk, "refresh_token")).await)
+        oauth_error(refresh(&http, &sb, json_str(&dk, "refresh_token")).await)
             .await
             .1,
         "invalid_grant"
@@ -427,7 +430,7 @@ async fn installation_lifecycle_and_delete_revoking_the_clients_tokens_for_that_
             &http,
             &sb,
             "v1/introspect",
-            &bearer(s(&globex, "access_token"))
+            &bearer(json_str(&globex, "access_token"))
         )
         .await
         .status(),
@@ -454,7 +457,7 @@ async fn installation_lifecycle_and_delete_revoking_the_clients_tokens_for_that_
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
     let created: Value = created.json().await.unwrap();
-    assert_eq!(s(&created["data"], "status"), "ACTIVATED");
+    assert_eq!(json_str(&created["data"], "status"), "ACTIVATED");
     assert!(created["data"]["clientId"].is_null());
     let gone = http
         .delete(me.clone())
@@ -477,7 +480,7 @@ async fn request_log_records_company_and_credential_of_every_call_without_secret
     let sb = sandbox().await;
     let http = http();
     let tokens = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
-    let access = s(&tokens, "access_token");
+    let access = json_str(&tokens, "access_token");
     let key = sb.mint_standalone_key(seed::ACME_ORG, &["vendors:read"], None);
     let grant = sb.grant_id(access).unwrap();
 

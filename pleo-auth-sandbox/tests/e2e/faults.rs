@@ -34,13 +34,13 @@ async fn too_many_requests_carries_retry_after_and_then_the_endpoint_recovers() 
         2,
     );
     for _ in 0..2 {
-        let response = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
+        let response = refresh(&http, &sb, json_str(&tokens, "refresh_token")).await;
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[RETRY_AFTER], "7");
     }
     // The faulted requests never reached the token endpoint, so the refresh token is still good.
     assert_eq!(
-        refresh(&http, &sb, s(&tokens, "refresh_token"))
+        refresh(&http, &sb, json_str(&tokens, "refresh_token"))
             .await
             .status(),
         StatusCode::OK
@@ -94,7 +94,7 @@ async fn delay_postpones_the_answer() {
     let response = http
         .post(url(&sb, "oauth/token/introspect"))
         .header("authorization", demo_basic())
-        .form(&[("token", s(&tokens, "access_token"))])
+        .form(&[("token", json_str(&tokens, "access_token"))])
         .send()
         .await
         .unwrap();
@@ -209,7 +209,7 @@ async fn admin_http_endpoints_drive_a_sandbox_from_outside() {
         .json()
         .await
         .unwrap();
-    assert_eq!(s(&me["data"], "applicationName"), "Exporter");
+    assert_eq!(json_str(&me["data"], "applicationName"), "Exporter");
     let integrated = http
         .post(admin("api-keys"))
         .json(&json!({ "kind": "integrated", "client_id": "nobody", "company": seed::GLOBEX }))
@@ -218,7 +218,7 @@ async fn admin_http_endpoints_drive_a_sandbox_from_outside() {
         .unwrap();
     assert_eq!(integrated.status(), StatusCode::BAD_REQUEST);
     let refused: Value = integrated.json().await.unwrap();
-    assert_eq!(s(&refused, "error"), "unknown_client");
+    assert_eq!(json_str(&refused, "error"), "unknown_client");
 
     let advanced: Value = http
         .post(admin("clock/advance"))
@@ -263,19 +263,22 @@ async fn admin_http_endpoints_drive_a_sandbox_from_outside() {
     let tokens = tokens_for(&http, &sb, seed::GLOBEX, "users:read").await;
     let grant: GrantIdResponse = http
         .post(admin("grant-id"))
-        .json(&json!({ "token": s(&tokens, "refresh_token") }))
+        .json(&json!({ "token": json_str(&tokens, "refresh_token") }))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(grant.grant_id, sb.grant_id(s(&tokens, "access_token")));
+    assert_eq!(
+        grant.grant_id,
+        sb.grant_id(json_str(&tokens, "access_token"))
+    );
     let revoked: RevokeResponse = http
         .post(admin("revoke"))
         .json(&RevokeRequest {
             what: RevokeWhat::Grant,
-            target: RevokeTarget::Token(s(&tokens, "access_token").to_owned()),
+            target: RevokeTarget::Token(json_str(&tokens, "access_token").to_owned()),
         })
         .send()
         .await
@@ -285,7 +288,7 @@ async fn admin_http_endpoints_drive_a_sandbox_from_outside() {
         .unwrap();
     assert_eq!(revoked.revoked, 1);
     assert_eq!(
-        oauth_error(refresh(&http, &sb, s(&tokens, "refresh_token")).await)
+        oauth_error(refresh(&http, &sb, json_str(&tokens, "refresh_token")).await)
             .await
             .1,
         "invalid_grant"
@@ -352,7 +355,7 @@ async fn serves_a_thousand_concurrent_api_calls() {
     let sb = sandbox().await;
     let http = http();
     let tokens = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
-    let auth = bearer(s(&tokens, "access_token"));
+    let auth = bearer(json_str(&tokens, "access_token"));
     let target = url(&sb, &format!("v2/employees?company_id={}", seed::ACME_DK));
     let started = Instant::now();
     let tasks: Vec<_> = (0..1000)

@@ -57,12 +57,12 @@ async fn consent_form_flow_issues_tokens_for_the_chosen_company() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
     let tokens: Value = response.json().await.unwrap();
-    assert_eq!(s(&tokens, "token_type"), "Bearer");
+    assert_eq!(json_str(&tokens, "token_type"), "Bearer");
     assert_eq!(tokens["expires_in"], 900);
-    assert_eq!(s(&tokens, "scope"), "users:read vendors:read");
-    let access = s(&tokens, "access_token");
-    assert!(access.starts_with(CANARY) && s(&tokens, "refresh_token").starts_with(CANARY));
-    assert_ne!(access, s(&tokens, "refresh_token"));
+    assert_eq!(json_str(&tokens, "scope"), "users:read vendors:read");
+    let access = json_str(&tokens, "access_token");
+    assert!(access.starts_with(CANARY) && json_str(&tokens, "refresh_token").starts_with(CANARY));
+    assert_ne!(access, json_str(&tokens, "refresh_token"));
 
     let me: Value = api_get(&http, &sb, "v1/introspect", &bearer(access))
         .await
@@ -70,11 +70,11 @@ async fn consent_form_flow_issues_tokens_for_the_chosen_company() {
         .await
         .unwrap();
     let data = &me["data"];
-    assert_eq!(s(data, "authMethod"), "OAUTH2");
-    assert_eq!(s(data, "clientId"), seed::DEMO_CLIENT_ID);
-    assert_eq!(s(data, "applicationName"), seed::DEMO_CLIENT_NAME);
-    assert_eq!(s(data, "scope"), "users:read vendors:read");
-    assert_eq!(s(data, "subjectURN"), company_urn(seed::ACME_SE));
+    assert_eq!(json_str(data, "authMethod"), "OAUTH2");
+    assert_eq!(json_str(data, "clientId"), seed::DEMO_CLIENT_ID);
+    assert_eq!(json_str(data, "applicationName"), seed::DEMO_CLIENT_NAME);
+    assert_eq!(json_str(data, "scope"), "users:read vendors:read");
+    assert_eq!(json_str(data, "subjectURN"), company_urn(seed::ACME_SE));
 
     let stats = sb.stats();
     assert_eq!(stats.codes_issued, 1);
@@ -135,13 +135,13 @@ async fn auto_approve_skips_the_page_and_honours_the_subject_parameter() {
             &http,
             &sb,
             "v1/introspect",
-            &bearer(s(&tokens, "access_token")),
+            &bearer(json_str(&tokens, "access_token")),
         )
         .await
         .json()
         .await
         .unwrap();
-        assert_eq!(s(&me["data"], "subjectURN"), company_urn(expected));
+        assert_eq!(json_str(&me["data"], "subjectURN"), company_urn(expected));
     }
     sb.set_auto_approve(None).unwrap();
     let (_, challenge) = pkce();
@@ -197,15 +197,21 @@ async fn refresh_rotates_both_tokens_and_invalidates_the_old_ones_at_once() {
     let sb = sandbox().await;
     let http = http();
     let first = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
-    let (a0, r0) = (s(&first, "access_token"), s(&first, "refresh_token"));
+    let (a0, r0) = (
+        json_str(&first, "access_token"),
+        json_str(&first, "refresh_token"),
+    );
     let grant = sb.grant_id(r0).expect("grant of the refresh token");
 
     let response = refresh(&http, &sb, r0).await;
     assert_eq!(response.status(), StatusCode::OK);
     let second: Value = response.json().await.unwrap();
-    let (a1, r1) = (s(&second, "access_token"), s(&second, "refresh_token"));
+    let (a1, r1) = (
+        json_str(&second, "access_token"),
+        json_str(&second, "refresh_token"),
+    );
     assert!(a1 != a0 && r1 != r0);
-    assert_eq!(s(&second, "scope"), "users:read");
+    assert_eq!(json_str(&second, "scope"), "users:read");
     assert_eq!(sb.grant_id(a1).as_deref(), Some(grant.as_str()));
 
     assert_eq!(
@@ -235,9 +241,12 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_grant() {
     let sb = sandbox().await;
     let http = http();
     let first = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
-    let r0 = s(&first, "refresh_token").to_owned();
+    let r0 = json_str(&first, "refresh_token").to_owned();
     let second: Value = refresh(&http, &sb, &r0).await.json().await.unwrap();
-    let (a1, r1) = (s(&second, "access_token"), s(&second, "refresh_token"));
+    let (a1, r1) = (
+        json_str(&second, "access_token"),
+        json_str(&second, "refresh_token"),
+    );
 
     let (status, error) = oauth_error(refresh(&http, &sb, &r0).await).await;
     assert_eq!(
@@ -301,13 +310,14 @@ async fn replaying_a_code_is_refused_and_revokes_the_tokens_issued_from_it() {
             &http,
             &sb,
             "v1/introspect",
-            &bearer(s(&tokens, "access_token"))
+            &bearer(json_str(&tokens, "access_token"))
         )
         .await
         .status(),
         StatusCode::UNAUTHORIZED
     );
-    let (_, error) = oauth_error(refresh(&http, &sb, s(&tokens, "refresh_token")).await).await;
+    let (_, error) =
+        oauth_error(refresh(&http, &sb, json_str(&tokens, "refresh_token")).await).await;
     assert_eq!(error, "invalid_grant");
     assert_eq!(sb.stats().revocations(RevocationCause::CodeReplay), 1);
 }
@@ -592,32 +602,34 @@ async fn token_introspection_reports_tokens_to_their_own_client_only() {
             request.send().await.unwrap()
         }
     };
-    let access = s(&tokens, "access_token").to_owned();
+    let access = json_str(&tokens, "access_token").to_owned();
     let response = introspect(access.clone(), Some(demo_basic())).await;
     assert_eq!(response.status(), StatusCode::OK);
     let info: Value = response.json().await.unwrap();
     assert_eq!(info["active"], true);
-    assert_eq!(s(&info, "sub"), seed::ACME_DK.to_string());
-    assert_eq!(s(&info, "client_id"), seed::DEMO_CLIENT_ID);
+    assert_eq!(json_str(&info, "sub"), seed::ACME_DK.to_string());
+    assert_eq!(json_str(&info, "client_id"), seed::DEMO_CLIENT_ID);
     assert_eq!(
-        s(&info, "urn:pleo:params:oauth:subject_urn"),
+        json_str(&info, "urn:pleo:params:oauth:subject_urn"),
         company_urn(seed::ACME_DK)
     );
     let issuer = sb.base_url().as_str().trim_end_matches('/').to_owned();
-    assert_eq!(s(&info, "iss"), issuer);
-    assert_eq!(s(&info, "aud"), issuer);
+    assert_eq!(json_str(&info, "iss"), issuer);
+    assert_eq!(json_str(&info, "aud"), issuer);
     assert_eq!(
         info["exp"].as_u64().unwrap() - info["iat"].as_u64().unwrap(),
         900
     );
-    assert!(!s(&info, "jti").is_empty() && !s(&info, "jti").contains(CANARY));
+    assert!(!json_str(&info, "jti").is_empty() && !json_str(&info, "jti").contains(CANARY));
 
-    let refresh_info: Value =
-        introspect(s(&tokens, "refresh_token").to_owned(), Some(demo_basic()))
-            .await
-            .json()
-            .await
-            .unwrap();
+    let refresh_info: Value = introspect(
+        json_str(&tokens, "refresh_token").to_owned(),
+        Some(demo_basic()),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(refresh_info["active"], true);
 
     let foreign: Value = introspect(access.clone(), Some(basic("other", "other-secret")))
@@ -661,7 +673,8 @@ async fn expired_refresh_token_and_unsupported_grant_types_are_refused() {
     let http = http();
     let tokens = tokens_for(&http, &sb, seed::ACME_DK, "users:read").await;
     sb.advance_clock(Duration::from_secs(3601));
-    let (_, error) = oauth_error(refresh(&http, &sb, s(&tokens, "refresh_token")).await).await;
+    let (_, error) =
+        oauth_error(refresh(&http, &sb, json_str(&tokens, "refresh_token")).await).await;
     assert_eq!(error, "invalid_grant");
     assert_eq!(
         sb.stats().revocations(RevocationCause::RefreshTokenExpired),
@@ -698,7 +711,7 @@ async fn narrowing_scope_on_refresh_is_allowed_and_widening_is_not() {
         &sb,
         &[
             ("grant_type", "refresh_token"),
-            ("refresh_token", s(&tokens, "refresh_token")),
+            ("refresh_token", json_str(&tokens, "refresh_token")),
             ("scope", "users:read export-jobs:write"),
         ],
     )
@@ -709,7 +722,7 @@ async fn narrowing_scope_on_refresh_is_allowed_and_widening_is_not() {
         &sb,
         &[
             ("grant_type", "refresh_token"),
-            ("refresh_token", s(&tokens, "refresh_token")),
+            ("refresh_token", json_str(&tokens, "refresh_token")),
             ("scope", "vendors:read"),
         ],
     )
@@ -717,12 +730,12 @@ async fn narrowing_scope_on_refresh_is_allowed_and_widening_is_not() {
     .json()
     .await
     .unwrap();
-    assert_eq!(s(&narrower, "scope"), "vendors:read");
+    assert_eq!(json_str(&narrower, "scope"), "vendors:read");
     let vendors = api_get(
         &http,
         &sb,
         "v2/employees",
-        &bearer(s(&narrower, "access_token")),
+        &bearer(json_str(&narrower, "access_token")),
     )
     .await;
     assert_eq!(vendors.status(), StatusCode::FORBIDDEN);

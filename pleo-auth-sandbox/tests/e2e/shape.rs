@@ -115,9 +115,9 @@ async fn a_generic_shape_serves_every_endpoint_at_its_own_path_and_nothing_at_pl
     assert_eq!(sb.revocation_endpoint().unwrap().path(), "/revoke");
 
     let tokens = connect(&http, &sb, "users:read").await;
-    let access = s(&tokens, "access_token");
+    let access = json_str(&tokens, "access_token");
     assert_eq!(introspect(&http, &sb, access).await["active"], true);
-    let refreshed = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
+    let refreshed = refresh(&http, &sb, json_str(&tokens, "refresh_token")).await;
     assert_eq!(refreshed.status(), StatusCode::OK);
 
     for pleo_path in [
@@ -159,7 +159,7 @@ async fn pleo_shape_is_the_default_and_has_no_revocation_endpoint() {
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
     assert_eq!(tokens["expires_in"], 900);
-    assert_eq!(s(&tokens, "scope"), "users:read");
+    assert_eq!(json_str(&tokens, "scope"), "users:read");
     let members: Vec<&String> = tokens.as_object().unwrap().keys().collect();
     assert_eq!(
         members,
@@ -176,7 +176,7 @@ async fn pleo_shape_is_the_default_and_has_no_revocation_endpoint() {
             &http,
             url(&sb, path),
             Some(demo_basic()),
-            &[("token", s(&tokens, "refresh_token"))],
+            &[("token", json_str(&tokens, "refresh_token"))],
         )
         .await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
@@ -202,7 +202,7 @@ async fn extra_scopes_are_accepted_echoed_and_joined_by_added_scopes() {
     .unwrap();
     let tokens = connect(&http, &sb, "openid users:read profile").await;
     assert_eq!(
-        s(&tokens, "scope"),
+        json_str(&tokens, "scope"),
         "openid users:read profile offline_access"
     );
     // Names that are neither registered nor extra are still refused.
@@ -218,7 +218,7 @@ async fn extra_scopes_are_accepted_echoed_and_joined_by_added_scopes() {
         Some(demo_basic()),
         &[
             ("grant_type", "refresh_token"),
-            ("refresh_token", s(&tokens, "refresh_token")),
+            ("refresh_token", json_str(&tokens, "refresh_token")),
             ("scope", "openid"),
         ],
     )
@@ -226,13 +226,13 @@ async fn extra_scopes_are_accepted_echoed_and_joined_by_added_scopes() {
     .json::<Value>()
     .await
     .unwrap();
-    assert_eq!(s(&narrowed, "scope"), "openid offline_access");
+    assert_eq!(json_str(&narrowed, "scope"), "openid offline_access");
     // The API still authorises by the Pleo scope.
     let me = api_get(
         &http,
         &sb,
         "v2/employees",
-        &bearer(s(&tokens, "access_token")),
+        &bearer(json_str(&tokens, "access_token")),
     )
     .await;
     assert_eq!(
@@ -244,7 +244,7 @@ async fn extra_scopes_are_accepted_echoed_and_joined_by_added_scopes() {
         &http,
         &sb,
         "v2/employees",
-        &bearer(s(&narrowed, "access_token")),
+        &bearer(json_str(&narrowed, "access_token")),
     )
     .await;
     assert_eq!(
@@ -273,13 +273,13 @@ async fn token_responses_carry_extra_members_and_every_expires_in_format() {
             ..ServerShape::default()
         })
         .unwrap();
-        let response = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
+        let response = refresh(&http, &sb, json_str(&tokens, "refresh_token")).await;
         assert_eq!(response.status(), StatusCode::OK);
         tokens = response.json().await.unwrap();
         assert_eq!(tokens.get("expires_in").cloned(), expected, "{format:?}");
         assert_eq!(tokens["id_token"], "header.payload.signature");
         assert_eq!(tokens["nested"]["a"][1], json!({ "b": null }));
-        assert_eq!(s(&tokens, "token_type"), "Bearer");
+        assert_eq!(json_str(&tokens, "token_type"), "Bearer");
     }
     assert_eq!(sb.stats().refreshes, 3);
     assert_eq!(sb.stats().refresh_token_reuses, 0);
@@ -294,8 +294,8 @@ async fn the_issuer_is_in_every_authorization_redirect_and_in_introspection() {
     let plain = authorize(&http, &sb, &challenge, "users:read").await;
     assert_eq!(query(&plain, "iss"), None);
     let tokens = connect(&http, &sb, "users:read").await;
-    let described = introspect(&http, &sb, s(&tokens, "access_token")).await;
-    assert_eq!(s(&described, "iss"), sb.issuer());
+    let described = introspect(&http, &sb, json_str(&tokens, "access_token")).await;
+    assert_eq!(json_str(&described, "iss"), sb.issuer());
 
     let issuer = "https://issuer.example/tenant-1";
     sb.set_server_shape(ServerShape {
@@ -324,10 +324,10 @@ async fn the_issuer_is_in_every_authorization_redirect_and_in_introspection() {
     assert!(query(&allowed, "code").is_some());
     assert_eq!(query(&allowed, "iss").as_deref(), Some(issuer));
 
-    let described = introspect(&http, &sb, s(&tokens, "access_token")).await;
-    assert_eq!(s(&described, "iss"), issuer);
+    let described = introspect(&http, &sb, json_str(&tokens, "access_token")).await;
+    assert_eq!(json_str(&described, "iss"), issuer);
     assert_eq!(
-        s(&described, "aud"),
+        json_str(&described, "aud"),
         sb.base_url().as_str().trim_end_matches('/')
     );
 }
@@ -338,7 +338,10 @@ async fn revoking_a_refresh_token_revokes_its_whole_grant() {
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
     let other = connect(&http, &sb, "users:read").await;
-    let (access, refresh_token) = (s(&tokens, "access_token"), s(&tokens, "refresh_token"));
+    let (access, refresh_token) = (
+        json_str(&tokens, "access_token"),
+        json_str(&tokens, "refresh_token"),
+    );
     let response = revoke(
         &http,
         &sb,
@@ -366,7 +369,7 @@ async fn revoking_a_refresh_token_revokes_its_whole_grant() {
     );
     // The other grant is untouched.
     assert_eq!(
-        refresh(&http, &sb, s(&other, "refresh_token"))
+        refresh(&http, &sb, json_str(&other, "refresh_token"))
             .await
             .status(),
         StatusCode::OK
@@ -394,7 +397,7 @@ async fn revoking_an_access_token_revokes_that_token_only() {
     let sb = generic_sandbox().await;
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
-    let access = s(&tokens, "access_token");
+    let access = json_str(&tokens, "access_token");
     // A wrong hint does not stop the search (RFC 7009 §2.1).
     let response = revoke(
         &http,
@@ -410,7 +413,7 @@ async fn revoking_an_access_token_revokes_that_token_only() {
             .status(),
         StatusCode::UNAUTHORIZED
     );
-    let refreshed = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
+    let refreshed = refresh(&http, &sb, json_str(&tokens, "refresh_token")).await;
     assert_eq!(refreshed.status(), StatusCode::OK);
     let refreshed: Value = refreshed.json().await.unwrap();
     assert_eq!(
@@ -418,7 +421,7 @@ async fn revoking_an_access_token_revokes_that_token_only() {
             &http,
             &sb,
             "v2/employees",
-            &bearer(s(&refreshed, "access_token"))
+            &bearer(json_str(&refreshed, "access_token"))
         )
         .await
         .status(),
@@ -434,9 +437,13 @@ async fn unknown_and_spent_tokens_get_200_and_change_nothing() {
     let sb = generic_sandbox().await;
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
-    let old = s(&tokens, "refresh_token");
+    let old = json_str(&tokens, "refresh_token");
     let rotated: Value = refresh(&http, &sb, old).await.json().await.unwrap();
-    for token in ["CANARY-never-issued", old, s(&tokens, "access_token")] {
+    for token in [
+        "CANARY-never-issued",
+        old,
+        json_str(&tokens, "access_token"),
+    ] {
         let response = revoke(&http, &sb, Some(demo_basic()), &[("token", token)]).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
@@ -445,7 +452,7 @@ async fn unknown_and_spent_tokens_get_200_and_change_nothing() {
     assert_eq!(stats.access_tokens_revoked, 0);
     assert_eq!(stats.revocation_requests.success, 3);
     assert_eq!(
-        refresh(&http, &sb, s(&rotated, "refresh_token"))
+        refresh(&http, &sb, json_str(&rotated, "refresh_token"))
             .await
             .status(),
         StatusCode::OK
@@ -464,7 +471,7 @@ async fn revocation_needs_client_authentication_and_the_tokens_own_client() {
     .unwrap();
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
-    let refresh_token = s(&tokens, "refresh_token");
+    let refresh_token = json_str(&tokens, "refresh_token");
 
     let anonymous = revoke(&http, &sb, None, &[("token", refresh_token)]).await;
     assert_eq!(
@@ -521,7 +528,7 @@ async fn faults_target_the_revocation_endpoint() {
     let http = http();
     let tokens = connect(&http, &sb, "users:read").await;
     sb.inject_fault(Endpoint::Revocation, Fault::ServerError(503), 1);
-    let form = [("token", s(&tokens, "refresh_token"))];
+    let form = [("token", json_str(&tokens, "refresh_token"))];
     let faulted = revoke(&http, &sb, Some(demo_basic()), &form).await;
     assert_eq!(faulted.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -611,14 +618,14 @@ async fn another_process_sets_the_shape_over_the_admin_api() {
     assert_eq!(sb.token_endpoint().path(), "/as/token");
 
     let tokens = connect(&http, &sb, "openid users:read").await;
-    assert_eq!(s(&tokens, "scope"), "openid users:read");
-    assert_eq!(s(&tokens, "id_token"), "x.y.z");
+    assert_eq!(json_str(&tokens, "scope"), "openid users:read");
+    assert_eq!(json_str(&tokens, "id_token"), "x.y.z");
     assert!(tokens.get("expires_in").is_none());
     let revoked = revoke(
         &http,
         &sb,
         Some(demo_basic()),
-        &[("token", s(&tokens, "refresh_token"))],
+        &[("token", json_str(&tokens, "refresh_token"))],
     )
     .await;
     assert_eq!(revoked.status(), StatusCode::OK);
@@ -648,9 +655,12 @@ async fn the_rewrite_hook_replaces_answers_after_the_grant_rotated() {
     let issued = seen.lock().unwrap()[0].clone();
     assert_eq!(issued.grant_type, "authorization_code");
     // The hook saw the body the shape would have sent.
-    assert_eq!(s(&issued.body, "expires_in"), "900");
-    assert_eq!(s(&issued.body, "scope"), "openid users:read offline_access");
-    let first_refresh = s(&issued.body, "refresh_token").to_owned();
+    assert_eq!(json_str(&issued.body, "expires_in"), "900");
+    assert_eq!(
+        json_str(&issued.body, "scope"),
+        "openid users:read offline_access"
+    );
+    let first_refresh = json_str(&issued.body, "refresh_token").to_owned();
     assert_eq!(sb.grant_id(&first_refresh), Some(issued.grant_id.clone()));
 
     // Refresh: broken JSON goes out, and the rotation stands.
@@ -680,7 +690,7 @@ async fn the_rewrite_hook_replaces_answers_after_the_grant_rotated() {
         "error answers are not passed to the hook"
     );
     let fresh = connect(&http, &sb, "users:read").await;
-    assert_eq!(s(&fresh, "scope"), "users:read offline_access");
+    assert_eq!(json_str(&fresh, "scope"), "users:read offline_access");
 }
 
 #[tokio::test]
@@ -695,19 +705,19 @@ async fn the_rewrite_hook_can_send_a_valid_but_strange_answer() {
         body["token_type"] = json!("bearer");
         TokenResponseReplacement::json(&body)
     })));
-    let response = refresh(&http, &sb, s(&tokens, "refresh_token")).await;
+    let response = refresh(&http, &sb, json_str(&tokens, "refresh_token")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(s(&body, "scope"), "openid profile users:read");
-    assert_eq!(s(&body, "token_type"), "bearer");
+    assert_eq!(json_str(&body, "scope"), "openid profile users:read");
+    assert_eq!(json_str(&body, "token_type"), "bearer");
     // The tokens in the rewritten body are the live ones.
     assert_eq!(
         api_get(
             &http,
             &sb,
             "v2/employees",
-            &bearer(s(&body, "access_token"))
+            &bearer(json_str(&body, "access_token"))
         )
         .await
         .status(),
