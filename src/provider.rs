@@ -112,17 +112,22 @@ impl Routes {
         (u128::from(age) < ROUTE_TTL.as_nanos()).then(|| route.provider.load(Ordering::Relaxed))
     }
 
+    /// Records that `provider` served `subject` with credential `id`. A hit that changes
+    /// nothing writes nothing, so the cache line of a route every core reads is not written by
+    /// every request; the route is read through the shard, without cloning its `Arc`.
     fn remember(&self, subject: Subject, provider: usize, id: &CredentialId, now: Instant) {
         let now = self.ticks(now);
-        if let Some(route) = self.get(&subject) {
+        if let Some(route) = self.shard(&subject).load().get(&subject) {
             if route.provider.load(Ordering::Relaxed) != provider
                 || u128::from(now.saturating_sub(route.since.load(Ordering::Relaxed)))
                     >= ROUTE_TTL.as_nanos()
             {
                 route.since.store(now, Ordering::Relaxed);
+                route.provider.store(provider, Ordering::Relaxed);
             }
-            route.provider.store(provider, Ordering::Relaxed);
-            route.credential.store(id.as_u64(), Ordering::Release);
+            if route.credential.load(Ordering::Acquire) != id.as_u64() {
+                route.credential.store(id.as_u64(), Ordering::Release);
+            }
             return;
         }
         let _write = self
@@ -227,7 +232,8 @@ impl CredentialProvider for CompositeProvider {
     }
 
     async fn credential_for(&self, subject: &Subject) -> Result<Arc<Credential>> {
-        let now = self.inner.clock.instant();
+        // Route ages are counted in seconds (ROUTE_TTL): the coarse clock is precise enough.
+        let now = self.inner.clock.coarse_instant();
         let count = self.inner.providers.len();
         let first = self.inner.routes.preferred(subject, now);
         let order = first
