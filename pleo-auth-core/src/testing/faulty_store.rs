@@ -328,3 +328,82 @@ impl<S: SecretStore> SecretStore for FaultyStore<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{bytes, key};
+
+    #[tokio::test]
+    async fn every_call_is_counted_and_batch_reads_reach_the_wrapped_store_whole() {
+        let store = FaultyStore::default();
+        let (a, b) = (key(&["t", "a"]), key(&["t", "b"]));
+        store
+            .put(&a, bytes("1"), Precondition::Absent)
+            .await
+            .unwrap();
+        store
+            .put(&b, bytes("2"), Precondition::Absent)
+            .await
+            .unwrap();
+        store.get(&a).await.unwrap();
+        let read = store
+            .get_many(&[a.clone(), b.clone(), a.clone()])
+            .await
+            .unwrap();
+        assert_eq!(read.iter().filter(|v| v.is_some()).count(), 3);
+        store.list(&key(&["t"])).await.unwrap();
+        store.list_page(&key(&["t"]), None, 10).await.unwrap();
+        store.delete(&b, Precondition::None).await.unwrap();
+        let calls = store.take_calls();
+        assert_eq!(
+            calls,
+            StoreCalls {
+                get: 1,
+                get_many: 1,
+                batched_keys: 3,
+                put: 2,
+                delete: 1,
+                list: 1,
+                list_page: 1,
+            },
+            "a batch read is one call, not one get per key"
+        );
+        assert_eq!(calls.round_trips(), 7);
+        assert_eq!(
+            store.calls(),
+            StoreCalls::default(),
+            "taking resets the counts"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_reads_cover_batch_reads_and_pages_and_rivals_land_in_order() {
+        let store = FaultyStore::default();
+        let k = key(&["t", "k"]);
+        store.fail_reads.store(true, Ordering::SeqCst);
+        assert!(store.get_many(std::slice::from_ref(&k)).await.is_err());
+        assert!(store.list_page(&key(&["t"]), None, 10).await.is_err());
+        store.fail_reads.store(false, Ordering::SeqCst);
+
+        store.rival_write_before_next_put(k.clone(), bytes("rival-1"));
+        store.rival_write_before_next_put(k.clone(), bytes("rival-2"));
+        let err = store
+            .put(&k, bytes("mine"), Precondition::Absent)
+            .await
+            .unwrap_err();
+        assert!(crate::is_conflict(&err), "the rival landed first: {err:?}");
+        let seen = store.inner.get(&k).await.unwrap().unwrap();
+        assert_eq!(seen.value.expose_secret(), b"rival-1");
+        store
+            .put(&k, bytes("mine"), Precondition::Version(seen.version))
+            .await
+            .unwrap_err();
+        let last = store.inner.get(&k).await.unwrap().unwrap();
+        assert_eq!(last.value.expose_secret(), b"rival-2", "one rival per put");
+        store
+            .put(&k, bytes("mine"), Precondition::Version(last.version))
+            .await
+            .unwrap();
+    }
+}
