@@ -332,7 +332,7 @@ impl<S: SecretStore> SecretStore for FaultyStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{bytes, key};
+    use crate::testing::values::{bytes, key};
 
     #[tokio::test]
     async fn every_call_is_counted_and_batch_reads_reach_the_wrapped_store_whole() {

@@ -19,6 +19,7 @@ mod faulty_store;
 mod leak_scan;
 mod tenant;
 mod trace_capture;
+mod values;
 
 pub use api_url::check_api_url;
 pub use fault_proxy::{FaultProxy, ProxyFault};
@@ -26,6 +27,7 @@ pub use faulty_store::{FaultyStore, StoreCalls};
 pub use leak_scan::{Leak, LeakEncoding, MIN_SECRET_LEN, assert_no_leak, find_leak};
 pub use tenant::tenant_links_conformance;
 pub use trace_capture::{TraceCapture, assert_marker_absent, error_chain};
+pub use values::{bytes, key};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -37,16 +39,6 @@ use crate::key::StoreKey;
 use crate::lease::DynLease;
 use crate::secret::{SecretBytes, random_urlsafe};
 use crate::store::{DynSecretStore, Precondition, SecretStore, Version};
-
-/// The bytes of `s` as a secret value, for tests that write to a store.
-pub fn bytes(s: &str) -> SecretBytes {
-    SecretBytes::new(s.as_bytes().to_vec())
-}
-
-/// A store key made of `parts`; panics on a part that is not a valid key segment.
-pub fn key(parts: &[&str]) -> StoreKey {
-    StoreKey::from_parts(parts).expect("valid key parts")
-}
 
 async fn read(store: &DynSecretStore, key: &StoreKey) -> Option<(Vec<u8>, Version)> {
     store
