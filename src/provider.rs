@@ -64,6 +64,13 @@ struct Routes {
 /// One shard of [`Routes`].
 type RouteShard = ArcSwap<HashMap<Subject, Arc<Route>, foldhash::fast::RandomState>>;
 
+/// What a fresh route says: which provider served the subject last, with which credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Served {
+    provider: usize,
+    credential: u64,
+}
+
 /// Which provider served a subject last, with which credential, since when (nanoseconds
 /// after [`Routes::epoch`]).
 #[derive(Debug)]
@@ -102,19 +109,23 @@ impl Routes {
         self.shard(subject).load().get(subject).cloned()
     }
 
-    /// The provider to ask first for `subject`, if one served it within [`ROUTE_TTL`].
-    fn preferred(&self, subject: &Subject, now: Instant) -> Option<usize> {
+    /// The provider to ask first for `subject` and the credential it served last, if it served
+    /// `subject` within [`ROUTE_TTL`].
+    fn preferred(&self, subject: &Subject, now: Instant) -> Option<Served> {
         let shard = self.shard(subject).load();
         let route = shard.get(subject)?;
         let age = self
             .ticks(now)
             .saturating_sub(route.since.load(Ordering::Relaxed));
-        (u128::from(age) < ROUTE_TTL.as_nanos()).then(|| route.provider.load(Ordering::Relaxed))
+        (u128::from(age) < ROUTE_TTL.as_nanos()).then(|| Served {
+            provider: route.provider.load(Ordering::Relaxed),
+            credential: route.credential.load(Ordering::Acquire),
+        })
     }
 
-    /// Records that `provider` served `subject` with credential `id`. A hit that changes
-    /// nothing writes nothing, so the cache line of a route every core reads is not written by
-    /// every request; the route is read through the shard, without cloning its `Arc`.
+    /// Records that `provider` served `subject` with credential `id`, writing only what changed
+    /// (a route is read by every core); the route is read through the shard, without cloning its
+    /// `Arc`.
     fn remember(&self, subject: Subject, provider: usize, id: &CredentialId, now: Instant) {
         let now = self.ticks(now);
         if let Some(route) = self.shard(&subject).load().get(&subject) {
@@ -235,7 +246,8 @@ impl CredentialProvider for CompositeProvider {
         // Route ages are counted in seconds (ROUTE_TTL): the coarse clock is precise enough.
         let now = self.inner.clock.coarse_instant();
         let count = self.inner.providers.len();
-        let first = self.inner.routes.preferred(subject, now);
+        let preferred = self.inner.routes.preferred(subject, now);
+        let first = preferred.map(|served| served.provider);
         let order = first
             .into_iter()
             .chain((0..count).filter(|&i| Some(i) != first));
@@ -243,9 +255,16 @@ impl CredentialProvider for CompositeProvider {
         for index in order {
             match self.inner.providers[index].credential_for(subject).await {
                 Ok(credential) => {
-                    self.inner
-                        .routes
-                        .remember(*subject, index, &credential.id, now);
+                    let served = Served {
+                        provider: index,
+                        credential: credential.id.as_u64(),
+                    };
+                    // A hit the fresh route already describes needs no second look at it.
+                    if preferred != Some(served) {
+                        self.inner
+                            .routes
+                            .remember(*subject, index, &credential.id, now);
+                    }
                     return Ok(credential);
                 }
                 Err(e) if holds_none(e.kind()) => {
