@@ -201,8 +201,7 @@ async fn a_refresh_whose_store_write_fails_is_saved_and_applied_by_the_next_run(
     cli.login(&["--no-browser"]).await.ok();
     let store = cli.dir().join("store");
     let away = cli.dir().join("store.away");
-    let hits = |s: &pleo_auth_sandbox::Stats| s.endpoint_hits.get(&Endpoint::Token).copied();
-    let before = hits(&sandbox.stats()).unwrap_or(0);
+    let before = sandbox.stats().hits(Endpoint::Token);
 
     sandbox.inject_fault(
         Endpoint::Token,
@@ -214,7 +213,7 @@ async fn a_refresh_whose_store_write_fails_is_saved_and_applied_by_the_next_run(
         .spawn()
         .expect("the binary starts");
     let started = std::time::Instant::now();
-    while hits(&sandbox.stats()).unwrap_or(0) == before {
+    while sandbox.stats().hits(Endpoint::Token) == before {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the refresh was sent"
