@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pleo_auth_core::testing::{FaultProxy, ProxyFault, service_env};
+use pleo_auth_core::testing::{FaultProxy, ProxyFault, error_chain, service_env};
 use pleo_auth_core::{
     ClientSecret, CredentialKey, CredentialProvider, CredentialStatus, DynLease, DynSecretStore,
     Environment, EnvironmentName, OAuthGrant, RecordStoreExt, StoreKey, StoreLease, Subject,
@@ -698,7 +698,11 @@ async fn storm_task(
         let token = match token {
             Ok(token) => token,
             Err(e) => {
-                failures.push(format!("access_token: {e} ({:?})", e.kind()));
+                failures.push(format!(
+                    "access_token: {} ({:?})",
+                    error_chain(&e),
+                    e.kind()
+                ));
                 tokio::time::sleep(tick).await;
                 continue;
             }

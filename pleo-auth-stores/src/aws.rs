@@ -45,7 +45,9 @@
 //! than 100 versions and never one created less than 24 hours ago, so the first writer's move
 //! still finds its version (a writer that stalls for a day between its calls at worst gets a
 //! `Conflict`, never a wrong value). moto, which the tests run against, moves labels the same way
-//! and never removes a version. The last staged version keeps the label (usually it is also
+//! and never removes a version. Its threaded server does not make each call atomic as Secrets
+//! Manager does (two concurrent `CreateSecret` calls for one name can both succeed), so
+//! `cargo xtask services` runs it with one request at a time. The last staged version keeps the label (usually it is also
 //! `AWSCURRENT`; after a lost race it is the loser's version, until the next write).
 //!
 //! A create ([`Precondition::Absent`]) is one `CreateSecret` (`ResourceExistsException` is

@@ -11,6 +11,10 @@
 //! and `postgres` runs in the foreground on a loopback port without a Unix socket. PostgreSQL
 //! refuses to run as root, so when xtask runs as root both run as the user `postgres` (Debian's
 //! package creates it) or else `nobody`.
+//!
+//! moto runs with one lock around each request ([`MOTO_PY`]): Secrets Manager answers each call
+//! atomically, and moto's threaded server does not (two concurrent `CreateSecret` calls for one
+//! name can both succeed), which would let two replicas both believe they took a lease.
 
 use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
@@ -38,6 +42,24 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 25;
 /// The Python interpreter whose pip installs the Python services.
 const PYTHON: &str = "python3";
+/// Starts moto's server (as its `moto_server` script does) with every request handled under one
+/// lock, so each call is atomic as on AWS. A lost race in moto otherwise makes two concurrent
+/// `CreateSecret` calls for one name both succeed. Each connection still gets its own thread, so
+/// an idle keep-alive connection blocks no one. Arguments: host, port. The `moto.moto_server`
+/// import puts `moto_server` in the command line, which is how a pid file is recognised.
+const MOTO_PY: &str = "\
+import os, sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+host, port = sys.argv[1], sys.argv[2]
+os.environ.setdefault('MOTO_PORT', port)
+moto = DomainDispatcherApplication(create_backend_app)
+one_at_a_time = threading.Lock()
+def serialised(environ, start_response):
+    with one_at_a_time:
+        return list(moto(environ, start_response))
+run_simple(host, int(port), serialised, threaded=True)
+";
 
 /// Runs `cargo xtask services <args>`.
 pub fn command(root: &Path, args: &[String]) -> Result<()> {
@@ -172,7 +194,7 @@ impl Service {
                 // Without this the dev server overwrites ~/.vault-token.
                 "-dev-no-store-token".to_owned(),
             ],
-            Self::Moto => strings(&["-H", "127.0.0.1", "-p", &port.to_string()]),
+            Self::Moto => strings(&["-c", MOTO_PY, "127.0.0.1", &port.to_string()]),
             Self::Redis => strings(&[
                 "--port",
                 &port.to_string(),
@@ -701,6 +723,29 @@ fn pip_script(package: &str, name: &str) -> Option<PathBuf> {
         .find(|candidate| is_executable(candidate))
 }
 
+/// The interpreter named on the `#!` line of the script at `path` (pip writes an absolute path;
+/// `#!/usr/bin/env python3` names `python3`), else [`PYTHON`].
+fn script_interpreter(path: &Path) -> PathBuf {
+    let first_line = fs::read(path).ok().and_then(|bytes| {
+        let line = bytes.split(|&b| b == b'\n').next()?.to_vec();
+        String::from_utf8(line).ok()
+    });
+    let words: Vec<&str> = first_line
+        .as_deref()
+        .and_then(|line| line.strip_prefix("#!"))
+        .map(|rest| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    match words.as_slice() {
+        [env, program, ..] if Path::new(env).file_name() == Some("env".as_ref()) => {
+            PathBuf::from(program)
+        }
+        [interpreter, ..] if Path::new(interpreter).file_name() != Some("env".as_ref()) => {
+            PathBuf::from(interpreter)
+        }
+        _ => PathBuf::from(PYTHON),
+    }
+}
+
 /// Whether `path` is a file with an execute bit.
 fn is_executable(path: &Path) -> bool {
     path.metadata()
@@ -717,7 +762,11 @@ fn spawn(service: Service, program: &Path, port: u16, root: &Path) -> Result<u32
     let log_err = log
         .try_clone()
         .map_err(|e| format!("cannot share {}: {e}", log_path.display()))?;
-    let mut command = Command::new(program);
+    let mut command = match service {
+        // `MOTO_PY` runs in the interpreter of the `moto_server` script, which has moto.
+        Service::Moto => Command::new(script_interpreter(program)),
+        _ => Command::new(program),
+    };
     if service == Service::Postgres
         && let Some(user) = postgres_user()?
     {
@@ -1093,6 +1142,36 @@ fn remove_file(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scripts_run_in_the_interpreter_their_first_line_names() {
+        let dir = std::env::temp_dir().join(format!("xtask-shebang-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            (
+                "#!/opt/py/bin/python3.11\nimport moto\n",
+                "/opt/py/bin/python3.11",
+            ),
+            ("#!/usr/bin/env python3\n", "python3"),
+            ("#! /usr/bin/python3 -E\n", "/usr/bin/python3"),
+            ("#!/usr/bin/env\n", PYTHON),
+            ("import moto\n", PYTHON),
+        ];
+        for (i, (text, expected)) in cases.iter().enumerate() {
+            let script = dir.join(format!("script{i}"));
+            fs::write(&script, text).unwrap();
+            assert_eq!(
+                script_interpreter(&script),
+                PathBuf::from(expected),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            script_interpreter(&dir.join("missing")),
+            PathBuf::from(PYTHON)
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn env_lines_use_default_ports() {
