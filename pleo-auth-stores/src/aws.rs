@@ -47,8 +47,9 @@
 //! `Conflict`, never a wrong value). moto, which the tests run against, moves labels the same way
 //! and never removes a version. Its threaded server does not make each call atomic as Secrets
 //! Manager does (two concurrent `CreateSecret` calls for one name can both succeed), so
-//! `cargo xtask services` runs it with one request at a time. The last staged version keeps the label (usually it is also
-//! `AWSCURRENT`; after a lost race it is the loser's version, until the next write).
+//! `cargo xtask services` runs it with one request at a time. The last staged version keeps the
+//! label (usually it is also `AWSCURRENT`; after a lost race it is the loser's version, until the
+//! next write).
 //!
 //! A create ([`Precondition::Absent`]) is one `CreateSecret` (`ResourceExistsException` is
 //! `Conflict`). An unconditional write ([`Precondition::None`]) reads the current version and

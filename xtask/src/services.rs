@@ -42,11 +42,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 25;
 /// The Python interpreter whose pip installs the Python services.
 const PYTHON: &str = "python3";
-/// Starts moto's server (as its `moto_server` script does) with every request handled under one
-/// lock, so each call is atomic as on AWS. A lost race in moto otherwise makes two concurrent
-/// `CreateSecret` calls for one name both succeed. Each connection still gets its own thread, so
-/// an idle keep-alive connection blocks no one. Arguments: host, port. The `moto.moto_server`
-/// import puts `moto_server` in the command line, which is how a pid file is recognised.
+/// Starts moto's server as its `moto_server` script does, with every request handled under one
+/// lock (see the module documentation for why). Each connection still gets its own thread, so an
+/// idle keep-alive connection blocks no one. Arguments: host, port. The `moto.moto_server` import
+/// puts `moto_server` in the command line, which is how a pid file is recognised.
 const MOTO_PY: &str = "\
 import os, sys, threading
 from werkzeug.serving import run_simple
@@ -726,12 +725,10 @@ fn pip_script(package: &str, name: &str) -> Option<PathBuf> {
 /// The interpreter named on the `#!` line of the script at `path` (pip writes an absolute path;
 /// `#!/usr/bin/env python3` names `python3`), else [`PYTHON`].
 fn script_interpreter(path: &Path) -> PathBuf {
-    let first_line = fs::read(path).ok().and_then(|bytes| {
-        let line = bytes.split(|&b| b == b'\n').next()?.to_vec();
-        String::from_utf8(line).ok()
-    });
-    let words: Vec<&str> = first_line
-        .as_deref()
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let words: Vec<&str> = text
+        .lines()
+        .next()
         .and_then(|line| line.strip_prefix("#!"))
         .map(|rest| rest.split_whitespace().collect())
         .unwrap_or_default();
